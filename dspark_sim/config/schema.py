@@ -1,0 +1,542 @@
+"""The one schema: every config file and every result document dspark-sim reads or writes.
+
+Why one module: the predictor, the simulator, the engine, sweeps and dashboards all speak these types,
+so a field renamed here is renamed everywhere, and `dspark-sim schema` can hand editors a JSON Schema.
+Units are in every field name (`_gbps` = GB/s with GB = 1e9 bytes, `_s`, `_ms`, `_us`, `_tokens`).
+Unknown keys are rejected everywhere (`extra="forbid"`): a typo in a scenario is an error, not a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "fp4"]
+
+#: Bytes per element of each storage dtype (int4/fp4 are packed two per byte).
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+    "fp4": 0.5,
+}
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    """Base for every schema type: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware
+# --------------------------------------------------------------------------------------------
+
+
+class Efficiency(Strict):
+    """Achievable fraction of each datasheet peak. Defaults are measured where FACTS.md has data."""
+
+    memory_bandwidth: Probability = Field(0.89, description="achieved / datasheet HBM (DRAM) bandwidth")
+    compute: Probability = Field(0.80, description="achieved / datasheet dense FLOP/s on large matmuls")
+    onchip_bandwidth: Probability = Field(0.70, description="achieved / datasheet on-chip (SRAM/L2) bandwidth")
+    interconnect: Probability = Field(0.75, description="achieved / datasheet interconnect bandwidth")
+
+
+class Overheads(Strict):
+    """Fixed costs that do not scale with bytes or FLOPs (kernel launches, Python, scheduling)."""
+
+    per_pass_us: NonNegFloat = Field(20.0, description="fixed cost of one forward pass, microseconds")
+    per_layer_us: NonNegFloat = Field(2.0, description="extra cost per transformer layer per pass, microseconds")
+    per_step_us: NonNegFloat = Field(
+        50.0, description="engine scheduling/sampling cost per decode step (outside the passes), microseconds"
+    )
+
+
+class HardwareProfile(Strict):
+    """One accelerator (or CPU socket). Figures are per device; cite each source in the YAML."""
+
+    name: str
+    description: str = ""
+    kind: Literal["gpu", "cpu"] = "gpu"
+    memory_capacity_gb: PositiveFloat = Field(description="HBM or DRAM capacity per device, GB (1e9 bytes)")
+    memory_bandwidth_gbps: PositiveFloat = Field(description="datasheet HBM/DRAM bandwidth per device, GB/s")
+    onchip_capacity_mb: NonNegFloat = Field(
+        description="on-chip SRAM/L2/last-level cache usable for a resident working set, MB (1e6 bytes)"
+    )
+    onchip_bandwidth_gbps: NonNegFloat = Field(description="aggregate on-chip (SRAM/L2) read bandwidth, GB/s")
+    peak_tflops: dict[DType, PositiveFloat] = Field(
+        description="dense (no sparsity) peak TFLOP/s per matmul dtype the device supports natively"
+    )
+    interconnect_bandwidth_gbps: NonNegFloat = Field(
+        0.0, description="device-to-device bandwidth per direction per device (NVLink/xGMI), GB/s"
+    )
+    interconnect_latency_us: NonNegFloat = Field(5.0, description="latency of one collective hop, microseconds")
+    max_devices_per_node: PositiveInt = Field(8, description="devices one node holds (largest TP degree)")
+    price_per_hour_usd: NonNegFloat | None = Field(None, description="rental price per device-hour, USD")
+    efficiency: Efficiency = Field(default_factory=Efficiency)
+    overheads: Overheads = Field(default_factory=Overheads)
+
+    def matmul_tflops(self, dtype: str) -> float:
+        """Peak for a matmul in `dtype`, falling back to the widest supported lower-precision path."""
+        for candidate in _dtype_fallbacks(dtype):
+            if candidate in self.peak_tflops:
+                return self.peak_tflops[candidate]
+        return min(self.peak_tflops.values())
+
+
+def _dtype_fallbacks(dtype: str) -> list[str]:
+    """Weights stored in a dtype the device cannot multiply natively are upcast: int4 -> fp8/int8 -> bf16."""
+    order = {
+        "fp4": ["fp4", "fp8", "int8", "bf16", "fp16", "fp32"],
+        "int4": ["int4", "int8", "fp8", "bf16", "fp16", "fp32"],
+        "fp8": ["fp8", "int8", "bf16", "fp16", "fp32"],
+        "int8": ["int8", "fp8", "bf16", "fp16", "fp32"],
+        "bf16": ["bf16", "fp16", "fp32"],
+        "fp16": ["fp16", "bf16", "fp32"],
+        "fp32": ["fp32", "bf16", "fp16"],
+    }
+    return order[dtype]
+
+
+# --------------------------------------------------------------------------------------------
+# Model architecture
+# --------------------------------------------------------------------------------------------
+
+
+class MoESpec(Strict):
+    """Mixture-of-experts FFN. Dense layers (if any) come first and use the model's `ffn_hidden_size`."""
+
+    num_experts: PositiveInt = Field(description="routed experts per MoE layer")
+    experts_per_token: PositiveInt = Field(description="routed experts each token activates (top-k)")
+    num_shared_experts: NonNegInt = Field(0, description="always-active shared experts per MoE layer")
+    expert_ffn_hidden_size: PositiveInt = Field(description="intermediate size of one expert")
+    first_dense_layers: NonNegInt = Field(0, description="leading layers with a dense FFN instead of MoE")
+
+    @model_validator(mode="after")
+    def _k_le_e(self) -> MoESpec:
+        if self.experts_per_token > self.num_experts:
+            raise ValueError("experts_per_token must be <= num_experts")
+        return self
+
+
+class MLASpec(Strict):
+    """Multi-head latent attention (DeepSeek-V2/V3): KV cached as one compressed latent per token."""
+
+    q_lora_rank: NonNegInt = Field(description="query down-projection rank (0 = plain query projection)")
+    kv_lora_rank: PositiveInt = Field(description="latent KV width cached per token and layer")
+    qk_nope_head_dim: PositiveInt
+    qk_rope_head_dim: PositiveInt = Field(description="decoupled RoPE key width, also cached per token")
+    v_head_dim: PositiveInt
+
+
+class ModelSpec(Strict):
+    """A decoder-only transformer described by its architecture; parameter counts are derived."""
+
+    name: str
+    num_layers: PositiveInt
+    hidden_size: PositiveInt
+    num_heads: PositiveInt = Field(description="query heads")
+    num_kv_heads: PositiveInt = Field(description="key/value heads (GQA); ignored for MLA")
+    head_dim: PositiveInt
+    ffn_hidden_size: PositiveInt = Field(description="SwiGLU intermediate size of dense FFN layers")
+    vocab_size: PositiveInt
+    tie_embeddings: bool = False
+    attention: Literal["gqa", "mla"] = "gqa"
+    mla: MLASpec | None = None
+    moe: MoESpec | None = None
+    sliding_window_tokens: PositiveInt | None = Field(
+        None, description="window of sliding-window attention layers, tokens (None = full attention)"
+    )
+    sliding_window_layers: NonNegInt = Field(
+        0, description="how many layers use the sliding window (the rest attend to the full context)"
+    )
+    kv_compression_ratio: Annotated[float, Field(ge=1.0)] = Field(
+        1.0, description="sequence-wise KV compression of full-attention layers (DeepSeek-V4-style), x"
+    )
+    weight_dtype: DType = "bf16"
+    kv_dtype: DType = "bf16"
+    activation_dtype: DType = "bf16"
+    source: str = Field("", description="where the architecture figures come from")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.attention == "mla" and self.mla is None:
+            raise ValueError("attention 'mla' needs an 'mla' block")
+        if self.num_heads % self.num_kv_heads != 0 and self.attention == "gqa":
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.sliding_window_layers > self.num_layers:
+            raise ValueError("sliding_window_layers must be <= num_layers")
+        if self.sliding_window_layers and self.sliding_window_tokens is None:
+            raise ValueError("sliding_window_layers needs sliding_window_tokens")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Drafters
+# --------------------------------------------------------------------------------------------
+
+DrafterKind = Literal["none", "draft_model", "eagle", "mtp", "parallel_block", "dspark", "ngram"]
+
+
+class DrafterSpec(Strict):
+    """How draft tokens are produced, and so what drafting costs.
+
+    - draft_model: a small autoregressive model (`model`), one pass per draft token.
+    - eagle: an EAGLE-style head of `num_layers` target-width layers on the target's hidden states,
+      one pass per draft token (autoregressive).
+    - mtp: DeepSeek MTP modules (target-width layers), chained one pass per draft token.
+    - parallel_block: DFlash-like, one pass of `num_layers` layers proposes the whole block.
+    - dspark: parallel_block plus a light sequential low-rank Markov head (`markov_rank`), whose
+      per-token cost is small but sequential.
+    - ngram: prompt-lookup, near-zero cost (`lookup_us` per step).
+    """
+
+    kind: DrafterKind = "eagle"
+    model: ModelSpec | None = Field(None, description="the draft model (kind draft_model only)")
+    num_layers: PositiveInt = Field(1, description="layers of a head-style drafter (eagle/mtp/parallel/dspark)")
+    draft_vocab_size: PositiveInt | None = Field(
+        None, description="reduced draft vocabulary (EAGLE-3 uses 32k); None = the target's"
+    )
+    moe_layers: bool = Field(
+        False, description="head layers use the target's MoE FFN (DeepSeek MTP, DSpark on V4); else dense"
+    )
+    markov_rank: PositiveInt = Field(256, description="rank of DSpark's Markov head")
+    sliding_window_tokens: PositiveInt | None = Field(
+        None, description="drafter attends only to the last N tokens (DSpark on V4: 128)"
+    )
+    weight_dtype: DType | None = Field(None, description="drafter weights dtype; None = the target's")
+    kv_dtype: DType | None = Field(None, description="drafter KV dtype (e.g. int4 for an SRAM-resident cache)")
+    kv_onchip: bool = Field(
+        False, description="keep the drafter KV cache in on-chip SRAM/L2 when it fits (the press claim)"
+    )
+    weights_onchip: bool = Field(False, description="keep drafter weights on chip when they fit")
+    lookup_us: NonNegFloat = Field(30.0, description="n-gram lookup cost per step, microseconds")
+
+    @model_validator(mode="after")
+    def _check(self) -> DrafterSpec:
+        if self.kind == "draft_model" and self.model is None:
+            raise ValueError("drafter kind 'draft_model' needs 'model' (a preset name or an inline spec)")
+        return self
+
+    @property
+    def is_autoregressive(self) -> bool:
+        return self.kind in ("draft_model", "eagle", "mtp")
+
+
+# --------------------------------------------------------------------------------------------
+# Acceptance models
+# --------------------------------------------------------------------------------------------
+
+
+class IIDAcceptance(Strict):
+    """Each draft token accepted independently with probability `alpha` (Leviathan et al.)."""
+
+    kind: Literal["iid"] = "iid"
+    alpha: Probability
+
+
+class PerPositionAcceptance(Strict):
+    """Conditional acceptance by draft position: conditional[k-1] = P(token k accepted | tokens < k were).
+
+    Positions past the end of the list repeat its last value (DSpark paper Fig. 2 shapes).
+    """
+
+    kind: Literal["per_position"] = "per_position"
+    conditional: list[Probability] = Field(min_length=1)
+
+
+class HistogramAcceptance(Strict):
+    """Empirical distribution of accepted draft tokens per step when drafting without limit.
+
+    probabilities[j] = P(j draft tokens would be accepted); the last bin means "that many or more".
+    """
+
+    kind: Literal["histogram"] = "histogram"
+    probabilities: list[NonNegFloat] = Field(min_length=2)
+
+    @field_validator("probabilities")
+    @classmethod
+    def _sums_to_one(cls, v: list[float]) -> list[float]:
+        total = sum(v)
+        if not 0.999 <= total <= 1.001:
+            raise ValueError(f"probabilities must sum to 1 (they sum to {total:.4f})")
+        return v
+
+
+class TraceAcceptance(Strict):
+    """Recorded per-step acceptance (SpecDecode-Bench JSONL or the engine's trace format).
+
+    `field` names the per-request list of yields (accepted + 1) indexed by output position.
+    """
+
+    kind: Literal["trace"] = "trace"
+    path: str = Field(description="JSONL file, relative to the scenario file's folder or absolute")
+    field: str = Field("accept_len_eagle", description="per-request list of step yields (accepted + 1)")
+    max_requests: PositiveInt | None = None
+
+
+class PerRequestAcceptance(Strict):
+    """Each request draws its own i.i.d. alpha from Beta(mean, concentration): traffic is heterogeneous."""
+
+    kind: Literal["per_request"] = "per_request"
+    mean_alpha: Probability
+    concentration: PositiveFloat = Field(20.0, description="Beta a + b; larger = less spread between requests")
+    decay_per_position: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="conditional acceptance shrinks by this fraction per later draft position"
+    )
+
+
+AcceptanceModel = Annotated[
+    IIDAcceptance | PerPositionAcceptance | HistogramAcceptance | TraceAcceptance | PerRequestAcceptance,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Speculation policies (shared by the simulator and the engine; see dspark_sim/policies.py)
+# --------------------------------------------------------------------------------------------
+
+
+class NoSpeculation(Strict):
+    kind: Literal["none"] = "none"
+
+
+class FixedGamma(Strict):
+    kind: Literal["fixed"] = "fixed"
+    gamma: NonNegInt = Field(description="draft tokens proposed and verified every step")
+
+
+class BatchTableGamma(Strict):
+    """vLLM-style: gamma looked up from the current batch size. Keys are batch-size upper bounds."""
+
+    kind: Literal["batch_table"] = "batch_table"
+    table: dict[PositiveInt, NonNegInt] = Field(description="{max batch size: gamma}; larger batches use 0")
+
+
+class GoodputPolicy(Strict):
+    """SmartSpec-style: pick the gamma maximising batch goodput (expected tokens / step time)."""
+
+    kind: Literal["goodput"] = "goodput"
+    gamma_max: PositiveInt = 8
+
+
+class ConfidenceThreshold(Strict):
+    """Verify a sequence's draft tokens while the drafter's confidence of each stays above `threshold`."""
+
+    kind: Literal["confidence_threshold"] = "confidence_threshold"
+    gamma_max: PositiveInt = 8
+    threshold: Probability = 0.5
+    on: Literal["conditional", "survival"] = Field(
+        "survival", description="compare the threshold with c_k or with the prefix survival a_k"
+    )
+
+
+class DSparkScheduler(Strict):
+    """DSpark's hardware-aware prefix scheduler (paper Algorithm 1).
+
+    Candidates (sequence, position k) are admitted in descending prefix survival a_k while the
+    expected tokens per second tau(B) * SPS(B) improves; the search stops at the first drop.
+    """
+
+    kind: Literal["dspark"] = "dspark"
+    gamma_max: PositiveInt = 5
+    confidence_lag_steps: NonNegInt = Field(
+        0, description="use confidences from this many steps earlier (production: 2, asynchronous search)"
+    )
+    sps_source: Literal["costmodel", "table"] = "costmodel"
+    sps_table: dict[PositiveInt, PositiveFloat] | None = Field(
+        None, description="profiled {tokens per verify pass: verify steps per second}; linear interpolation"
+    )
+    calibration_error: NonNegFloat = Field(
+        0.0, description="std of the logit-space noise on simulated confidences (0 = perfectly calibrated)"
+    )
+    min_verify_tokens: NonNegInt = Field(0, description="always verify at least this many draft tokens")
+
+
+class FeedbackController(Strict):
+    """The seed's "dynamic threshold": scale draft aggressiveness with utilisation and latency."""
+
+    kind: Literal["feedback"] = "feedback"
+    gamma_max: PositiveInt = 6
+    initial_threshold: Probability = 0.4
+    target_utilisation: Probability = Field(0.8, description="batch tokens / max batched tokens to aim for")
+    target_tpot_ms: PositiveFloat | None = None
+    gain: PositiveFloat = Field(0.05, description="threshold change per step per unit of error")
+
+
+PolicySpec = Annotated[
+    NoSpeculation | FixedGamma | BatchTableGamma | GoodputPolicy | ConfidenceThreshold | DSparkScheduler
+    | FeedbackController,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Workloads
+# --------------------------------------------------------------------------------------------
+
+
+class FixedLength(Strict):
+    kind: Literal["fixed"] = "fixed"
+    tokens: PositiveInt
+
+
+class UniformLength(Strict):
+    kind: Literal["uniform"] = "uniform"
+    min_tokens: PositiveInt
+    max_tokens: PositiveInt
+
+    @model_validator(mode="after")
+    def _order(self) -> UniformLength:
+        if self.max_tokens < self.min_tokens:
+            raise ValueError("max_tokens must be >= min_tokens")
+        return self
+
+
+class LognormalLength(Strict):
+    kind: Literal["lognormal"] = "lognormal"
+    median_tokens: PositiveFloat
+    sigma: PositiveFloat = Field(description="std of log(length)")
+    min_tokens: PositiveInt = 1
+    max_tokens: PositiveInt = 131072
+
+
+class EmpiricalLength(Strict):
+    kind: Literal["empirical"] = "empirical"
+    values: list[PositiveInt] = Field(min_length=1, description="lengths sampled uniformly with replacement")
+
+
+LengthDist = Annotated[
+    FixedLength | UniformLength | LognormalLength | EmpiricalLength, Field(discriminator="kind")
+]
+
+
+class PoissonArrivals(Strict):
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: PositiveFloat
+
+
+class GammaArrivals(Strict):
+    kind: Literal["gamma"] = "gamma"
+    rate_per_s: PositiveFloat
+    cv: PositiveFloat = Field(description="coefficient of variation of inter-arrival times (1 = Poisson)")
+
+
+class ConstantArrivals(Strict):
+    kind: Literal["constant"] = "constant"
+    rate_per_s: PositiveFloat
+
+
+class ClosedLoopArrivals(Strict):
+    """N users; each sends its next request `think_time_s` after its previous one ends."""
+
+    kind: Literal["closed_loop"] = "closed_loop"
+    concurrency: PositiveInt
+    think_time_s: NonNegFloat = 0.0
+
+
+class TraceArrivals(Strict):
+    """Replay arrival times and lengths (and optionally per-step acceptance) from JSONL or CSV."""
+
+    kind: Literal["trace"] = "trace"
+    path: str
+    time_scale: PositiveFloat = Field(1.0, description="multiply recorded inter-arrival times by this")
+
+
+ArrivalSpec = Annotated[
+    PoissonArrivals | GammaArrivals | ConstantArrivals | ClosedLoopArrivals | TraceArrivals,
+    Field(discriminator="kind"),
+]
+
+
+class Domain(Strict):
+    """One slice of traffic (math, code, chat) with its own lengths and acceptance."""
+
+    name: str
+    weight: PositiveFloat = 1.0
+    prompt_tokens: LengthDist | None = None
+    output_tokens: LengthDist | None = None
+    acceptance: AcceptanceModel | None = None
+
+
+class WorkloadSpec(Strict):
+    arrivals: ArrivalSpec = Field(default_factory=lambda: PoissonArrivals(rate_per_s=1.0))
+    num_requests: PositiveInt = 1000
+    prompt_tokens: LengthDist = Field(default_factory=lambda: FixedLength(tokens=512))
+    output_tokens: LengthDist = Field(default_factory=lambda: FixedLength(tokens=256))
+    domains: list[Domain] = Field(default_factory=list, description="mixture of traffic slices (optional)")
+    warmup_requests: NonNegInt = Field(0, description="first N finished requests left out of the metrics")
+
+
+# --------------------------------------------------------------------------------------------
+# Deployment, SLOs, scenario
+# --------------------------------------------------------------------------------------------
+
+
+class DeploymentSpec(Strict):
+    hardware: HardwareProfile
+    model: ModelSpec
+    drafter: DrafterSpec = Field(default_factory=DrafterSpec)
+    tensor_parallel: PositiveInt = 1
+    replicas: PositiveInt = 1
+    max_batch_size: PositiveInt = Field(256, description="most sequences decoding at once per replica")
+    max_batched_tokens: PositiveInt = Field(8192, description="most tokens (prefill + verify) in one pass")
+    prefill_chunk_tokens: PositiveInt = Field(2048, description="chunked prefill: most prompt tokens per pass")
+    kv_block_tokens: PositiveInt = Field(16, description="paged KV block size, tokens")
+    memory_utilisation: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.9, description="fraction of device memory the engine may use (vLLM's gpu_memory_utilization)"
+    )
+    activation_reserve_gb: NonNegFloat = Field(2.0, description="memory kept for activations per device, GB")
+
+    @model_validator(mode="after")
+    def _tp(self) -> DeploymentSpec:
+        if self.tensor_parallel > self.hardware.max_devices_per_node:
+            raise ValueError(
+                f"tensor_parallel {self.tensor_parallel} exceeds the {self.hardware.max_devices_per_node} "
+                f"devices of one {self.hardware.name} node"
+            )
+        return self
+
+
+class SLOSpec(Strict):
+    ttft_p99_s: PositiveFloat | None = None
+    tpot_p99_ms: PositiveFloat | None = None
+    min_tokens_per_s_per_user: PositiveFloat | None = None
+
+
+class PredictGrid(Strict):
+    """The grid `predict` evaluates: every batch size x context length x gamma."""
+
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 8, 32, 128])
+    context_lengths: list[PositiveInt] = Field(default_factory=lambda: [1024, 8192])
+    gammas: list[NonNegInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+
+
+class SimulationSpec(Strict):
+    max_simulated_s: PositiveFloat | None = Field(None, description="stop the simulated clock here, seconds")
+    time_series_interval_s: PositiveFloat = Field(1.0, description="sampling interval of time series, s")
+    per_request_output: Literal["jsonl", "csv", "none"] = "jsonl"
+    simulate_baseline: bool = Field(True, description="also simulate no speculation on the same requests")
+
+
+class Scenario(Strict):
+    name: str
+    description: str = ""
+    seed: NonNegInt = 0
+    deployment: DeploymentSpec
+    acceptance: AcceptanceModel = Field(default_factory=lambda: IIDAcceptance(alpha=0.7))
+    policy: PolicySpec = Field(default_factory=lambda: FixedGamma(gamma=3))
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
+    predict: PredictGrid = Field(default_factory=PredictGrid)
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec)
