@@ -1,0 +1,169 @@
+"""The `dspark-sim` command. Thin: parse arguments, call the package, print or write the result.
+
+Every `InputError` (bad YAML, unknown key, out-of-range value, missing file...) becomes one line on
+stderr and exit code 2; usage errors are click's, also exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dspark_sim.config.errors import InputError
+from dspark_sim.config.loader import (
+    list_hardware_profiles,
+    list_model_presets,
+    load_hardware_profile,
+    load_model_preset,
+    load_scenario,
+)
+from dspark_sim.io import write_atomic
+
+app = typer.Typer(
+    help="Predict, simulate and measure speculative decoding on your hardware, model pair and traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+profiles_app = typer.Typer(help="Hardware profiles (hardware_profiles/*.yaml).", no_args_is_help=True)
+models_app = typer.Typer(help="Model presets, with parameters derived from the architecture.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(models_app, name="models")
+
+ScenarioArg = Annotated[
+    Path | None, typer.Argument(help="scenario YAML (default: the bundled quickstart scenario)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a field: path.to.field=value (repeatable)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the machine-readable JSON document")]
+
+
+def _console() -> Console:
+    """Wide enough for the tables when output goes to a file or pipe (rich assumes 80 columns there)."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=140)
+    return console
+
+
+def _emit(doc_json: str, out: Path | None) -> None:
+    if out is not None:
+        write_atomic(out, doc_json + "\n")
+
+
+@app.command()
+def predict(
+    scenario: ScenarioArg = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the JSON here")] = None,
+) -> None:
+    """Closed-form prediction: baseline vs speculative step times, tau, tokens/s, best gamma."""
+    from dspark_sim.analytic import predict_scenario
+    from dspark_sim.report.console import print_predict
+
+    sc = load_scenario(scenario, set_ or [])
+    result = predict_scenario(sc)
+    doc = result.model_dump_json(indent=2)
+    _emit(doc, out)
+    if json_out:
+        sys.stdout.write(doc + "\n")
+    else:
+        print_predict(result, _console())
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the JSON Schema here")] = None,
+    kind: Annotated[str, typer.Option(help="scenario | hardware | model | predict-result")] = "scenario",
+) -> None:
+    """Write the JSON Schema of scenario files (or another document) for editors and validators."""
+    from dspark_sim.config.results import PredictResult
+    from dspark_sim.config.schema import HardwareProfile, ModelSpec, Scenario
+
+    models = {"scenario": Scenario, "hardware": HardwareProfile, "model": ModelSpec, "predict-result": PredictResult}
+    if kind not in models:
+        raise InputError("--kind", None, f"unknown schema {kind!r}, allowed: {', '.join(models)}")
+    doc = json.dumps(models[kind].model_json_schema(), indent=2, sort_keys=True)
+    if out is not None:
+        write_atomic(out, doc + "\n")
+    else:
+        sys.stdout.write(doc + "\n")
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List the bundled hardware profiles."""
+    console = _console()
+    for name in list_hardware_profiles():
+        p = load_hardware_profile(name)
+        console.print(
+            f"{name:16s} {p.memory_capacity_gb:7g} GB  {p.memory_bandwidth_gbps:7g} GB/s  "
+            f"bf16 {p.peak_tflops.get('bf16', 0):6g} TFLOP/s  {p.description}"
+        )
+
+
+@profiles_app.command("show")
+def profiles_show(name: str, json_out: JsonOpt = False) -> None:
+    """Show one hardware profile (a bundled name or a YAML path)."""
+    from dspark_sim.report.console import print_profile
+
+    p = load_hardware_profile(name)
+    if json_out:
+        sys.stdout.write(p.model_dump_json(indent=2) + "\n")
+    else:
+        print_profile(p, _console())
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the bundled model presets with derived parameter counts."""
+    from dspark_sim.models import model_stats
+
+    console = _console()
+    for name in list_model_presets():
+        s = model_stats(load_model_preset(name))
+        console.print(f"{name:20s} {s.total_params / 1e9:8.2f} B total {s.active_params / 1e9:8.2f} B active")
+
+
+@models_app.command("show")
+def models_show(name: str, json_out: JsonOpt = False) -> None:
+    """Show one model preset and what its architecture implies."""
+    from dspark_sim.report.console import print_model
+
+    m = load_model_preset(name)
+    if json_out:
+        sys.stdout.write(m.model_dump_json(indent=2) + "\n")
+    else:
+        print_model(m, _console())
+
+
+def _mount_optional() -> None:
+    """Sub-commands whose modules may be absent or need optional extras are mounted when importable."""
+    try:
+        from dspark_sim.engine.cli import engine_app
+    except ImportError:
+        return
+    app.add_typer(engine_app, name="engine", help="The bundled PyTorch speculative engine.")
+
+
+def main() -> None:
+    # the engine pulls in torch (seconds to import): mount it only when it is asked for or listed
+    if len(sys.argv) < 2 or sys.argv[1] in ("engine", "--help", "-h"):
+        _mount_optional()
+    try:
+        app(standalone_mode=True)
+    except InputError as exc:
+        Console(stderr=True, highlight=False).print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Roofline cost of one forward pass, and of drafting, on a hardware profile. Numpy-vectorised.
+
+Why a roofline with an on-chip tier: decode is memory-bound, so the answer to "is speculation worth
+it" is mostly "how many bytes does a verify pass move compared with a decode pass". We count bytes by
+where they come from (HBM vs on-chip SRAM/L2), FLOPs by kind (matmul vs attention), tensor-parallel
+all-reduces, and fixed overheads, and report which one bounds each pass.
+
+A batch enters only through a few aggregates (`BatchShape`), so a ragged batch from the simulator and a
+grid of 100,000 uniform batches from `predict` go through the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+import numpy as np
+
+from dspark_sim.config.schema import DTYPE_BYTES, DrafterSpec, HardwareProfile, ModelSpec
+from dspark_sim.models import ModelStats, drafter_model, expected_distinct_experts, model_stats
+
+BOUNDS = ("compute", "memory", "communication", "overhead")
+
+#: Activation traffic per token per layer, in units of hidden-size elements (residual read/write,
+#: two norms, attention in/out) plus FFN intermediates; small at decode, visible at prefill.
+_ACT_HIDDEN_TOUCHES = 8.0
+_ACT_FFN_TOUCHES = 3.0
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What a pass's cost depends on. Each field is a number or a numpy array (broadcast together).
+
+    num_seqs: sequences in the pass; query_tokens: new tokens over all sequences (sum of q_i);
+    kv_tokens / kv_tokens_window: cached + new tokens attended, summed over sequences, for full and
+    sliding-window layers; attn_pairs / attn_pairs_window: (query, key) pairs, sum of
+    q_i * (ctx_i + (q_i + 1) / 2) (causal within the new tokens).
+    """
+
+    num_seqs: np.ndarray | float
+    query_tokens: np.ndarray | float
+    kv_tokens: np.ndarray | float
+    kv_tokens_window: np.ndarray | float
+    attn_pairs: np.ndarray | float
+    attn_pairs_window: np.ndarray | float
+
+
+def uniform_batch(num_seqs, query_per_seq, context_len, window: int | None = None) -> BatchShape:
+    """A batch of `num_seqs` sequences each with `context_len` cached and `query_per_seq` new tokens."""
+    b = np.asarray(num_seqs, dtype=float)
+    q = np.asarray(query_per_seq, dtype=float)
+    c = np.asarray(context_len, dtype=float)
+    kv = c + q
+    pairs = q * (c + (q + 1.0) / 2.0)
+    if window:
+        ckw = np.minimum(c, window)
+        kvw = np.minimum(kv, window)
+        pairs_w = q * (ckw + (q + 1.0) / 2.0)
+    else:
+        kvw, pairs_w = kv, pairs
+    return BatchShape(b, b * q, b * kv, b * kvw, b * pairs, b * pairs_w)
+
+
+def ragged_batch(query_lens, context_lens, window: int | None = None) -> BatchShape:
+    """A real batch: per-sequence new-token counts and cached lengths (scalar aggregates)."""
+    q = np.asarray(query_lens, dtype=float)
+    c = np.asarray(context_lens, dtype=float)
+    kv = c + q
+    pairs = q * (c + (q + 1.0) / 2.0)
+    if window:
+        kvw = np.minimum(kv, window)
+        pairs_w = q * (np.minimum(c, window) + (q + 1.0) / 2.0)
+    else:
+        kvw, pairs_w = kv, pairs
+    return BatchShape(float(len(q)), q.sum(), kv.sum(), kvw.sum(), pairs.sum(), pairs_w.sum())
+
+
+@dataclass(frozen=True)
+class PassCost:
+    """Time of one pass (or the sum of several) and where it goes. Fields are numbers or arrays."""
+
+    time_s: np.ndarray | float
+    compute_s: np.ndarray | float
+    hbm_s: np.ndarray | float
+    onchip_s: np.ndarray | float
+    comm_s: np.ndarray | float
+    overhead_s: np.ndarray | float
+    flops: np.ndarray | float
+    hbm_bytes: np.ndarray | float
+    onchip_bytes: np.ndarray | float
+    comm_bytes: np.ndarray | float
+
+    @property
+    def memory_s(self):
+        return np.asarray(self.hbm_s) + np.asarray(self.onchip_s)
+
+    def bound(self) -> np.ndarray:
+        """Index into BOUNDS of the largest term, per element."""
+        terms = np.stack(
+            np.broadcast_arrays(self.compute_s, self.memory_s, self.comm_s, self.overhead_s), axis=0
+        )
+        return np.argmax(terms, axis=0)
+
+    def __add__(self, other: PassCost) -> PassCost:
+        return PassCost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def scaled(self, k) -> PassCost:
+        return PassCost(**{f.name: getattr(self, f.name) * k for f in fields(self)})
+
+    def at(self, index) -> PassCost:
+        """One element of a vectorised cost (scalars broadcast)."""
+        names = [f.name for f in fields(self)]
+        arrays = np.broadcast_arrays(*[np.asarray(getattr(self, n), dtype=float) for n in names])
+        return PassCost(**{n: float(a[index]) if a.ndim else float(a) for n, a in zip(names, arrays)})
+
+
+ZERO_COST = PassCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _onchip_split(resident_bytes, other_bytes, capacity_bytes: float):
+    """Bytes served on chip vs from HBM for a set that wants to live on chip.
+
+    Whatever of `resident_bytes` fits in what `other_bytes` leaves of the capacity is served on chip.
+    """
+    room = np.maximum(capacity_bytes - np.asarray(other_bytes, dtype=float), 0.0)
+    onchip = np.minimum(np.asarray(resident_bytes, dtype=float), room)
+    return onchip, np.asarray(resident_bytes, dtype=float) - onchip
+
+
+def forward_cost(
+    model: ModelSpec,
+    hw: HardwareProfile,
+    batch: BatchShape,
+    tp: int = 1,
+    *,
+    stats: ModelStats | None = None,
+    weights_onchip: bool = False,
+    kv_onchip: bool = False,
+    include_embedding: bool = True,
+) -> PassCost:
+    """Time of one forward pass of `model` over `batch` on `tp` devices of `hw` (per device).
+
+    Bytes: weights once per pass (matmul weights / tp; only the experts the batch's tokens touch),
+    KV read per sequence and layer, KV written for the new tokens, activations and logits. If the whole
+    working set fits on chip it is served from there (it is reused pass after pass); otherwise only the
+    parts flagged `weights_onchip` / `kv_onchip` are, as far as they fit.
+    """
+    s = stats or model_stats(model)
+    wb = DTYPE_BYTES[model.weight_dtype]
+    ab = DTYPE_BYTES[model.activation_dtype]
+    t = np.asarray(batch.query_tokens, dtype=float)
+    h = model.hidden_size
+
+    # ---- weights read once per pass
+    dense_layer_params = s.attention_params_per_layer + s.dense_ffn_params_per_layer
+    weight_params = s.num_dense_layers * dense_layer_params + model.vocab_size * h  # + lm head matmul
+    if model.moe is not None:
+        e = model.moe
+        touched = expected_distinct_experts(t, e.num_experts, e.experts_per_token)
+        moe_layer = (
+            s.attention_params_per_layer
+            + h * e.num_experts
+            + (touched + e.num_shared_experts) * s.expert_params
+        )
+        weight_params = weight_params + s.num_moe_layers * moe_layer
+    weight_bytes = np.asarray(weight_params, dtype=float) * wb / tp
+    if include_embedding:
+        weight_bytes = weight_bytes + t * h * wb  # embedding rows looked up
+
+    # ---- KV cache traffic (GQA heads shard over tp; an MLA latent is read whole by every rank)
+    kv_shard = 1 if model.attention == "mla" else min(tp, model.num_kv_heads)
+    full_layers = model.num_layers - model.sliding_window_layers
+    kv_tok_full = s.kv_bytes_per_token_per_layer
+    kv_tok_window = s.kv_bytes_per_token_per_layer * model.kv_compression_ratio  # windows are uncompressed
+    kv_read = (
+        full_layers * kv_tok_full * np.asarray(batch.kv_tokens, dtype=float)
+        + model.sliding_window_layers * kv_tok_window * np.asarray(batch.kv_tokens_window, dtype=float)
+    ) / kv_shard
+    kv_write = t * (full_layers * kv_tok_full + model.sliding_window_layers * kv_tok_window) / kv_shard
+
+    # ---- activations and logits
+    ffn_eff = model.ffn_hidden_size if model.moe is None else model.moe.expert_ffn_hidden_size * (
+        model.moe.experts_per_token + model.moe.num_shared_experts
+    )
+    act = t * model.num_layers * ab * (_ACT_HIDDEN_TOUCHES * h + _ACT_FFN_TOUCHES * ffn_eff / tp)
+    logits = t * model.vocab_size * 4.0 / tp
+
+    # ---- where the bytes come from
+    capacity = hw.onchip_capacity_mb * 1e6
+    everything = weight_bytes + kv_read
+    fits_whole = everything <= capacity
+    w_on, w_off = _onchip_split(weight_bytes, 0.0, capacity) if weights_onchip else (0.0, weight_bytes)
+    if kv_onchip:
+        kv_on, kv_off = _onchip_split(kv_read, np.asarray(w_on), capacity)
+    else:
+        kv_on, kv_off = 0.0, kv_read
+    onchip_bytes = np.where(fits_whole, everything, np.asarray(w_on) + np.asarray(kv_on))
+    hbm_bytes = np.where(fits_whole, 0.0, np.asarray(w_off) + np.asarray(kv_off)) + kv_write + act + logits
+
+    # ---- FLOPs
+    matmul_flops = t * s.matmul_flops_per_token / tp
+    head_shard = min(tp, model.num_heads)
+    attn_flops = s.attention_flops_per_pair_per_layer * (
+        full_layers * np.asarray(batch.attn_pairs, dtype=float) / model.kv_compression_ratio
+        + model.sliding_window_layers * np.asarray(batch.attn_pairs_window, dtype=float)
+    ) / head_shard
+    compute_s = matmul_flops / (hw.matmul_tflops(model.weight_dtype) * 1e12 * hw.efficiency.compute) + (
+        attn_flops / (hw.matmul_tflops(model.activation_dtype) * 1e12 * hw.efficiency.compute)
+    )
+
+    eff_bw = hw.memory_bandwidth_gbps * 1e9 * hw.efficiency.memory_bandwidth
+    hbm_s = hbm_bytes / eff_bw
+    onchip_bw = hw.onchip_bandwidth_gbps * 1e9 * hw.efficiency.onchip_bandwidth
+    onchip_s = np.where(onchip_bw > 0, onchip_bytes / max(onchip_bw, 1e-30), onchip_bytes / eff_bw)
+
+    # ---- tensor-parallel all-reduces: two per layer (after attention, after the FFN), ring algorithm
+    if tp > 1:
+        msg = t * h * ab
+        n_ar = 2 * model.num_layers
+        link = max(hw.interconnect_bandwidth_gbps, 1e-9) * 1e9 * hw.efficiency.interconnect
+        per_ar = 2 * (tp - 1) * hw.interconnect_latency_us * 1e-6 + 2 * (tp - 1) / tp * msg / link
+        comm_s = n_ar * per_ar
+        comm_bytes = n_ar * 2 * (tp - 1) / tp * msg
+    else:
+        comm_s = np.zeros_like(t)
+        comm_bytes = np.zeros_like(t)
+
+    overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
+    memory_s = hbm_s + onchip_s
+    time_s = np.maximum(compute_s, memory_s) + comm_s + overhead_s
+    total_flops = matmul_flops + attn_flops
+    return PassCost(
+        time_s=time_s,
+        compute_s=compute_s,
+        hbm_s=hbm_s,
+        onchip_s=onchip_s,
+        comm_s=comm_s,
+        overhead_s=np.full_like(np.asarray(time_s, dtype=float), overhead_s),
+        flops=total_flops,
+        hbm_bytes=hbm_bytes,
+        onchip_bytes=onchip_bytes,
+        comm_bytes=comm_bytes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Drafting and whole steps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCoster:
+    """Prices the passes of one deployment: baseline decode, drafting, verification.
+
+    Built once per deployment (model stats cached); every method is vectorised over numpy inputs.
+    """
+
+    target: ModelSpec
+    drafter: DrafterSpec
+    hw: HardwareProfile
+    tp: int = 1
+
+    @property
+    def target_stats(self) -> ModelStats:
+        return stats_of(self.target)
+
+    @property
+    def draft_arch(self) -> ModelSpec | None:
+        return _cached_draft_arch(self.target, self.drafter)
+
+    def target_pass(self, batch: BatchShape) -> PassCost:
+        return forward_cost(self.target, self.hw, batch, self.tp, stats=self.target_stats)
+
+    def target_ragged(self, query_lens, context_lens) -> PassCost:
+        """One target pass over a real (ragged) batch: prefill chunks and verify blocks mixed."""
+        return self.target_pass(ragged_batch(query_lens, context_lens, self.target.sliding_window_tokens))
+
+    def step_overhead_s(self) -> float:
+        return self.hw.overheads.per_step_us * 1e-6
+
+    def _draft_pass(self, batch: BatchShape) -> PassCost:
+        arch = self.draft_arch
+        assert arch is not None
+        return forward_cost(
+            arch,
+            self.hw,
+            batch,
+            self.tp,
+            stats=stats_of(arch),
+            weights_onchip=self.drafter.weights_onchip,
+            kv_onchip=self.drafter.kv_onchip,
+            include_embedding=self.drafter.kind == "draft_model",
+        )
+
+    def draft(self, num_seqs, gamma, context_len, catch_up_tokens=1.0) -> PassCost:
+        """Cost of drafting `gamma` tokens for `num_seqs` sequences with `context_len` cached tokens.
+
+        Autoregressive drafters run `gamma` passes: the first also digests the tokens the last step
+        accepted (`catch_up_tokens`, about tau), the rest one token each. Parallel drafters run one
+        pass over the block; DSpark adds `gamma` small sequential Markov-head steps.
+        """
+        kind = self.drafter.kind
+        g = np.asarray(gamma, dtype=float)
+        b = np.asarray(num_seqs, dtype=float)
+        ctx = np.asarray(context_len, dtype=float)
+        if kind == "none":
+            return ZERO_COST.scaled(np.zeros(np.broadcast(b, g, ctx).shape))
+        if kind == "ngram":
+            t = np.where(g > 0, self.drafter.lookup_us * 1e-6, 0.0) * np.ones_like(b * ctx)
+            z = np.zeros_like(t)
+            return PassCost(t, z, z, z, z, t, z, z, z, z)
+        window = self.draft_arch.sliding_window_tokens if self.draft_arch else None
+        if self.drafter.is_autoregressive:
+            first = self._draft_pass(uniform_batch(b, catch_up_tokens, ctx, window))
+            # passes 2..gamma see one more cached token each; price them at the mean extra context
+            rest = self._draft_pass(uniform_batch(b, 1.0, ctx + catch_up_tokens + (g - 1.0) / 2.0, window))
+            total = first.scaled(np.minimum(g, 1.0)) + rest.scaled(np.maximum(g - 1.0, 0.0))
+            return total
+        # parallel drafters: one pass over the block (+ the anchor token)
+        block = self._draft_pass(uniform_batch(b, g + catch_up_tokens, ctx, window))
+        block = block.scaled(np.minimum(g, 1.0))
+        if kind == "dspark":
+            block = block + self._markov_head(b, g)
+        return block
+
+    def _markov_head(self, num_seqs, gamma) -> PassCost:
+        """DSpark's low-rank Markov head: per draft position, bias = U[prev token] @ V (rank r x vocab).
+
+        Sequential but small: reads V (r x vocab) and the block's logits once per position.
+        """
+        arch = self.draft_arch
+        assert arch is not None
+        r = self.drafter.markov_rank
+        vocab = arch.vocab_size
+        wb = DTYPE_BYTES[arch.weight_dtype]
+        flops = 2.0 * num_seqs * r * vocab
+        bytes_ = r * vocab * wb / self.tp + num_seqs * vocab * 4.0 * 2 / self.tp
+        capacity = self.hw.onchip_capacity_mb * 1e6
+        eff_bw = self.hw.memory_bandwidth_gbps * 1e9 * self.hw.efficiency.memory_bandwidth
+        onchip_bw = max(self.hw.onchip_bandwidth_gbps * 1e9 * self.hw.efficiency.onchip_bandwidth, 1e-30)
+        on = np.where(bytes_ <= capacity, bytes_, 0.0)
+        off = bytes_ - on
+        mem = off / eff_bw + on / onchip_bw
+        comp = flops / (self.hw.matmul_tflops(arch.weight_dtype) * 1e12 * self.hw.efficiency.compute)
+        # a gather, a small matmul and an add: about three kernels per position
+        ovh = 3.0 * self.hw.overheads.per_layer_us * 1e-6 * np.ones_like(np.asarray(flops, dtype=float))
+        step = PassCost(np.maximum(comp, mem) + ovh, comp, off / eff_bw, on / onchip_bw, 0.0 * ovh, ovh,
+                        flops, off, on, 0.0 * ovh)
+        return step.scaled(np.asarray(gamma, dtype=float))
+
+    def verify(self, num_seqs, gamma, context_len) -> PassCost:
+        """One target pass over gamma + 1 query tokens per sequence."""
+        return self.target_pass(uniform_batch(num_seqs, np.asarray(gamma, dtype=float) + 1.0, context_len,
+                                              self.target.sliding_window_tokens))
+
+    def baseline(self, num_seqs, context_len) -> PassCost:
+        """One plain decode pass: one new token per sequence."""
+        return self.target_pass(uniform_batch(num_seqs, 1.0, context_len, self.target.sliding_window_tokens))
+
+
+def stats_of(m: ModelSpec) -> ModelStats:
+    return _stats_of_json(m.model_dump_json())
+
+
+@lru_cache(maxsize=256)
+def _stats_of_json(model_json: str) -> ModelStats:
+    """Memoised on the spec's content (specs are mutable pydantic objects, so not hashable)."""
+    return model_stats(ModelSpec.model_validate_json(model_json))
+
+
+def _cached_draft_arch(target: ModelSpec, drafter: DrafterSpec) -> ModelSpec | None:
+    return _draft_of_json(target.model_dump_json(), drafter.model_dump_json())
+
+
+@lru_cache(maxsize=256)
+def _draft_of_json(target_json: str, drafter_json: str) -> ModelSpec | None:
+    return drafter_model(ModelSpec.model_validate_json(target_json), DrafterSpec.model_validate_json(drafter_json))
