@@ -111,7 +111,7 @@ class PassCost:
         """One element of a vectorised cost (scalars broadcast)."""
         names = [f.name for f in fields(self)]
         arrays = np.broadcast_arrays(*[np.asarray(getattr(self, n), dtype=float) for n in names])
-        return PassCost(**{n: float(a[index]) if a.ndim else float(a) for n, a in zip(names, arrays)})
+        return PassCost(**{n: float(a[index]) if a.ndim else float(a) for n, a in zip(names, arrays, strict=True)})
 
 
 ZERO_COST = PassCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
