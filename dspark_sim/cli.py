@@ -80,6 +80,22 @@ def predict(
 
 
 @app.command()
+def run(
+    scenario: ScenarioArg = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="folder for summary.json, per-request and time-series files")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Discrete-event simulation of the deployment (and the no-speculation baseline on the same requests)."""
+    from dspark_sim.sim.cli import run_command
+
+    run_command(scenario, set_ or [], json_out=json_out, out_dir=out_dir, progress=progress)
+
+
+@app.command()
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the JSON Schema here")] = None,
     kind: Annotated[str, typer.Option(help="scenario | hardware | model | predict-result")] = "scenario",

@@ -8,7 +8,7 @@ Unknown keys are rejected everywhere (`extra="forbid"`): a typo in a scenario is
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -529,6 +529,20 @@ class SimulationSpec(Strict):
     simulate_baseline: bool = Field(True, description="also simulate no speculation on the same requests")
 
 
+class Variant(Strict):
+    """Another configuration compared in the same run, e.g. MTP-1 beside DSpark (same arrivals)."""
+
+    name: str
+    set: list[str] = Field(default_factory=list, description="`--set`-style overrides, path=value")
+
+
+class ScenarioSweep(Strict):
+    """Run the scenario (and every variant) once per value of one field, e.g. closed-loop concurrency."""
+
+    path: str = Field(description="a `--set` path, e.g. workload.arrivals.concurrency")
+    values: list[Any] = Field(min_length=1)
+
+
 class Scenario(Strict):
     name: str
     description: str = ""
@@ -540,3 +554,5 @@ class Scenario(Strict):
     slo: SLOSpec = Field(default_factory=SLOSpec)
     predict: PredictGrid = Field(default_factory=PredictGrid)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    variants: list[Variant] = Field(default_factory=list, description="configurations compared in `run`")
+    sweep: ScenarioSweep | None = None
