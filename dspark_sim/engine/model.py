@@ -1,0 +1,354 @@
+"""A compact Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU) with a static per-sequence KV cache.
+
+Why this shape: it is the architecture of the models the simulator predicts (Llama 3.x), it loads
+HF Llama checkpoints unchanged (rotate-half RoPE, same projections), and a static cache indexed by
+each sequence's own positions makes speculative decoding simple: rejected tokens' K/V are not undone,
+they are masked out (keys past a query's position are invisible) and overwritten by the next write.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
+KV_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": torch.int8,
+}
+
+
+@dataclass
+class ModelArgs:
+    """Architecture of one decoder. `head_dim` defaults to dim // n_heads."""
+
+    vocab_size: int = 264
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    ffn_hidden: int = 688
+    head_dim: int = 0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF "llama3" frequency scaling, as in config.json
+    tie_embeddings: bool = False
+    max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.head_dim <= 0:
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError("n_heads must be a multiple of n_kv_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (RoPE rotates pairs)")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelArgs:
+        if name not in PRESETS:
+            raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelArgs:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def num_params(self) -> int:
+        """Parameter count (tied embeddings counted once)."""
+        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        layer = attn + 3 * self.dim * self.ffn_hidden + 2 * self.dim
+        emb = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return self.n_layers * layer + emb + self.dim
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+PRESETS: dict[str, ModelArgs] = {
+    # byte-level pairs trained by engine.train (vocab 256 bytes + specials, padded to 264)
+    "test-target": ModelArgs(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_seq_len=256),
+    "test-draft": ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=256),
+    "tiny-target": ModelArgs(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_hidden=688, max_seq_len=1024),
+    "tiny-draft": ModelArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=344, max_seq_len=1024),
+    "gpu-target": ModelArgs(dim=1024, n_layers=12, n_heads=16, n_kv_heads=4, ffn_hidden=2816, max_seq_len=2048),
+    "gpu-draft": ModelArgs(dim=512, n_layers=4, n_heads=8, n_kv_heads=2, ffn_hidden=1408, max_seq_len=2048),
+    # real shapes (random weights in benchmarks; real weights through checkpoints.load_hf_llama)
+    "llama-3.2-1b": ModelArgs(
+        vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_hidden=8192,
+        rope_theta=500000.0, rope_scaling={**_LLAMA3_ROPE, "factor": 32.0}, tie_embeddings=True,
+        max_seq_len=131072,
+    ),
+    "llama-3.1-8b": ModelArgs(
+        vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden=14336,
+        rope_theta=500000.0, rope_scaling={**_LLAMA3_ROPE, "factor": 8.0}, max_seq_len=131072,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32 then cast back, as HF Llama does (bf16 rsqrt is too coarse)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> Tensor:
+    """Inverse frequencies, with HF's "llama3" long-context scaling when the config asks for it."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    sc = args.rope_scaling
+    if not sc or sc.get("rope_type", sc.get("type")) in (None, "default"):
+        return inv.float()
+    if sc.get("rope_type", sc.get("type")) != "llama3":
+        raise ValueError(f"unsupported rope_scaling {sc!r} (only 'llama3')")
+    factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+    old = sc["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+    return torch.where(medium, smoothed, scaled).float()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, H, T, D]; cos/sin: [B, 1, T, D] (rotate-half convention, as HF Llama)."""
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache(nn.Module):
+    """Static cache [batch, kv_heads, max_seq_len, head_dim], written at each sequence's own positions.
+
+    int8 mode stores round(x / s) with one scale s = max|x| / 127 per (sequence, head, token), so a
+    token's scale never changes when later tokens arrive, and dequantises on read.
+    """
+
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
+                 kv_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        self.quantized = kv_dtype == torch.int8
+        self.compute_dtype = compute_dtype
+        self.register_buffer("k", torch.zeros(shape, dtype=kv_dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=kv_dtype, device=device), persistent=False)
+        if self.quantized:
+            sshape = (batch, n_kv_heads, max_seq_len, 1)
+            self.register_buffer("k_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
+            self.register_buffer("v_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
+
+    @staticmethod
+    def quantize(x: Tensor) -> tuple[Tensor, Tensor]:
+        scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
+        q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
+        return q, scale.to(x.dtype)
+
+    def update(self, positions: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] at positions [B, T]; return the whole (dequantised) cache rows."""
+        b = k.shape[0]
+        rows = torch.arange(b, device=positions.device)[:, None]
+        # advanced indices (rows, positions) around a slice put their dims first: [B, T, H, D]
+        if self.quantized:
+            kq, ks = self.quantize(k)
+            vq, vs = self.quantize(v)
+            self.k[rows, :, positions] = kq.transpose(1, 2)
+            self.v[rows, :, positions] = vq.transpose(1, 2)
+            self.k_scale[rows, :, positions] = ks.transpose(1, 2)
+            self.v_scale[rows, :, positions] = vs.transpose(1, 2)
+            kk = self.k[:b].to(self.compute_dtype) * self.k_scale[:b]
+            vv = self.v[:b].to(self.compute_dtype) * self.v_scale[:b]
+            return kk, vv
+        self.k[rows, :, positions] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[rows, :, positions] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[:b].to(self.compute_dtype), self.v[:b].to(self.compute_dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None,
+                mask: Tensor | None) -> Tensor:
+        bsz, t, _ = x.shape
+        q = self.wq(x).view(bsz, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None and positions is not None:
+            k, v = self.kv_cache.update(positions, k, v)
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.wo(y.transpose(1, 2).reshape(bsz, t, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # gate
+        self.w3 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # up
+        self.w2 = nn.Linear(args.ffn_hidden, args.dim, bias=False)  # down
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None,
+                mask: Tensor | None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, positions, mask)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self._build_rope(args.max_seq_len)
+        self.cache_batch = 0
+        self.cache_len = 0
+
+    def _build_rope(self, length: int, device: torch.device | str | None = None) -> None:
+        inv = rope_inv_freq(self.args).to(device)
+        freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("rope_cos", emb.cos(), persistent=False)
+        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.weight.device
+
+    def setup_caches(self, max_batch_size: int, max_seq_len: int, kv_dtype: str | torch.dtype | None = None) -> None:
+        """(Re)allocate every layer's static KV cache. kv_dtype: fp32|bf16|fp16|int8 (default: weights')."""
+        if isinstance(kv_dtype, str):
+            if kv_dtype not in KV_DTYPES:
+                raise ValueError(f"unknown kv dtype {kv_dtype!r}; allowed: {sorted(KV_DTYPES)}")
+            kv_dtype = KV_DTYPES[kv_dtype]
+        kv_dtype = kv_dtype or self.dtype
+        if max_seq_len > self.rope_cos.shape[0]:
+            self._build_rope(max_seq_len, self.device)
+        a = self.args
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch_size, a.n_kv_heads, max_seq_len, a.head_dim,
+                                               kv_dtype, self.dtype, self.device)
+        self.cache_batch, self.cache_len = max_batch_size, max_seq_len
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, *, return_hidden: bool = False,
+                logit_index: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [B, T, V] (fp32) for tokens [B, T]; optionally the final-norm hidden states too.
+
+        positions=None: plain causal pass, no cache (training). positions [B]: start position of each
+        sequence; positions [B, T]: explicit positions. With positions the K/V are written into the
+        cache at those positions and each query at position p sees cached keys 0..p of its sequence.
+        logit_index [B]: compute logits only at that index of T for each row (returns [B, 1, V]).
+        """
+        bsz, t = tokens.shape
+        mask = None
+        if positions is None:
+            pos = torch.arange(t, device=tokens.device).expand(bsz, t)
+        else:
+            if self.cache_batch < bsz:
+                raise RuntimeError("call setup_caches(batch, max_seq_len) before a cached forward")
+            pos = positions[:, None] + torch.arange(t, device=tokens.device) if positions.dim() == 1 else positions
+            keys = torch.arange(self.cache_len, device=tokens.device)
+            mask = (keys[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # [B, 1, T, S]
+        cos = self.rope_cos[pos].to(self.dtype).unsqueeze(1)
+        sin = self.rope_sin[pos].to(self.dtype).unsqueeze(1)
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, pos if positions is not None else None, mask)
+        h = self.norm(x)
+        if logit_index is not None:
+            h = h.gather(1, logit_index.view(bsz, 1, 1).expand(bsz, 1, h.shape[-1]))
+        logits = self.output(h).float()
+        return (logits, h) if return_hidden else logits
+
+
+def init_weights(model: Transformer, std: float = 0.02) -> Transformer:
+    """GPT-2 style init: N(0, std), residual output projections scaled by 1/sqrt(2 * n_layers)."""
+    resid_std = std / math.sqrt(2 * model.args.n_layers)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            nn.init.ones_(p)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            nn.init.normal_(p, 0.0, resid_std)
+        else:
+            nn.init.normal_(p, 0.0, std)
+    return model
+
+
+def build_model(args: ModelArgs, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int | None = None) -> Transformer:
+    """A randomly initialised model (seeded when `seed` is given), built directly in `dtype` on `device`.
+
+    Built on the meta device first so an 8B-shaped model never exists in fp32 or on the wrong device.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model._build_rope(args.max_seq_len, device)
+    with torch.no_grad():
+        init_weights(model)
+    return model
