@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy.special import betaincinv
 
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import (
@@ -139,7 +139,7 @@ def _beta_nodes(mean: float, concentration: float) -> np.ndarray:
     if b <= 0:
         return np.ones(_BETA_NODES)
     q = (np.arange(_BETA_NODES) + 0.5) / _BETA_NODES
-    return stats.beta.ppf(q, a, b)
+    return betaincinv(a, b, q)
 
 
 def _per_request_survivals(spec: PerRequestAcceptance, n: int) -> np.ndarray:
