@@ -476,6 +476,11 @@ class WorkloadSpec(Strict):
     output_tokens: LengthDist = Field(default_factory=lambda: FixedLength(tokens=256))
     domains: list[Domain] = Field(default_factory=list, description="mixture of traffic slices (optional)")
     warmup_requests: NonNegInt = Field(0, description="first N finished requests left out of the metrics")
+    lengths_from_trace: bool = Field(
+        False,
+        description="requests replaying an acceptance trace (acceptance kind trace) take that record's prompt "
+        "and output lengths, record i for request i (in file order, wrapping)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,6 +532,10 @@ class SimulationSpec(Strict):
     time_series_interval_s: PositiveFloat = Field(1.0, description="sampling interval of time series, s")
     per_request_output: Literal["jsonl", "csv", "none"] = "jsonl"
     simulate_baseline: bool = Field(True, description="also simulate no speculation on the same requests")
+    warmup_s: NonNegFloat = Field(
+        0.0, description="requests arriving before this simulated time are left out of the metrics, and "
+        "throughput is measured from here (closed-loop ramp-up)"
+    )
 
 
 class Variant(Strict):
