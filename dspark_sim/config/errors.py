@@ -20,17 +20,26 @@ class InputError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-def _loc_to_path(loc: tuple) -> str:
-    """pydantic's loc has union-member tags (e.g. 'iid', 'function-after[...]') mixed in; drop them."""
+def _loc_to_path(loc: tuple, data: object = None) -> str:
+    """pydantic's loc has union-member tags (e.g. 'iid', 'function-after[...]') mixed in; drop them.
+
+    With the input `data`, a loc element that is not a key of the current mapping but equals its
+    'kind' (a discriminated union's tag) is dropped too.
+    """
     parts: list[str] = []
+    node = data
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
         text = str(item)
         if text.startswith(("function-", "constrained-", "json-or-python", "lax-or-strict")):
             continue
+        if isinstance(node, dict) and text not in node and node.get("kind") == text:
+            continue
         parts.append(text)
+        node = node.get(text) if isinstance(node, dict) else None
     path = ""
     for part in parts:
         path += part if part.startswith("[") or not path else "." + part
@@ -61,11 +70,11 @@ def _allowed(err: dict) -> str:
     return msg
 
 
-def from_validation_error(source: str, err: ValidationError, prefix: str = "") -> InputError:
+def from_validation_error(source: str, err: ValidationError, prefix: str = "", data: object = None) -> InputError:
     """Turn pydantic's multi-line report into one line about the first problem (and a count)."""
     errors = err.errors()
     first = errors[0]
-    path = _loc_to_path(tuple(first.get("loc", ())))
+    path = _loc_to_path(tuple(first.get("loc", ())), data)
     if prefix:
         path = f"{prefix}.{path}" if path else prefix
     message = _allowed(first)

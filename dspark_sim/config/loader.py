@@ -255,7 +255,7 @@ def validate_as(model: type[T], data: Any, source: str, prefix: str = "") -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_error(source, exc, prefix) from None
+        raise from_validation_error(source, exc, prefix, data) from None
 
 
 def load_scenario_dict(path: Path | str, overrides: list[str] | None = None) -> dict:

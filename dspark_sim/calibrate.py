@@ -1,0 +1,211 @@
+"""Fit the cost model's free parameters to an engine profile (`dspark-sim calibrate`).
+
+Why fit rather than trust datasheets: uncalibrated roofline tools are 30-50% off (FACTS.md section 4)
+because kernels reach a device-, shape- and software-dependent fraction of peak and pay fixed costs.
+We fit, by least squares on relative error, exactly the knobs the cost model has: effective HBM
+(DRAM) bandwidth, effective on-chip bandwidth, effective FLOP/s, per-pass and per-layer overhead,
+plus the engine's per-step overhead (from whole measured steps). A parameter that no sample is
+sensitive to is reported as not identified and keeps its base value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from dspark_sim.config.errors import InputError
+from dspark_sim.config.measurements import CalibrationReport, EngineProfile, ParameterFit
+from dspark_sim.config.schema import DrafterSpec, Efficiency, HardwareProfile, ModelSpec, Overheads
+from dspark_sim.costmodel import BatchShape, forward_cost
+
+#: A parameter is identified when doubling it moves the predictions by at least this much (rms, log).
+_IDENTIFY_THRESHOLD = 0.02
+
+PARAMS = (
+    ("memory_bandwidth_gbps", "GB/s"),
+    ("onchip_bandwidth_gbps", "GB/s"),
+    ("tflops", "TFLOP/s"),
+    ("per_pass_us", "us"),
+    ("per_layer_us", "us"),
+)
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """Profile samples grouped by role, as arrays for one vectorised cost evaluation per role."""
+
+    roles: dict[str, tuple[ModelSpec, BatchShape, np.ndarray]]  # role -> (arch, shapes, sample index)
+    measured: np.ndarray
+
+
+def _shapes(profile: EngineProfile) -> _Samples:
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(profile.samples):
+        groups.setdefault(s.role, []).append(i)
+    roles = {}
+    for role, idx in groups.items():
+        arch = profile.target if role == "target" else profile.draft
+        if arch is None:
+            raise InputError("profile", "draft", "samples for role 'draft' but no draft architecture")
+        ss = [profile.samples[i] for i in idx]
+        b = np.array([s.batch_size for s in ss], dtype=float)
+        q = np.array([s.query_tokens for s in ss], dtype=float)
+        att = np.array([s.attended_tokens for s in ss], dtype=float)
+        kv_dtype = ss[0].kv_dtype
+        arch = arch.model_copy(update={"kv_dtype": kv_dtype if kv_dtype in ("fp32", "bf16", "fp16", "int8") else arch.kv_dtype})
+        # the engine attends over a static cache bucket: every query sees `attended` keys
+        shape = BatchShape(b, b * q, b * att, b * att, b * q * att, b * q * att)
+        roles[role] = (arch, shape, np.array(idx))
+    measured = np.array([s.median_s for s in profile.samples], dtype=float)
+    return _Samples(roles, measured)
+
+
+def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight_dtype: str,
+                         per_step_us: float) -> HardwareProfile:
+    """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0)."""
+    bw, onchip_bw, tflops, per_pass, per_layer = (float(v) for v in x)
+    return base.model_copy(
+        update={
+            "name": name,
+            "memory_bandwidth_gbps": bw,
+            "onchip_bandwidth_gbps": onchip_bw,
+            "peak_tflops": {**{k: v for k, v in base.peak_tflops.items()}, weight_dtype: tflops},
+            "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
+                                     interconnect=base.efficiency.interconnect),
+            "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=per_step_us),
+        }
+    )
+
+
+def predict_samples(samples: _Samples, hw: HardwareProfile) -> np.ndarray:
+    out = np.zeros_like(samples.measured)
+    for arch, shape, idx in samples.roles.values():
+        out[idx] = np.asarray(forward_cost(arch, hw, shape, 1, include_embedding=True).time_s)
+    return out
+
+
+def base_profile_for(profile: EngineProfile) -> HardwareProfile:
+    """Starting point: generic figures of the device kind, with its measured memory and cache sizes."""
+    d = profile.device
+    dtype = profile.weight_dtype
+    if d.kind == "cuda":
+        start = dict(bw=3000.0, onchip=10000.0, tflops=300.0)
+    else:
+        start = dict(bw=20.0, onchip=200.0, tflops=0.2)
+    return HardwareProfile(
+        name=f"calibrated-{d.kind}",
+        description=f"calibrated on {d.name}",
+        kind="gpu" if d.kind == "cuda" else "cpu",
+        memory_capacity_gb=max(d.memory_gb, 1e-3),
+        memory_bandwidth_gbps=start["bw"],
+        onchip_capacity_mb=d.onchip_mb,
+        onchip_bandwidth_gbps=start["onchip"],
+        peak_tflops={dtype: start["tflops"]},
+    )
+
+
+def calibrate(profile: EngineProfile, name: str | None = None,
+              base: HardwareProfile | None = None) -> tuple[HardwareProfile, CalibrationReport]:
+    """Least-squares fit of the cost model to the profile; returns the calibrated profile and a report."""
+    if not profile.samples:
+        raise InputError("profile", "samples", "no samples: run `dspark-sim profile` first")
+    base = base or base_profile_for(profile)
+    name = name or base.name
+    samples = _shapes(profile)
+    measured = samples.measured
+    if np.any(measured <= 0):
+        raise InputError("profile", "samples", "non-positive timings")
+    dtype = profile.weight_dtype
+    x0 = np.array([
+        base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
+        base.overheads.per_pass_us, base.overheads.per_layer_us,
+    ])
+
+    def residuals(logx: np.ndarray) -> np.ndarray:
+        x = np.exp(logx)
+        hw = hardware_from_params(base, x, name, dtype, 0.0)
+        return np.log(predict_samples(samples, hw) / measured)
+
+    # overheads may be ~0: fit everything in log space from a positive floor
+    x0 = np.maximum(x0, [1e-3, 1e-3, 1e-6, 0.1, 0.01])
+    fit = least_squares(residuals, np.log(x0), method="trf", x_scale="jac", max_nfev=2000)
+    x = np.exp(fit.x)
+    # sensitivity: rms change of log-predictions when a parameter doubles
+    sens = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
+    identified = sens >= _IDENTIFY_THRESHOLD
+    x_final = np.where(identified, x, np.maximum(x0, 0.0))
+
+    step_overheads = [s.step_s - s.draft_s - s.verify_s for s in profile.steps]
+    per_step_us = float(np.median(step_overheads) * 1e6) if step_overheads else base.overheads.per_step_us
+    per_step_us = max(per_step_us, 0.0)
+    hw = hardware_from_params(base, x_final, name, dtype, per_step_us)
+    pred = predict_samples(samples, hw)
+    err = 100.0 * (pred / measured - 1.0)
+
+    params = []
+    for (pname, unit), val, ok, s in zip(PARAMS, x_final, identified, sens, strict=True):
+        note = "" if ok else (
+            f"not identified: no profiled shape depends on it (doubling it moves predictions {100 * s:.2f}% rms); "
+            f"kept the base value"
+        )
+        params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=bool(ok), note=note))
+    params.append(ParameterFit(
+        name="per_step_us", value=per_step_us, unit="us", identified=bool(step_overheads),
+        note="" if step_overheads else "not identified: the profile has no whole-step samples; kept the base value",
+    ))
+    points = [
+        {
+            "role": s.role, "batch_size": s.batch_size, "query_tokens": s.query_tokens,
+            "context_tokens": s.context_tokens, "measured_s": s.median_s, "predicted_s": float(p),
+            "error_pct": float(e),
+        }
+        for s, p, e in zip(profile.samples, pred, err, strict=True)
+    ]
+    report = CalibrationReport(
+        profile_device=profile.device.name,
+        engine_version=profile.engine_version,
+        parameters=params,
+        median_abs_error_pct=float(np.median(np.abs(err))),
+        max_abs_error_pct=float(np.max(np.abs(err))),
+        points=points,
+        sps_table=sps_table(profile, hw),
+    )
+    return hw, report
+
+
+def sps_table(profile: EngineProfile, hw: HardwareProfile) -> dict[int, float]:
+    """Verify steps per second at B tokens per verify pass, from the calibrated model.
+
+    Each budget B is priced as the profiled target pass with B sequences of one token (at the median
+    profiled context), plus the per-step overhead: the curve DSpark's prefix scheduler searches over.
+    """
+    target = [s for s in profile.samples if s.role == "target"]
+    if not target:
+        return {}
+    attended = float(np.median([s.attended_tokens for s in target]))
+    max_tokens = max(s.batch_size * s.query_tokens for s in target)
+    budgets = np.unique(np.round(np.geomspace(1, max_tokens, num=min(max_tokens, 24))).astype(int))
+    b = budgets.astype(float)
+    shape = BatchShape(b, b, b * attended, b * attended, b * attended, b * attended)
+    t = np.asarray(forward_cost(profile.target, hw, shape, 1).time_s) + hw.overheads.per_step_us * 1e-6
+    return {int(k): float(1.0 / v) for k, v in zip(budgets, t, strict=True)}
+
+
+def check_profile_matches(profile: EngineProfile, *, device_kind: str | None = None,
+                          engine_version: str | None = None, source: str = "profile") -> None:
+    """Refuse a profile made on another device kind or by another engine version."""
+    if device_kind and profile.device.kind != device_kind:
+        raise InputError(source, "device.kind",
+                         f"profile was measured on {profile.device.kind!r}, this run is on {device_kind!r}")
+    if engine_version and profile.engine_version != engine_version:
+        raise InputError(source, "engine_version",
+                         f"profile is from engine {profile.engine_version!r}, this engine is {engine_version!r}; re-run `dspark-sim profile`")
+
+
+def drafter_for_engine(draft: ModelSpec | None) -> DrafterSpec:
+    """The engine's autoregressive draft model as a DrafterSpec for the simulator."""
+    if draft is None:
+        return DrafterSpec(kind="none")
+    return DrafterSpec(kind="draft_model", model=draft)

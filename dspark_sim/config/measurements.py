@@ -1,0 +1,84 @@
+"""Measurement documents: engine profiles (`profile`), their fits (`calibrate`) and validation reports.
+
+Part of the one schema. A profile records where it was measured (device, engine version, torch) so
+`calibrate` and `validate` can refuse a profile from another device or engine version.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspark_sim.config.schema import ModelSpec
+
+PROFILE_SCHEMA_VERSION = 1
+
+
+class Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceInfo(Doc):
+    kind: Literal["cpu", "cuda"]
+    name: str = Field(description="CPU model name or CUDA device name")
+    torch_version: str
+    threads: int = Field(description="torch intra-op threads (CPU) or SM count (CUDA)")
+    memory_gb: float = Field(description="device memory (CUDA) or system RAM (CPU), GB")
+    onchip_mb: float = Field(description="last-level cache (CPU L3) or L2 (CUDA), MB")
+
+
+class PassSample(Doc):
+    """Timings of one forward-pass shape, repeated."""
+
+    role: Literal["target", "draft"]
+    batch_size: int
+    query_tokens: int = Field(description="new tokens per sequence in the pass")
+    context_tokens: int = Field(description="tokens already cached per sequence")
+    attended_tokens: int = Field(description="keys each query attends over in this engine (static-cache bucket)")
+    kv_dtype: str
+    times_s: list[float]
+    median_s: float
+    spread: float = Field(description="(p90 - p10) / median of the repeats")
+
+
+class StepSample(Doc):
+    """A whole speculative step measured inside the engine: what lies outside the two passes."""
+
+    batch_size: int
+    gamma: int
+    step_s: float = Field(description="median wall time of one engine step")
+    draft_s: float
+    verify_s: float
+
+
+class EngineProfile(Doc):
+    schema_version: int = PROFILE_SCHEMA_VERSION
+    kind: Literal["engine-profile"] = "engine-profile"
+    engine_version: str
+    device: DeviceInfo
+    weight_dtype: str
+    target: ModelSpec
+    draft: ModelSpec | None = None
+    samples: list[PassSample]
+    steps: list[StepSample] = Field(default_factory=list)
+    created_by: str = Field("", description="the command that made this profile")
+
+
+class ParameterFit(Doc):
+    name: str
+    value: float
+    unit: str
+    identified: bool
+    note: str = ""
+
+
+class CalibrationReport(Doc):
+    kind: Literal["calibration"] = "calibration"
+    profile_device: str
+    engine_version: str
+    parameters: list[ParameterFit]
+    median_abs_error_pct: float
+    max_abs_error_pct: float
+    points: list[dict] = Field(description="per sample: shape, measured_s, predicted_s, error_pct")
+    sps_table: dict[int, float] = Field(description="verify steps per second by tokens per verify pass")
