@@ -305,7 +305,8 @@ def generate_baseline(model: Transformer, prompts: Sequence[Sequence[int]], max_
     pos = lens.clone()
     for i in range(1, max_new_tokens):
         logits = fwd(tok[:, None], pos[:, None])[:, 0]
-        tok = sample(logits_to_probs(logits, sampling), sampling.greedy, generator)
+        # greedy: argmax straight away (fewer kernels per token matters at 1000+ tok/s)
+        tok = logits.argmax(-1) if sampling.greedy else sample(logits_to_probs(logits, sampling), False, generator)
         out[:, i] = tok
         pos += 1
     t2 = clock.mark()
@@ -448,3 +449,33 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     clock.sync()
     tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
     return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps)
+
+
+@torch.no_grad()
+def profile_sps(model: Transformer, batch: int, max_tokens_per_seq: int, *, context: int = 64,
+                repeats: int = 5, forward: Forward | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Measure SPS(B), verify passes per second at B = batch x t tokens (t = 1..max), on this model.
+
+    The DSpark scheduler prices extra verify tokens with this curve (`policies.table_sps`).
+    """
+    from dspark_sim.policies import table_sps
+
+    fwd = forward or model
+    ensure_caches(model, batch, context + max_tokens_per_seq + 1, None)
+    dev = model.device
+    table: dict[int, float] = {}
+    for t in range(1, max_tokens_per_seq + 1):
+        toks = torch.zeros(batch, t, dtype=torch.long, device=dev)
+        pos = torch.full((batch,), context, dtype=torch.long, device=dev)
+        fwd(toks, pos)  # warm-up
+        times = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fwd(toks, pos)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        table[batch * t] = 1.0 / max(float(np.median(times)), 1e-9)
+    return table_sps(table)

@@ -79,8 +79,8 @@ PRESETS: dict[str, ModelArgs] = {
     # byte-level pairs trained by engine.train (vocab 256 bytes + specials, padded to 264)
     "test-target": ModelArgs(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_seq_len=256),
     "test-draft": ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=256),
-    "tiny-target": ModelArgs(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_hidden=688, max_seq_len=1024),
-    "tiny-draft": ModelArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=344, max_seq_len=1024),
+    "tiny-target": ModelArgs(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, ffn_hidden=512, max_seq_len=1024),
+    "tiny-draft": ModelArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=384, max_seq_len=1024),
     "gpu-target": ModelArgs(dim=1024, n_layers=12, n_heads=16, n_kv_heads=4, ffn_hidden=2816, max_seq_len=2048),
     "gpu-draft": ModelArgs(dim=512, n_layers=4, n_heads=8, n_kv_heads=2, ffn_hidden=1408, max_seq_len=2048),
     # real shapes (random weights in benchmarks; real weights through checkpoints.load_hf_llama)

@@ -1,0 +1,162 @@
+"""Decode speed of the engine vs HF transformers (static cache) on Llama-shaped random bf16 weights.
+
+Batch 1, greedy, 128-token prompt, 256 new tokens (the FACTS.md section 3 setup). Our side runs the
+decode step as a captured CUDA graph (torch.compile mode="reduce-overhead"). Targets on one H200:
+>= 215 tok/s for the Llama-3.1-8B shape and >= 900 tok/s for Llama-3.2-1B (weight streaming limits
+at 4.8 TB/s are about 299 and 1602 tok/s). Prints one JSON document.
+
+    python benchmarks/engine_gpu.py                       # on a CUDA machine
+    python benchmarks/engine_gpu.py --device cpu --shapes test-target --prompt-len 16 --new-tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from dspark_sim.engine.generate import compile_forward, generate_baseline
+from dspark_sim.engine.model import ModelArgs, build_model
+
+TARGET_TOK_S = {"llama-3.1-8b": 215.0, "llama-3.2-1b": 900.0}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
+               use_graphs: bool, repeats: int) -> dict[str, Any]:
+    model = build_model(args, device=device, dtype=dtype, seed=0).eval()
+    prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    fwd = compile_forward(model) if use_graphs else None
+    t0 = time.perf_counter()
+    generate_baseline(model, [prompt], new_tokens, forward=fwd)  # warm-up: compile + capture
+    generate_baseline(model, [prompt], new_tokens, forward=fwd)
+    warmup_s = time.perf_counter() - t0
+    best = None
+    for _ in range(repeats):
+        _sync(device)
+        res = generate_baseline(model, [prompt], new_tokens, forward=fwd)
+        if best is None or res.total_time_s < best.total_time_s:
+            best = res
+    assert best is not None
+    wbytes = _weight_bytes(model)
+    out = {
+        "tok_s": best.tokens_per_s,  # new tokens / (prefill + decode), batch 1
+        "decode_tok_s": best.decode_tokens_per_s,
+        "prefill_s": best.prefill_time_s,
+        "weight_gb": wbytes / 1e9,
+        "weight_stream_gbps": wbytes * best.decode_tokens_per_s / 1e9,
+        "cuda_graphs": use_graphs,
+        "warmup_s": warmup_s,
+        "first_tokens": best.tokens[0][:8],
+    }
+    del model, fwd
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def hf_config(args: ModelArgs) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_dim, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+        rope_scaling=args.rope_scaling, tie_word_embeddings=args.tie_embeddings,
+        max_position_embeddings=args.max_seq_len,
+    )
+
+
+def bench_hf(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
+             repeats: int) -> dict[str, Any]:
+    """transformers' LlamaForCausalLM, random weights from the same config, static KV cache, greedy."""
+    import transformers
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(hf_config(args)).to(dtype).eval()
+    ids = torch.randint(0, args.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+              cache_implementation="static", pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids, **kw)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            model.generate(ids, **kw)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+    del model
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"tok_s": new_tokens / best, "transformers": transformers.__version__, "cache": "static"}
+
+
+def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int = 128, new_tokens: int = 256,
+        graphs: bool | None = None, hf: bool = True, repeats: int = 3) -> dict[str, Any]:
+    """Benchmark each shape on `device`; returns the JSON-able report."""
+    use_graphs = device.startswith("cuda") if graphs is None else graphs
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__, "dtype": dtype, "batch": 1, "prompt_len": prompt_len,
+        "new_tokens": new_tokens, "results": {},
+    }
+    for shape in shapes:
+        args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
+        row: dict[str, Any] = {"params": args.num_params()}
+        row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
+        if hf:
+            try:
+                row["hf"] = bench_hf(args, device, DTYPES[dtype], prompt_len, new_tokens, repeats)
+                row["speedup_vs_hf"] = row["ours"]["tok_s"] / row["hf"]["tok_s"]
+            except ImportError:
+                row["hf"] = None
+        if shape in TARGET_TOK_S and device.startswith("cuda"):
+            row["target_tok_s"] = TARGET_TOK_S[shape]
+            row["meets_target"] = row["ours"]["tok_s"] >= TARGET_TOK_S[shape]
+        report["results"][shape] = row
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-1b", help="comma-separated model presets")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
+    ap.add_argument("--no-graphs", action="store_true", help="eager decode (no torch.compile / CUDA graphs)")
+    a = ap.parse_args(argv)
+    report = run(a.shapes.split(","), a.device, dtype=a.dtype, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
+                 graphs=False if a.no_graphs else None, hf=not a.no_hf, repeats=a.repeats)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

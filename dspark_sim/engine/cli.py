@@ -1,0 +1,203 @@
+"""`dspark-sim engine ...`: train a byte-level target/draft pair and measure speculative decoding.
+
+The main CLI mounts `engine_app`; bad input raises InputError, which it prints as one line (exit 2).
+torch is imported inside the commands so `dspark-sim --help` works without the engine extra.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dspark_sim.config.errors import InputError
+
+engine_app = typer.Typer(help="Real PyTorch speculative decoding: train a pair, generate, measure.",
+                         no_args_is_help=True)
+
+POLICIES = ("fixed", "none", "confidence", "dspark")
+DEFAULT_PROMPTS = ["def ", "import os\n", "class ", "    for i in range(", "    return self."]
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _check_device(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise InputError("engine", "--device", f"unknown device {device!r} (allowed: cpu, cuda)")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("engine", "--device", "cuda requested but torch sees no CUDA device")
+    return device
+
+
+@engine_app.command()
+def train(
+    preset: str = typer.Option("tiny", help="test (seconds) | tiny (<= 5 min on 2 CPU cores) | gpu (H200)"),
+    seed: int = typer.Option(0, help="seeds weights, batches and evaluation"),
+    cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    force: bool = typer.Option(False, help="retrain even when the cache already holds this pair"),
+) -> None:
+    """Train a target on stdlib bytes, then distil a draft from it; save both; report loss and tau."""
+    from dspark_sim.engine.train import get_preset, train_pair
+
+    get_preset(preset)
+    _check_device(device)
+    con = _console()
+    t0 = time.perf_counter()
+    pair = train_pair(preset, seed, cache_dir, device=device, force=force, log=con.print)
+    m = pair.metrics
+    con.print(f"pair: {pair.folder} (trained in {m.get('total_time_s', time.perf_counter() - t0):.1f} s)")
+    con.print(f"target: {m['target_params']:,} params, final train loss {m['target_final_loss']:.3f}, "
+              f"eval loss {m['target_eval_loss']:.3f} nats/byte")
+    con.print(f"draft:  {m['draft_params']:,} params, final KL {m['draft_final_kl']:.3f}, eval loss "
+              f"{m['draft_eval_loss']:.3f}, alpha (T=1, 1 - TV) {m['alpha_t1']:.3f}")
+    res = _measure(pair.target, pair.draft, DEFAULT_PROMPTS[:2], 64, gamma=4)
+    con.print(f"tau (greedy, gamma 4, {len(res.tokens)} prompts x 64 tokens): {res.tau:.2f}; "
+              f"acceptance by position {_fmt(res.acceptance_by_position())}")
+
+
+def _measure(target: Any, draft: Any, prompts: list[str], n: int, gamma: int) -> Any:
+    from dspark_sim.config.schema import FixedGamma
+    from dspark_sim.engine.data import encode
+    from dspark_sim.engine.generate import speculative_generate
+
+    return speculative_generate(target, draft, [encode(p) for p in prompts], n, FixedGamma(gamma=gamma))
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+def build_policy(name: str, gamma: int, threshold: float, target: Any, batch: int) -> Any:
+    """A policy spec by CLI name; 'dspark' gets an SPS(B) curve profiled on this target, now."""
+    from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation
+    from dspark_sim.policies import make_policy
+
+    if name not in POLICIES:
+        raise InputError("engine generate", "--policy", f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
+    if gamma < 0:
+        raise InputError("engine generate", "--gamma", f"must be >= 0 (got {gamma})")
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError("engine generate", "--threshold", f"must be in [0, 1] (got {threshold})")
+    if name == "none" or gamma == 0:
+        return make_policy(NoSpeculation())
+    if name == "fixed":
+        return make_policy(FixedGamma(gamma=gamma))
+    if name == "confidence":
+        return make_policy(ConfidenceThreshold(gamma_max=gamma, threshold=threshold))
+    from dspark_sim.engine.generate import profile_sps
+
+    return make_policy(DSparkScheduler(gamma_max=gamma), sps=profile_sps(target, batch, gamma + 1))
+
+
+@engine_app.command()
+def generate(
+    preset: str = typer.Option("tiny", help="which trained pair (test | tiny | gpu)"),
+    checkpoint: Path = typer.Option(None, help="a pair folder (target.* + draft.*); overrides --preset"),
+    seed: int = typer.Option(0, help="the pair's training seed"),
+    cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
+    prompt: list[str] = typer.Option(None, help="prompt text (repeat for several; cycled over the batch)"),
+    max_new_tokens: int = typer.Option(128, help="tokens to generate per sequence"),
+    gamma: int = typer.Option(4, help="draft tokens per step (gamma_max for adaptive policies; 0 = none)"),
+    policy: str = typer.Option("fixed", help="fixed | none | confidence | dspark"),
+    threshold: float = typer.Option(0.5, help="confidence policy: survival threshold"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_k: int = typer.Option(None, help="keep the k most likely tokens"),
+    top_p: float = typer.Option(None, help="nucleus sampling mass"),
+    batch_size: int = typer.Option(1, help="sequences decoded together"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    kv_dtype: str = typer.Option(None, help="fp32 | bf16 | fp16 | int8 (default: the weights' dtype)"),
+    sample_seed: int = typer.Option(0, help="seed of the sampling random numbers"),
+    compile: bool = typer.Option(False, "--compile", help="CUDA graphs via torch.compile (cuda only)"),
+    trace: Path = typer.Option(None, help="write the speculative run's trace (JSONL) here"),
+    baseline: bool = typer.Option(True, help="also time plain decoding in this run, for the speed-up"),
+) -> None:
+    """Generate with speculative decoding; print text, tau, acceptance, tokens/s and the speed-up."""
+    import torch
+
+    from dspark_sim.engine.data import decode, encode
+    from dspark_sim.engine.generate import Sampling, compile_forward, generate_baseline, speculative_generate
+    from dspark_sim.engine.model import KV_DTYPES
+    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+    from dspark_sim.traces import write_trace
+
+    src = "engine generate"
+    if max_new_tokens < 1:
+        raise InputError(src, "--max-new-tokens", f"must be >= 1 (got {max_new_tokens})")
+    if batch_size < 1:
+        raise InputError(src, "--batch-size", f"must be >= 1 (got {batch_size})")
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise InputError(src, "--kv-dtype", f"unknown {kv_dtype!r} (allowed: {', '.join(KV_DTYPES)})")
+    try:
+        sampling = Sampling(temperature, top_k, top_p)
+    except ValueError as err:
+        raise InputError(src, "--temperature/--top-k/--top-p", str(err)) from err
+    _check_device(device)
+    if checkpoint is None:
+        get_preset(preset)
+        folder = pair_dir(preset, seed, cache_dir)
+    else:
+        folder = checkpoint
+    if not (folder / "target.safetensors").is_file():
+        raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
+    pair = load_pair(folder, device=device)
+    target, draft = pair.target, pair.draft
+    texts = list(prompt or DEFAULT_PROMPTS[:1])
+    prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
+    if any(not p for p in prompts):
+        raise InputError(src, "--prompt", "prompts must not be empty")
+    limit = min(target.args.max_seq_len, draft.args.max_seq_len)
+    if max(map(len, prompts)) + max_new_tokens + 2 * gamma + 2 > limit:
+        raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the models' {limit}-token context")
+    pol = build_policy(policy, gamma, threshold, target, batch_size)
+    fwd_t = fwd_d = None
+    if compile:
+        if device != "cuda":
+            raise InputError(src, "--compile", "CUDA graphs need --device cuda")
+        fwd_t, fwd_d = compile_forward(target), compile_forward(draft)
+
+    def gen() -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(sample_seed)
+
+    # warm-up (allocation, graph capture) outside the timed runs
+    speculative_generate(target, draft, prompts, min(8, max_new_tokens), pol, sampling, generator=gen(),
+                         kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d)
+    pol = build_policy(policy, gamma, threshold, target, batch_size) if policy == "dspark" else pol
+    res = speculative_generate(target, draft, prompts, max_new_tokens, pol, sampling, generator=gen(),
+                               kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d)
+    con = _console()
+    for i, toks in enumerate(res.tokens):
+        con.print(f"[bold]--- sequence {i}[/bold]")
+        con.print(decode(prompts[i]) + decode(toks), markup=False)
+    table = Table(title=f"{folder.name}: policy {policy}, gamma {gamma}, batch {batch_size}, "
+                        f"T={temperature}, {device}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("tau (tokens / target pass)", f"{res.tau:.3f}")
+    table.add_row("acceptance by position", _fmt(res.acceptance_by_position()))
+    table.add_row("target passes", str(res.target_passes))
+    table.add_row("speculative tok/s", f"{res.tokens_per_s:.1f}")
+    if baseline:
+        generate_baseline(target, prompts, min(8, max_new_tokens), sampling, forward=fwd_t, generator=gen(),
+                          kv_dtype=kv_dtype)
+        base = generate_baseline(target, prompts, max_new_tokens, sampling, forward=fwd_t, generator=gen(),
+                                 kv_dtype=kv_dtype)
+        table.add_row("baseline tok/s", f"{base.tokens_per_s:.1f}")
+        table.add_row("speed-up", f"{res.tokens_per_s / base.tokens_per_s:.2f}x")
+        if sampling.greedy:
+            table.add_row("greedy output identical", str(base.tokens == res.tokens))
+    con.print(table)
+    if trace is not None:
+        info = {"pair": str(folder), "policy": policy, "gamma": gamma, "temperature": temperature,
+                "top_k": top_k, "top_p": top_p, "batch_size": batch_size, "device": device}
+        write_trace(trace, res.trace_records(info))
+        con.print(f"trace: {trace}")

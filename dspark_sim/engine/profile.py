@@ -1,0 +1,176 @@
+"""Microbenchmarks of the engine's forward passes and steps (`dspark-sim profile`).
+
+What is timed is exactly what the engine runs: the same model code, the same static cache (whose
+full length every query attends over, masked), the same compiled graphs on CUDA. The grid spans
+batch size, query tokens per sequence (1 .. gamma + 1), context and KV dtype; each shape gets
+warm-up runs and repeats, and the spread is kept so noisy points are visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dspark_sim
+from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
+from dspark_sim.config.schema import ModelSpec
+from dspark_sim.engine.model import ModelArgs, Transformer
+
+_ENGINE_FILES = ("model.py", "generate.py")
+
+
+def engine_version() -> str:
+    """Package version plus a hash of the engine's source: a profile goes stale when either changes."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _ENGINE_FILES:
+        h.update((here / name).read_bytes())
+    return f"{dspark_sim.__version__}+{h.hexdigest()[:10]}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _llc_mb() -> float:
+    best = 0.0
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for idx in base.glob("index*"):
+        try:
+            size = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1], 1)
+        num = float(size[:-1]) if size[-1] in "KMG" else float(size)
+        best = max(best, num * mult / 1e6)
+    return best
+
+
+def device_info(device: torch.device) -> DeviceInfo:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return DeviceInfo(kind="cuda", name=p.name, torch_version=torch.__version__, threads=p.multi_processor_count,
+                          memory_gb=p.total_memory / 1e9, onchip_mb=getattr(p, "L2_cache_size", 0) / 1e6)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return DeviceInfo(kind="cpu", name=_cpu_name(), torch_version=torch.__version__, threads=torch.get_num_threads(),
+                      memory_gb=mem, onchip_mb=_llc_mb())
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def model_spec(args: ModelArgs, name: str, weight_dtype: torch.dtype, kv_dtype: str | None = None) -> ModelSpec:
+    """The engine's architecture in the simulator's schema (so the cost model prices the same model)."""
+    wd = _DTYPE_NAMES.get(weight_dtype, "fp32")
+    return ModelSpec(
+        name=name, num_layers=args.n_layers, hidden_size=args.dim, num_heads=args.n_heads,
+        num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, ffn_hidden_size=args.ffn_hidden,
+        vocab_size=args.vocab_size, tie_embeddings=args.tie_embeddings, weight_dtype=wd,
+        kv_dtype=kv_dtype or wd, activation_dtype=wd, source="dspark-sim engine",
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _summary(times: list[float]) -> tuple[float, float]:
+    med = statistics.median(times)
+    if len(times) >= 3:
+        p10, p90 = np.percentile(times, [10, 90])
+        return med, float((p90 - p10) / med)
+    return med, 0.0
+
+
+@torch.no_grad()
+def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_tokens: list[int],
+                   contexts: list[int], kv_dtypes: list[str | None], *, cache_len_for, forward=None,
+                   warmup: int = 2, repeats: int = 5, progress=None) -> list[PassSample]:
+    """Time model(tokens[B, q], positions) for every grid point; caches sized as the engine sizes them.
+
+    `cache_len_for(context, q)` gives the static cache length the engine would allocate, which is what
+    attention reads (the engine masks, it does not slice).
+    """
+    dev = model.device
+    fwd = forward or model
+    out: list[PassSample] = []
+    vocab = model.args.vocab_size
+    for kv in kv_dtypes:
+        for ctx in contexts:
+            for b in batch_sizes:
+                for q in query_tokens:
+                    cache_len = cache_len_for(ctx, q)
+                    model.setup_caches(b, cache_len, kv)
+                    tokens = torch.randint(0, vocab, (b, q), device=dev)
+                    pos = torch.full((b,), ctx, dtype=torch.long, device=dev)
+                    positions = pos[:, None] + torch.arange(q, device=dev)
+
+                    def call(tokens=tokens, positions=positions):
+                        return fwd(tokens, positions)
+
+                    times = time_call(call, dev, warmup, repeats)
+                    med, spread = _summary(times)
+                    out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
+                                          attended_tokens=cache_len,
+                                          kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
+                                          times_s=[round(t, 9) for t in times], median_s=med, spread=spread))
+                    if progress is not None:
+                        progress()
+    return out
+
+
+def step_samples(result, batch_size: int, gamma: int) -> StepSample | None:
+    """Median whole-step, draft and verify times of a speculative run (from its StepStats)."""
+    steps = [s for s in result.steps if s.draft_time_s > 0 or gamma == 0]
+    if not steps:
+        return None
+    return StepSample(
+        batch_size=batch_size,
+        gamma=gamma,
+        step_s=statistics.median(s.step_time_s for s in steps),
+        draft_s=statistics.median(s.draft_time_s for s in steps),
+        verify_s=statistics.median(s.verify_time_s for s in steps),
+    )
+
+
+def build_profile(*, device: torch.device, target: Transformer, draft: Transformer | None, samples: list[PassSample],
+                  steps: list[StepSample], created_by: str) -> EngineProfile:
+    wd = target.dtype
+    return EngineProfile(
+        engine_version=engine_version(),
+        device=device_info(device),
+        weight_dtype=_DTYPE_NAMES.get(wd, "fp32"),
+        target=model_spec(target.args, "engine-target", wd),
+        draft=model_spec(draft.args, "engine-draft", wd) if draft is not None else None,
+        samples=samples,
+        steps=steps,
+        created_by=created_by,
+    )
