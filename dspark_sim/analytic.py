@@ -132,7 +132,7 @@ def predict_scenario(scenario: Scenario) -> PredictResult:
     """The `predict` command's document for a scenario's grid."""
     dep = scenario.deployment
     grid_spec = scenario.predict
-    coster = StepCoster(dep.model, dep.drafter, dep.hardware, dep.tensor_parallel)
+    coster = StepCoster.for_deployment(dep)
     gammas = sorted(set(grid_spec.gammas))
     grid = predict_grid(coster, scenario.acceptance, grid_spec.batch_sizes, grid_spec.context_lengths, gammas)
     gmax = max(gammas) if gammas else 0

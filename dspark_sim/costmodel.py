@@ -259,6 +259,20 @@ class StepCoster:
     drafter: DrafterSpec
     hw: HardwareProfile
     tp: int = 1
+    pad_verify: bool = False  # every sequence verifies the batch's longest block (gpt-fast style)
+    static_kv_tokens: int | None = None  # passes attend over a fixed, masked cache of this length
+
+    @classmethod
+    def for_deployment(cls, dep) -> StepCoster:
+        """The coster of a `DeploymentSpec` (engine-fidelity options included)."""
+        return cls(dep.model, dep.drafter, dep.hardware, dep.tensor_parallel,
+                   pad_verify=dep.verify_padding == "pad_to_max", static_kv_tokens=dep.static_kv_cache_tokens)
+
+    def _ctx(self, context, query):
+        """Keys a pass attends over, minus its own new tokens: the live context or the static cache."""
+        if self.static_kv_tokens is None:
+            return context
+        return np.maximum(self.static_kv_tokens - np.asarray(query, dtype=float), 0.0)
 
     @property
     def target_stats(self) -> ModelStats:
@@ -273,7 +287,11 @@ class StepCoster:
 
     def target_ragged(self, query_lens, context_lens) -> PassCost:
         """One target pass over a real (ragged) batch: prefill chunks and verify blocks mixed."""
-        return self.target_pass(ragged_batch(query_lens, context_lens, self.target.sliding_window_tokens))
+        q = np.asarray(query_lens, dtype=float)
+        if self.pad_verify and q.size:
+            q = np.full_like(q, q.max())
+        c = self._ctx(np.asarray(context_lens, dtype=float), q)
+        return self.target_pass(ragged_batch(q, c, self.target.sliding_window_tokens))
 
     def step_overhead_s(self) -> float:
         return self.hw.overheads.per_step_us * 1e-6
@@ -303,6 +321,8 @@ class StepCoster:
         g = np.asarray(gamma, dtype=float)
         b = np.asarray(num_seqs, dtype=float)
         ctx = np.asarray(context_len, dtype=float)
+        if self.drafter.first_pass_tokens is not None:
+            catch_up_tokens = self.drafter.first_pass_tokens
         if kind == "none":
             return ZERO_COST.scaled(np.zeros(np.broadcast(b, g, ctx).shape))
         if kind == "ngram":
@@ -311,13 +331,15 @@ class StepCoster:
             return PassCost(t, z, z, z, z, t, z, z, z, z)
         window = self.draft_arch.sliding_window_tokens if self.draft_arch else None
         if self.drafter.is_autoregressive:
-            first = self._draft_pass(uniform_batch(b, catch_up_tokens, ctx, window))
+            first = self._draft_pass(uniform_batch(b, catch_up_tokens, self._ctx(ctx, catch_up_tokens), window))
             # passes 2..gamma see one more cached token each; price them at the mean extra context
-            rest = self._draft_pass(uniform_batch(b, 1.0, ctx + catch_up_tokens + (g - 1.0) / 2.0, window))
+            rest_ctx = self._ctx(ctx + catch_up_tokens + (g - 1.0) / 2.0, 1.0)
+            rest = self._draft_pass(uniform_batch(b, 1.0, rest_ctx, window))
             total = first.scaled(np.minimum(g, 1.0)) + rest.scaled(np.maximum(g - 1.0, 0.0))
             return total
         # parallel drafters: one pass over the block (+ the anchor token)
-        block = self._draft_pass(uniform_batch(b, g + catch_up_tokens, ctx, window))
+        q_block = g + catch_up_tokens
+        block = self._draft_pass(uniform_batch(b, q_block, self._ctx(ctx, q_block), window))
         block = block.scaled(np.minimum(g, 1.0))
         if kind == "dspark":
             block = block + self._markov_head(b, g)
@@ -350,12 +372,12 @@ class StepCoster:
 
     def verify(self, num_seqs, gamma, context_len) -> PassCost:
         """One target pass over gamma + 1 query tokens per sequence."""
-        return self.target_pass(uniform_batch(num_seqs, np.asarray(gamma, dtype=float) + 1.0, context_len,
-                                              self.target.sliding_window_tokens))
+        q = np.asarray(gamma, dtype=float) + 1.0
+        return self.target_pass(uniform_batch(num_seqs, q, self._ctx(context_len, q), self.target.sliding_window_tokens))
 
     def baseline(self, num_seqs, context_len) -> PassCost:
         """One plain decode pass: one new token per sequence."""
-        return self.target_pass(uniform_batch(num_seqs, 1.0, context_len, self.target.sliding_window_tokens))
+        return self.target_pass(uniform_batch(num_seqs, 1.0, self._ctx(context_len, 1.0), self.target.sliding_window_tokens))
 
 
 def stats_of(m: ModelSpec) -> ModelStats:

@@ -221,6 +221,11 @@ class DrafterSpec(Strict):
     )
     weights_onchip: bool = Field(False, description="keep drafter weights on chip when they fit")
     lookup_us: NonNegFloat = Field(30.0, description="n-gram lookup cost per step, microseconds")
+    first_pass_tokens: PositiveFloat | None = Field(
+        None,
+        description="tokens the first draft pass digests per sequence (catch-up of the last step's "
+        "accepted tokens); None = the expected tokens per step (tau); the bundled engine uses 2",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DrafterSpec:
@@ -502,6 +507,16 @@ class DeploymentSpec(Strict):
         0.9, description="fraction of device memory the engine may use (vLLM's gpu_memory_utilization)"
     )
     activation_reserve_gb: NonNegFloat = Field(2.0, description="memory kept for activations per device, GB")
+    verify_padding: Literal["ragged", "pad_to_max"] = Field(
+        "ragged",
+        description="ragged: each sequence verifies its own length (vLLM); pad_to_max: every sequence "
+        "is padded to the batch's longest verify block (the bundled engine, gpt-fast)",
+    )
+    static_kv_cache_tokens: PositiveInt | None = Field(
+        None,
+        description="if set, every pass attends over this many cached keys per sequence (a static, "
+        "masked cache as in gpt-fast and the bundled engine) instead of the live context",
+    )
 
     @model_validator(mode="after")
     def _tp(self) -> DeploymentSpec:
