@@ -57,9 +57,10 @@ class Sampling:
 def logits_to_probs(logits: Tensor, sampling: Sampling) -> Tensor:
     """The distribution actually sampled from. Greedy gives a one-hot on the argmax, so the same
     rejection-sampling code is exact for greedy too (accept iff the draft token is the argmax)."""
-    logits = logits.float()
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
     if sampling.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     logits = logits / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]

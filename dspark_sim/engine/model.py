@@ -293,7 +293,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, *, return_hidden: bool = False,
                 logit_index: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits [B, T, V] (fp32) for tokens [B, T]; optionally the final-norm hidden states too.
+        """Logits [B, T, V] (at least fp32) for tokens [B, T]; optionally the final-norm hidden states too.
 
         positions=None: plain causal pass, no cache (training). positions [B]: start position of each
         sequence; positions [B, T]: explicit positions. With positions the K/V are written into the
@@ -318,7 +318,9 @@ class Transformer(nn.Module):
         h = self.norm(x)
         if logit_index is not None:
             h = h.gather(1, logit_index.view(bsz, 1, 1).expand(bsz, 1, h.shape[-1]))
-        logits = self.output(h).float()
+        logits = self.output(h)
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # sampling maths in fp32 (fp64 models keep fp64)
         return (logits, h) if return_hidden else logits
 
 

@@ -174,3 +174,40 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
         steps=steps,
         created_by=created_by,
     )
+
+
+@torch.no_grad()
+def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int], gammas: list[int],
+                  prompt_len: int, new_tokens: int, *, target_forward=None, draft_forward=None,
+                  seed: int = 0, progress=None) -> list[StepSample]:
+    """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out."""
+    from dspark_sim.config.schema import FixedGamma, NoSpeculation
+    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+
+    dev = target.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out: list[StepSample] = []
+    for b in batch_sizes:
+        prompts = torch.randint(0, target.args.vocab_size, (b, prompt_len), generator=gen).tolist()
+        for g in gammas:
+            if g == 0:
+                res = generate_baseline(target, prompts, new_tokens, forward=target_forward)
+                steps = max(res.target_passes, 1)
+                out.append(StepSample(batch_size=b, gamma=0, step_s=res.decode_time_s / steps,
+                                      draft_s=0.0, verify_s=0.0, context_tokens=prompt_len + new_tokens // 2,
+                                      attended_tokens=target.cache_len, baseline_loop=True))
+            else:
+                policy = FixedGamma(gamma=g) if g > 0 else NoSpeculation()
+                res = speculative_generate(target, draft, prompts, new_tokens, policy,
+                                           target_forward=target_forward, draft_forward=draft_forward)
+                n = max(len(res.steps), 1)
+                out.append(StepSample(
+                    batch_size=b, gamma=g, step_s=res.decode_time_s / n,
+                    draft_s=sum(s.draft_time_s for s in res.steps) / n,
+                    verify_s=sum(s.verify_time_s for s in res.steps) / n,
+                    context_tokens=prompt_len + new_tokens // 2, attended_tokens=target.cache_len,
+                ))
+            if progress is not None:
+                progress()
+    _ = dev
+    return out

@@ -111,11 +111,11 @@ def test_hf_llama_folder_matches_reference(tmp_path, tied, sharded):
     model = load_hf_llama(tmp_path / "hf", dtype=torch.float64)
     ids = torch.randint(0, cfg["vocab_size"], (1, 11), generator=torch.Generator().manual_seed(1))
     expected = _reference_llama(tensors, cfg, ids)
-    torch.testing.assert_close(model(ids)[0], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model(ids)[0], expected, rtol=1e-5, atol=1e-4)  # fp32 RoPE tables
     # and through the KV cache, token by token
     model.setup_caches(1, 32)
     steps = [model(ids[:, i:i + 1], torch.tensor([i]))[0, 0] for i in range(ids.shape[1])]
-    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_hf_llama_matches_transformers(tmp_path):

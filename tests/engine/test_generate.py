@@ -148,7 +148,8 @@ def _exact_first_tokens(model, prompt: list[int], sampling: Sampling, n: int = 3
     joint = torch.ones(1, dtype=torch.float64)
     prefixes = torch.tensor([prompt])
     for _ in range(n):
-        probs = logits_to_probs(model(prefixes)[:, -1], sampling).double()  # [#prefixes, V]
+        with torch.no_grad():
+            probs = logits_to_probs(model(prefixes)[:, -1], sampling).double()  # [#prefixes, V]
         joint = (joint[:, None] * probs).reshape(-1)
         prefixes = torch.cat([prefixes.repeat_interleave(v, 0), torch.arange(v).repeat(len(prefixes))[:, None]], 1)
     return joint.numpy()
