@@ -70,3 +70,126 @@ class PredictResult(Result):
     weights_gb_per_gpu: float
     kv_gb_per_1k_tokens: float = Field(description="KV cache per sequence per 1000 tokens, per GPU")
     points: list[PredictPoint]
+
+
+# --------------------------------------------------------------------------------------------
+# `run`: discrete-event simulation results (dspark_sim/sim)
+# --------------------------------------------------------------------------------------------
+
+
+class LatencyStats(Result):
+    """Distribution of one per-request latency (unit in the owning field's name)."""
+
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+
+class RunSummary(Result):
+    """One simulated configuration: a (sweep value, variant) pair, or its no-speculation baseline."""
+
+    variant: str = Field(description="'main', a variant's name, or 'baseline' (no speculation)")
+    sweep_value: float | int | str | bool | None = None
+    speculative: bool
+    baseline_of: list[str] = Field(default_factory=list, description="variants this baseline serves")
+    drafter: str
+    policy: str
+    gamma_max: int
+    replicas: int
+    gpus: int
+    # requests and time
+    requests_total: int
+    requests_finished: int
+    requests_measured: int = Field(description="finished, past the warm-up, counted in latencies")
+    simulated_s: float
+    window_s: float = Field(description="measurement window of throughput, simulated seconds")
+    output_tokens: int = Field(description="output tokens generated inside the window")
+    # throughput and per-user speed
+    throughput_tokens_per_s: float
+    throughput_tokens_per_s_per_gpu: float
+    requests_per_s: float
+    tokens_per_s_per_user: float = Field(description="mean decode speed per request, (output - 1) / decode time")
+    tokens_per_s_per_user_p50: float
+    ttft_s: LatencyStats
+    tpot_ms: LatencyStats
+    e2e_s: LatencyStats
+    # SLOs
+    slo_attainment: float | None = Field(None, description="fraction of measured requests meeting every SLO")
+    goodput_tokens_per_s_per_gpu: float | None = Field(None, description="throughput of SLO-meeting requests")
+    slo_met: bool | None = Field(None, description="the p99 / mean SLO figures hold for the whole run")
+    # speculation
+    tau: float = Field(description="tokens per sequence per decode step, bonus token included")
+    mean_verify_budget: float = Field(description="verified draft tokens per sequence per decode step")
+    mean_draft_tokens: float = Field(description="drafted tokens per sequence per decode step")
+    acceptance_rate: float = Field(description="accepted / verified draft tokens")
+    acceptance_per_position: list[float] = Field(
+        description="observed conditional acceptance c_k of draft position k (k = 1..), where verified"
+    )
+    wasted_verify_tokens: int = Field(description="verified draft tokens that were rejected")
+    wasted_verify_fraction: float = Field(description="rejected / all tokens the verify passes carried")
+    # where time and bytes go
+    steps: int
+    mean_batch_size: float = Field(description="decoding sequences per step")
+    draft_time_fraction: float
+    verify_time_fraction: float = Field(description="target passes (verify + prefill chunks)")
+    overhead_time_fraction: float
+    busy_fraction: float = Field(description="fraction of replica-time spent in steps")
+    hbm_gb_per_output_token: float = Field(description="HBM traffic per output token, GB (1e9 B), per GPU")
+    onchip_gb_per_output_token: float
+    onchip_byte_fraction: float = Field(description="on-chip / (on-chip + HBM) bytes")
+    # memory and queueing
+    kv_capacity_tokens: int = Field(description="KV slots per replica")
+    kv_mean_fraction: float
+    kv_peak_fraction: float
+    mean_queue_length: float
+    max_queue_length: int
+    preemptions: int
+    # comparison with the baseline of the same deployment and requests
+    speedup_tokens_per_s_per_user: float | None = None
+    speedup_throughput: float | None = None
+    speedup_tpot_p50: float | None = Field(None, description="baseline TPOT p50 / this TPOT p50")
+
+
+class SkippedRun(Result):
+    variant: str
+    sweep_value: float | int | str | bool | None = None
+    reason: str
+
+
+class RunResult(Result):
+    """What `dspark-sim run` writes as summary.json (and prints with --json)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["run"] = "run"
+    scenario: str
+    seed: int
+    hardware: str
+    model: str
+    sweep_path: str | None = None
+    summaries: list[RunSummary]
+    skipped: list[SkippedRun] = Field(default_factory=list)
+
+
+class RunTimeSeries(Result):
+    """Per-interval series of one configuration (bins of SimulationSpec.time_series_interval_s)."""
+
+    variant: str
+    sweep_value: float | int | str | bool | None = None
+    interval_s: float
+    t_s: list[float] = Field(description="start of each bin")
+    tokens_per_s: list[float]
+    verify_budget: list[float | None] = Field(
+        description="mean verified draft tokens per sequence per decode step (None: no decode step in bin)"
+    )
+    running: list[float] = Field(description="mean sequences in the batch over the bin's steps")
+    queue_length: list[float]
+    kv_fraction: list[float]
+    preemptions: list[int]
+
+
+class RunTimeSeriesDoc(Result):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["run-timeseries"] = "run-timeseries"
+    scenario: str
+    series: list[RunTimeSeries]

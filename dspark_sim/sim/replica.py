@@ -1,0 +1,379 @@
+"""One replica's engine: continuous batching, chunked prefill, paged KV, draft / verify iterations.
+
+The running batch is a struct of numpy arrays (`rid`, `ctx`, `gen`, ... sliced to `n`), kept in
+admission order, so one iteration is a handful of vectorised operations over the batch. Python loops
+touch only rare events: admitting a request, preempting one, finishing prefill chunks.
+
+One iteration (`plan`), vLLM-v1 / Sarathi style:
+1. memory: every decoding sequence reserves KV slots for gamma_max + 1 tokens (the lookahead for the
+   verify block); if the blocks do not fit, the most recently admitted sequence is preempted
+   (recompute: it goes back to the head of the queue and re-prefills prompt + generated tokens);
+2. speculation: the policy picks draft lengths, the drafter runs (`StepCoster.draft` at the batch's
+   mean context), the policy picks verify lengths from simulated confidences;
+3. the token budget (max_batched_tokens) is filled with decode blocks first, then prefill chunks of
+   running sequences, then newly admitted requests (FCFS, while slots, tokens and blocks last);
+4. one target pass over the ragged batch (`Costs.target`) + drafter prefill + per-step overhead;
+5. acceptance is sampled per sequence; rejected tokens' slots are freed (the lookahead rolls back).
+The state is advanced at once; completion times are stamped when the simpy timeout of the step ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from dspark_sim.acceptance import sample_accepted
+from dspark_sim.config.schema import DSparkScheduler
+from dspark_sim.policies import (
+    DSparkPolicy,
+    FeedbackPolicy,
+    NoSpecPolicy,
+    StepView,
+    ThresholdPolicy,
+)
+from dspark_sim.sim.workload import uniforms
+
+#: columns of a replica's step log (one row per iteration)
+STEP_COLUMNS = (
+    "t_start", "dt", "decoders", "verify_sum", "draft_sum", "tokens", "prefill_tokens", "queue", "running",
+    "kv_blocks", "kv_peak_blocks", "draft_s", "target_s", "overhead_s", "hbm_bytes", "onchip_bytes",
+    "preemptions",
+)
+
+
+class Replica:
+    """The engine of one model replica (tensor_parallel GPUs)."""
+
+    def __init__(self, index: int, sim, policy, sps) -> None:
+        self.index = index
+        self.sim = sim
+        self.env = sim.env
+        self.reqs = sim.requests
+        self.out = sim.out
+        self.costs = sim.costs
+        self.policy = policy
+        self.sps = sps  # CostModelSPS or None
+        dep = sim.scenario.deployment
+        self.block = dep.kv_block_tokens
+        self.cap_blocks = sim.kv_blocks
+        self.max_seqs = min(dep.max_batch_size, dep.max_batched_tokens)
+        self.max_tokens = dep.max_batched_tokens
+        self.chunk_tokens = dep.prefill_chunk_tokens
+        self.gamma = sim.gamma_max
+        self.speculative = not isinstance(policy, NoSpecPolicy) and sim.gamma_max > 0
+        self.lookahead = (self.gamma + 1) if self.speculative else 1
+        self.width = self.reqs.cond.shape[1]
+        self.wants_conf = isinstance(policy, DSparkPolicy | ThresholdPolicy | FeedbackPolicy)
+        spec = sim.scenario.policy
+        self.calibration_error = spec.calibration_error if isinstance(spec, DSparkScheduler) else 0.0
+        self.conf_rng = sim.conf_rng
+        self.has_trace = self.reqs.has_trace
+        self.yflat = self.reqs.trace_yields
+
+        cap = self.max_seqs
+        self.n = 0
+        self.rid = np.zeros(cap, dtype=np.int64)
+        self.ctx = np.zeros(cap, dtype=np.int64)
+        self.gen = np.zeros(cap, dtype=np.int64)
+        self.pre_target = np.zeros(cap, dtype=np.int64)
+        self.out_len = np.zeros(cap, dtype=np.int64)
+        self.decoding = np.zeros(cap, dtype=bool)
+        self.last_yield = np.ones(cap, dtype=np.int64)
+        self.seed = np.zeros(cap, dtype=np.uint64)
+        self.toff = np.zeros(cap, dtype=np.int64)
+        self.tlen = np.zeros(cap, dtype=np.int64)
+        self.cond = np.zeros((cap, self.width), dtype=float)
+
+        self.waiting: deque[int] = deque()
+        self.wake = None
+        self.step_no = 0
+        self.log: list[tuple] = []
+        self.tried = np.zeros(self.width + 2, dtype=np.int64)
+        self.acc_hist = np.zeros(self.width + 2, dtype=np.int64)
+        self._pending_first: np.ndarray | None = None
+        self._pending_done: np.ndarray | None = None
+        self._preempted_this_step = 0
+
+    # ---------------------------------------------------------------------------- queue side
+    @property
+    def load(self) -> int:
+        return self.n + len(self.waiting)
+
+    def submit(self, r: int) -> None:
+        self.waiting.append(r)
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def process(self):
+        """The engine loop (a simpy process): step while there is work, sleep when there is none."""
+        env = self.env
+        while True:
+            if self.n == 0 and not self.waiting:
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+            dt = self.plan(env.now)
+            yield env.timeout(dt)
+            self.finish(env.now)
+
+    # ---------------------------------------------------------------------------- rare events
+    def _admit(self, r: int, chunk: int) -> int:
+        i = self.n
+        reqs = self.reqs
+        g = int(self.out.gen[r])
+        self.rid[i] = r
+        self.ctx[i] = 0
+        self.gen[i] = g
+        self.pre_target[i] = reqs.prompt[r] + g
+        self.out_len[i] = reqs.output[r]
+        self.decoding[i] = False
+        self.last_yield[i] = 1
+        self.seed[i] = reqs.step_seed[r]
+        self.toff[i] = reqs.trace_off[r]
+        self.tlen[i] = reqs.trace_len[r]
+        self.cond[i] = reqs.cond[r]
+        self.n = i + 1
+        if np.isnan(self.out.admitted[r]):
+            self.out.admitted[r] = self.env.now
+        return i
+
+    def _preempt_last(self) -> None:
+        i = self.n - 1
+        r = int(self.rid[i])
+        self.out.gen[r] = self.gen[i]
+        self.out.preemptions[r] += 1
+        self.waiting.appendleft(r)
+        self.n = i
+        self._preempted_this_step += 1
+
+    # ---------------------------------------------------------------------------- one iteration
+    def plan(self, now: float) -> float:
+        """Schedule and execute one iteration; return its duration (state advanced, times pending)."""
+        self._preempted_this_step = 0
+        while True:
+            dt = self._try_plan(now)
+            if dt is not None:
+                return dt
+            if self.n == 0:
+                raise RuntimeError("replica cannot schedule anything with an empty batch (capacity check missed)")
+            self._preempt_last()  # nothing could run: free memory for the others
+
+    def _try_plan(self, now: float) -> float | None:
+        bs = self.block
+        # ---- 1. memory: lookahead reservation for every decoding sequence; preempt if it does not fit
+        while True:
+            n = self.n
+            ctx = self.ctx[:n]
+            dec = self.decoding[:n]
+            held = (ctx + (bs - 1)) // bs
+            need = np.where(dec, (ctx + (self.lookahead + bs - 1)) // bs, held)
+            total = int(need.sum())
+            if total <= self.cap_blocks or n <= 1:
+                break
+            self._preempt_last()
+        all_dec = bool(dec.all())
+        di = slice(0, n) if all_dec else np.flatnonzero(dec)
+        c_d = ctx[di]
+        nd = len(c_d)
+
+        # ---- 2. speculation for the decoding sequences
+        draft_cost = None
+        verify = np.zeros(nd, dtype=np.int64)
+        draft_sum = 0
+        if nd and self.speculative:
+            g_d = self.gen[di]
+            view = StepView(c_d, self.step_no, self.rid[di], self.max_tokens)
+            draft = np.asarray(self.policy.draft_lengths(view), dtype=np.int64)
+            gd = int(draft.max())
+            draft_sum = int(draft.sum())
+            if gd > 0:
+                draft_cost = self.costs.draft(nd, gd, float(c_d.mean()), float(self.last_yield[di].mean()))
+                if self.sps is not None:
+                    self.sps.set_batch(c_d, float(draft_cost.time_s), self._prefill_estimate(dec))
+                conf = self._confidences(di, nd) if self.wants_conf else None
+                verify = np.asarray(self.policy.verify_lengths(view, draft, conf), dtype=np.int64)
+                np.minimum(verify, self.out_len[di] - g_d - 1, out=verify)
+                np.maximum(verify, 0, out=verify)
+                if nd + int(verify.sum()) > self.max_tokens:
+                    verify = _trim(verify, self.max_tokens - nd)
+
+        # ---- 3. prefill chunks and admissions
+        budget = min(self.chunk_tokens, self.max_tokens - nd - int(verify.sum()))
+        free = self.cap_blocks - total
+        chunk_idx: list[int] = []
+        chunk_len: list[int] = []
+        if not all_dec and budget > 0:
+            for i in np.flatnonzero(~dec).tolist():
+                if budget <= 0 or free <= 0:
+                    break
+                c = int(self.ctx[i])
+                cur = (c + bs - 1) // bs
+                chunk = min(int(self.pre_target[i]) - c, budget, (cur + free) * bs - c)
+                if chunk <= 0:
+                    break
+                free -= (c + chunk + bs - 1) // bs - cur
+                budget -= chunk
+                chunk_idx.append(i)
+                chunk_len.append(chunk)
+        reqs = self.reqs
+        while self.waiting and budget > 0 and self.n < self.max_seqs:
+            r = self.waiting[0]
+            chunk = min(int(reqs.prompt[r] + self.out.gen[r]), budget)
+            blocks = (chunk + bs - 1) // bs
+            if blocks > free:
+                break
+            self.waiting.popleft()
+            chunk_idx.append(self._admit(r, chunk))
+            chunk_len.append(chunk)
+            budget -= chunk
+            free -= blocks
+        if nd == 0 and not chunk_idx:
+            return None
+
+        # ---- 4. price the iteration
+        if chunk_idx:
+            ci = np.asarray(chunk_idx, dtype=np.int64)
+            cq = np.asarray(chunk_len, dtype=np.int64)
+            cc = self.ctx[ci]
+            q = np.concatenate([verify + 1, cq]).astype(float)
+            c = np.concatenate([c_d, cc]).astype(float)
+            dprefill = self.costs.draft_prefill(cq.astype(float), cc.astype(float)) if self.speculative else None
+        else:
+            q = (verify + 1).astype(float)
+            c = c_d.astype(float)
+            dprefill = None
+        target = self.costs.target(q, c)
+        target_s = float(target.time_s)
+        hbm = float(target.hbm_bytes)
+        onchip = float(target.onchip_bytes)
+        draft_s = 0.0
+        for extra in (draft_cost, dprefill):
+            if extra is not None:
+                draft_s += float(extra.time_s)
+                hbm += float(extra.hbm_bytes)
+                onchip += float(extra.onchip_bytes)
+        overhead_s = self.costs.step_overhead_s
+        dt = draft_s + target_s + overhead_s
+
+        # ---- 5. acceptance, then advance the state (KV of rejected tokens rolls back)
+        tokens = 0
+        if nd:
+            rid_d = self.rid[di]
+            if self.speculative and verify.any():
+                g_d = self.gen[di]
+                w = self.width
+                acc = sample_accepted(self.cond[di], verify, uniforms(self.seed[di], g_d, w))
+                if self.has_trace:
+                    tl = self.tlen[di]
+                    tr = tl > 0
+                    if tr.any():
+                        pos = np.minimum(g_d, np.maximum(tl - 1, 0))
+                        y = np.where(g_d < tl, self.yflat[self.toff[di] + pos], 1)
+                        acc = np.where(tr, np.minimum(y - 1, verify), acc)
+                self.tried += np.bincount(np.minimum(verify, acc + 1), minlength=w + 2)[: w + 2]
+                self.acc_hist += np.bincount(acc, minlength=w + 2)[: w + 2]
+                y = acc + 1
+            else:
+                acc = np.zeros(nd, dtype=np.int64)
+                y = np.ones(nd, dtype=np.int64)
+            self.ctx[di] += y
+            self.gen[di] += y
+            self.last_yield[di] = y
+            tokens += int(y.sum())
+            out = self.out
+            out.steps[rid_d] += 1
+            out.verified[rid_d] += verify
+            out.accepted[rid_d] += acc
+            if self.speculative:
+                self.policy.observe(view, verify, acc, dt)
+        first = None
+        if chunk_idx:
+            self.ctx[ci] += cq
+            fin = ci[self.ctx[ci] >= self.pre_target[ci]]
+            if len(fin):
+                self.decoding[fin] = True
+                self.gen[fin] += 1
+                self.last_yield[fin] = 1
+                tokens += len(fin)
+                first = self.rid[fin]
+        n = self.n
+        done = self.gen[:n] >= self.out_len[:n]  # only decoding sequences can have reached it
+        self._pending_first = first
+        self._pending_done = done if done.any() else None
+        kv_blocks = int(((self.ctx[:n] + (bs - 1)) // bs).sum())
+        self.log.append((
+            now, dt, nd, int(verify.sum()), draft_sum, tokens, int(sum(chunk_len)), len(self.waiting), n,
+            kv_blocks, self.cap_blocks - free, draft_s, target_s, overhead_s, hbm, onchip,
+            self._preempted_this_step,
+        ))
+        self.step_no += 1
+        return dt
+
+    def _prefill_estimate(self, dec: np.ndarray) -> tuple:
+        """Aggregates of the prefill chunks this pass will likely carry (for SPS): running prefills."""
+        if dec.all():
+            return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        idx = np.flatnonzero(~dec)
+        c = self.ctx[idx].astype(float)
+        rem = (self.pre_target[idx] - self.ctx[idx]).astype(float)
+        q = np.minimum(rem, np.maximum(self.chunk_tokens - np.concatenate([[0.0], np.cumsum(rem)[:-1]]), 0.0))
+        keep = q > 0
+        q, c = q[keep], c[keep]
+        if not len(q):
+            return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        kv = c + q
+        pairs = q * (c + (q + 1.0) * 0.5)
+        w = self.costs.window
+        kvw = np.minimum(kv, w) if w else kv
+        pw = q * (np.minimum(c, w) + (q + 1.0) * 0.5) if w else pairs
+        return (float(len(q)), float(q.sum()), float(kv.sum()), float(kvw.sum()), float(pairs.sum()), float(pw.sum()))
+
+    def _confidences(self, di, nd: int) -> np.ndarray:
+        """The drafter's confidence c_k: the true conditional, perturbed in logit space if miscalibrated."""
+        c = self.cond[di][:, : self.gamma]
+        if self.calibration_error <= 0:
+            return c
+        eps = 1e-6
+        p = np.clip(c, eps, 1.0 - eps)
+        z = np.log(p / (1.0 - p)) + self.calibration_error * self.conf_rng.standard_normal(p.shape)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def finish(self, now: float) -> None:
+        """The step's simulated time has passed: stamp first tokens and completions, free finished slots."""
+        out = self.out
+        if self._pending_first is not None:
+            r = self._pending_first
+            unset = np.isnan(out.first_token[r])
+            out.first_token[r[unset]] = now
+            self._pending_first = None
+        done = self._pending_done
+        if done is None:
+            return
+        self._pending_done = None
+        n = self.n
+        rids = self.rid[:n][done]
+        out.finish[rids] = now
+        out.gen[rids] = self.gen[:n][done]
+        keep = ~done
+        k = int(keep.sum())
+        for arr in (self.rid, self.ctx, self.gen, self.pre_target, self.out_len, self.decoding, self.last_yield,
+                    self.seed, self.toff, self.tlen, self.cond):
+            arr[:k] = arr[:n][keep]
+        self.n = k
+        if isinstance(self.policy, DSparkPolicy) and self.policy.lag:
+            for r in rids.tolist():
+                self.policy.forget(r)
+        self.sim.on_complete(rids, now)
+
+
+def _trim(verify: np.ndarray, room: int) -> np.ndarray:
+    """Cap per-sequence verify lengths at the largest common cap that fits `room` draft tokens."""
+    if room <= 0:
+        return np.zeros_like(verify)
+    top = int(verify.max())
+    for cap in range(top, -1, -1):
+        v = np.minimum(verify, cap)
+        if int(v.sum()) <= room:
+            return v
+    return np.zeros_like(verify)
