@@ -18,7 +18,7 @@ from scipy.optimize import least_squares
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import CalibrationReport, EngineProfile, ParameterFit
 from dspark_sim.config.schema import DrafterSpec, Efficiency, HardwareProfile, ModelSpec, Overheads
-from dspark_sim.costmodel import BatchShape, forward_cost
+from dspark_sim.costmodel import BatchShape, StepCoster, forward_cost
 
 #: A parameter is identified when doubling it moves the predictions by at least this much (rms, log).
 _IDENTIFY_THRESHOLD = 0.02
@@ -128,19 +128,33 @@ def calibrate(profile: EngineProfile, name: str | None = None,
         hw = hardware_from_params(base, x, name, dtype, 0.0)
         return np.log(predict_samples(samples, hw) / measured)
 
-    # overheads may be ~0: fit everything in log space from a positive floor
+    # A roofline's max() gives zero gradient to whichever term does not bind, so one start can stall
+    # in the wrong regime: start from a spread of bandwidth/FLOP scales and overhead shares, keep the best.
     x0 = np.maximum(x0, [1e-3, 1e-3, 1e-6, 0.1, 0.01])
-    fit = least_squares(residuals, np.log(x0), method="trf", x_scale="jac", max_nfev=2000)
+    layers = max(profile.target.num_layers, 1)
+    floor_us = float(np.min(measured)) * 1e6
+    best = None
+    for scale in (0.01, 0.1, 1.0, 10.0, 100.0):
+        for share in (0.05, 0.5, 0.9):
+            start = np.array([x0[0] * scale, x0[1] * scale, x0[2] * scale,
+                              max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01)])
+            fit = least_squares(residuals, np.log(start), method="trf", x_scale="jac", max_nfev=400)
+            if best is None or fit.cost < best.cost:
+                best = fit
+    fit = best
     x = np.exp(fit.x)
     # sensitivity: rms change of log-predictions when a parameter doubles
     sens = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
     identified = sens >= _IDENTIFY_THRESHOLD
     x_final = np.where(identified, x, np.maximum(x0, 0.0))
 
-    step_overheads = [s.step_s - s.draft_s - s.verify_s for s in profile.steps]
-    per_step_us = float(np.median(step_overheads) * 1e6) if step_overheads else base.overheads.per_step_us
-    per_step_us = max(per_step_us, 0.0)
-    hw = hardware_from_params(base, x_final, name, dtype, per_step_us)
+    hw = hardware_from_params(base, x_final, name, dtype, 0.0)
+    spec_over, base_over = step_overheads(profile, hw)
+    per_step_us = float(np.median(spec_over) * 1e6) if spec_over else base.overheads.per_step_us
+    hw = hardware_from_params(base, x_final, name, dtype, max(per_step_us, 0.0))
+    if base_over:
+        hw = hw.model_copy(update={"overheads": hw.overheads.model_copy(
+            update={"per_baseline_step_us": max(float(np.median(base_over) * 1e6), 0.0)})})
     pred = predict_samples(samples, hw)
     err = 100.0 * (pred / measured - 1.0)
 
@@ -152,8 +166,13 @@ def calibrate(profile: EngineProfile, name: str | None = None,
         )
         params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=bool(ok), note=note))
     params.append(ParameterFit(
-        name="per_step_us", value=per_step_us, unit="us", identified=bool(step_overheads),
-        note="" if step_overheads else "not identified: the profile has no whole-step samples; kept the base value",
+        name="per_step_us", value=hw.overheads.per_step_us, unit="us", identified=bool(spec_over),
+        note="" if spec_over else "not identified: the profile has no speculative step samples; kept the base value",
+    ))
+    params.append(ParameterFit(
+        name="per_baseline_step_us", value=hw.overheads.per_baseline_step_us or hw.overheads.per_step_us,
+        unit="us", identified=bool(base_over),
+        note="" if base_over else "not identified: no plain-loop step samples; per_step_us applies",
     ))
     points = [
         {
@@ -173,6 +192,30 @@ def calibrate(profile: EngineProfile, name: str | None = None,
         sps_table=sps_table(profile, hw),
     )
     return hw, report
+
+
+def engine_coster(profile: EngineProfile, hw: HardwareProfile, attended_tokens: int | None) -> StepCoster:
+    """How the bundled engine runs: a draft model whose first pass digests 2 tokens, verify blocks
+    padded to the batch's longest, attention over the whole static cache."""
+    drafter = drafter_for_engine(profile.draft)
+    if drafter.kind == "draft_model":
+        drafter = drafter.model_copy(update={"first_pass_tokens": 2.0})
+    return StepCoster(profile.target, drafter, hw, 1, pad_verify=True, static_kv_tokens=attended_tokens)
+
+
+def step_overheads(profile: EngineProfile, hw: HardwareProfile) -> tuple[list[float], list[float]]:
+    """Per measured step: wall time minus the passes the cost model prices (speculative, baseline)."""
+    spec, base = [], []
+    for s in profile.steps:
+        coster = engine_coster(profile, hw, s.attended_tokens)
+        if s.gamma == 0:
+            passes = float(np.asarray(coster.baseline(s.batch_size, s.context_tokens).time_s))
+            base.append(s.step_s - passes)
+        else:
+            passes = float(np.asarray(coster.draft(s.batch_size, s.gamma, s.context_tokens).time_s)
+                           + np.asarray(coster.verify(s.batch_size, s.gamma, s.context_tokens).time_s))
+            spec.append(s.step_s - passes)
+    return spec, base
 
 
 def sps_table(profile: EngineProfile, hw: HardwareProfile) -> dict[int, float]:
@@ -209,3 +252,53 @@ def drafter_for_engine(draft: ModelSpec | None) -> DrafterSpec:
     if draft is None:
         return DrafterSpec(kind="none")
     return DrafterSpec(kind="draft_model", model=draft)
+
+
+def load_profile(path) -> EngineProfile:
+    """Read a profile JSON; a missing, malformed or incomplete file is one InputError."""
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from dspark_sim.config.errors import from_validation_error
+    from dspark_sim.config.measurements import PROFILE_SCHEMA_VERSION
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(str(p), None, "profile file not found (make one with `dspark-sim profile`)")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(str(p), None, f"not a JSON profile ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("kind") != "engine-profile":
+        raise InputError(str(p), "kind", "expected an engine profile (kind: engine-profile)")
+    if raw.get("schema_version") != PROFILE_SCHEMA_VERSION:
+        raise InputError(str(p), "schema_version",
+                         f"profile format {raw.get('schema_version')!r}, this version reads {PROFILE_SCHEMA_VERSION}")
+    try:
+        doc = EngineProfile.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(str(p), exc, data=raw) from None
+    roles = {s.role for s in doc.samples}
+    if "target" not in roles:
+        raise InputError(str(p), "samples", "incomplete profile: no target pass samples")
+    return doc
+
+
+def profile_yaml(hw: HardwareProfile, report: CalibrationReport, source) -> str:
+    """The calibrated profile as YAML, with where it came from and how well it fits in comments."""
+    import yaml
+
+    header = [
+        f"# Calibrated by `dspark-sim calibrate {source}` from an engine profile measured on",
+        f"# {report.profile_device} (engine {report.engine_version}).",
+        "# Bandwidths and FLOP/s below are the fitted *effective* figures (efficiencies are 1.0), not",
+        f"# datasheet values. Fit: median |error| {report.median_abs_error_pct:.1f}%, "
+        f"worst {report.max_abs_error_pct:.1f}% over {len(report.points)} pass shapes.",
+    ]
+    for p in report.parameters:
+        status = "fitted" if p.identified else "NOT IDENTIFIED"
+        header.append(f"#   {p.name}: {p.value:.4g} {p.unit} ({status}){' - ' + p.note if p.note else ''}")
+    body = yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return "\n".join(header) + "\n" + body

@@ -95,6 +95,96 @@ def run(
     run_command(scenario, set_ or [], json_out=json_out, out_dir=out_dir, progress=progress)
 
 
+def _csv_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(option, None, f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise InputError(option, None, f"expected non-negative whole numbers, got {text!r}")
+    return values
+
+
+@app.command()
+def profile(
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    preset: Annotated[str, typer.Option(help="engine model pair (dspark-sim engine train --preset ...)")] = "tiny",
+    seed: Annotated[int, typer.Option(help="seed of the trained pair")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="where trained pairs live")] = None,
+    random_weights: Annotated[bool, typer.Option(help="time randomly initialised models of the preset's shapes")] = False,
+    dtype: Annotated[str, typer.Option(help="weights dtype: fp32 | bf16 | fp16")] = "fp32",
+    batch_sizes: Annotated[str | None, typer.Option(help="e.g. 1,2,4,8,16")] = None,
+    query_tokens: Annotated[str | None, typer.Option(help="tokens per sequence per pass, e.g. 1,2,3,5,9")] = None,
+    contexts: Annotated[str | None, typer.Option(help="cached tokens per sequence, e.g. 64,256,512")] = None,
+    repeats: Annotated[int | None, typer.Option(help="timed repeats per shape")] = None,
+    quick: Annotated[bool, typer.Option(help="a small grid (about a minute on 2 CPU cores)")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")] = Path("profile.json"),
+) -> None:
+    """Microbenchmark the engine's target and draft passes (and whole steps) over a grid -> profile JSON."""
+    import dataclasses
+
+    import torch
+    from rich.progress import Progress
+
+    from dspark_sim.engine.profile import ProfileGrid, load_engine_models, run_profile
+
+    if device not in ("cpu", "cuda"):
+        raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in dtypes:
+        raise InputError("--dtype", None, f"got {dtype!r}, allowed: {', '.join(dtypes)}")
+    grid = ProfileGrid.quick() if quick else ProfileGrid()
+    updates = {}
+    if batch_sizes:
+        updates["batch_sizes"] = _csv_ints(batch_sizes, "--batch-sizes")
+    if query_tokens:
+        updates["query_tokens"] = _csv_ints(query_tokens, "--query-tokens")
+    if contexts:
+        updates["contexts"] = _csv_ints(contexts, "--contexts")
+    if repeats:
+        updates["repeats"] = repeats
+    grid = dataclasses.replace(grid, **updates)
+    dev = torch.device(device)
+    target, draft, what = load_engine_models(preset, seed, cache_dir, dev, dtypes[dtype], random_weights)
+    n = (len(grid.batch_sizes) * len(grid.contexts) * len(grid.kv_dtypes) * (len(grid.query_tokens) + 2)
+         + len(grid.step_batch_sizes) * len(grid.step_gammas))
+    created_by = "dspark-sim " + " ".join(sys.argv[1:])
+    console = _console()
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"profiling {what}", total=n)
+        doc = run_profile(target, draft, grid, created_by=created_by, progress=lambda: bar.advance(task))
+    write_atomic(out, doc.model_dump_json(indent=2) + "\n")
+    console.print(f"{len(doc.samples)} pass shapes and {len(doc.steps)} step shapes on {doc.device.name} "
+                  f"({what}) -> {out}")
+
+
+@app.command()
+def calibrate(
+    profile_path: Annotated[Path, typer.Argument(metavar="PROFILE", help="profile JSON from `dspark-sim profile`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="calibrated hardware profile YAML to write")],
+    name: Annotated[str | None, typer.Option(help="profile name (default: the output file's stem)")] = None,
+    report: Annotated[Path | None, typer.Option(help="also write the fit report (JSON) here")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit the cost model to a profile: effective bandwidths, FLOP/s, overheads; per-point errors; SPS(B)."""
+    from dspark_sim.calibrate import calibrate as fit
+    from dspark_sim.calibrate import load_profile, profile_yaml
+    from dspark_sim.report.console import print_calibration
+
+    doc = load_profile(profile_path)
+    hw, rep = fit(doc, name or out.stem)
+    write_atomic(out, profile_yaml(hw, rep, profile_path))
+    if report is not None:
+        write_atomic(report, rep.model_dump_json(indent=2) + "\n")
+    if json_out:
+        sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
+    else:
+        print_calibration(rep, _console())
+        _console().print(f"calibrated profile -> {out}")
+
+
 @app.command()
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the JSON Schema here")] = None,

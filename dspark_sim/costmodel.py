@@ -296,6 +296,10 @@ class StepCoster:
     def step_overhead_s(self) -> float:
         return self.hw.overheads.per_step_us * 1e-6
 
+    def baseline_step_overhead_s(self) -> float:
+        o = self.hw.overheads
+        return (o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us) * 1e-6
+
     def _draft_pass(self, batch: BatchShape) -> PassCost:
         arch = self.draft_arch
         assert arch is not None

@@ -46,10 +46,13 @@ class StepSample(Doc):
     """A whole speculative step measured inside the engine: what lies outside the two passes."""
 
     batch_size: int
-    gamma: int
-    step_s: float = Field(description="median wall time of one engine step")
-    draft_s: float
-    verify_s: float
+    gamma: int = Field(description="draft tokens per step; 0 = the plain decoding loop (baseline)")
+    step_s: float = Field(description="mean wall time of one engine step")
+    draft_s: float = Field(description="mean time of the draft phase of a step")
+    verify_s: float = Field(description="mean time of the verify phase (target pass, sampling, acceptance)")
+    context_tokens: int = Field(description="mean cached tokens per sequence during the run")
+    attended_tokens: int = Field(description="static cache length every query attends over")
+    baseline_loop: bool = Field(False, description="measured with the engine's plain decoding loop")
 
 
 class EngineProfile(Doc):

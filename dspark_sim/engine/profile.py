@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import dspark_sim
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import ModelSpec
+from dspark_sim.engine.cudagraphs import GraphedForward
 from dspark_sim.engine.model import ModelArgs, Transformer
 
 _ENGINE_FILES = ("model.py", "generate.py")
@@ -211,3 +213,65 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                 progress()
     _ = dev
     return out
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    query_tokens: tuple[int, ...] = (1, 2, 3, 5, 7, 9)
+    contexts: tuple[int, ...] = (64, 256, 512)
+    kv_dtypes: tuple[str | None, ...] = (None,)
+    step_batch_sizes: tuple[int, ...] = (1, 4, 16)
+    step_gammas: tuple[int, ...] = (0, 2, 4)
+    step_prompt_tokens: int = 64
+    step_new_tokens: int = 48
+    repeats: int = 5
+    warmup: int = 2
+
+    @classmethod
+    def quick(cls) -> ProfileGrid:
+        return cls(batch_sizes=(1, 4, 16), query_tokens=(1, 3, 5), contexts=(64, 384), step_batch_sizes=(1, 8),
+                   step_gammas=(0, 3), step_new_tokens=32, repeats=3, warmup=1)
+
+
+def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
+                       random_weights: bool) -> tuple[Transformer, Transformer, str]:
+    """The trained pair from the cache when there is one (else random weights of the same shapes)."""
+    from dspark_sim.engine.data import VOCAB_SIZE
+    from dspark_sim.engine.model import build_model
+    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+
+    spec = get_preset(preset)
+    folder = pair_dir(preset, seed, cache_dir)
+    if not random_weights and (folder / "metrics.json").is_file():
+        pair = load_pair(folder, device=device, dtype=dtype)
+        return pair.target.eval(), pair.draft.eval(), f"trained pair {folder}"
+    t = build_model(ModelArgs.from_preset(spec.target, vocab_size=VOCAB_SIZE), device=device, dtype=dtype, seed=seed)
+    d = build_model(ModelArgs.from_preset(spec.draft, vocab_size=VOCAB_SIZE), device=device, dtype=dtype,
+                    seed=seed + 1)
+    return t.eval(), d.eval(), f"random weights of preset {preset!r}"
+
+
+def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
+                progress=None) -> EngineProfile:
+    """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
+    them (CUDA graphs on a GPU, eager on a CPU)."""
+    dev = target.device
+    tf = GraphedForward(target) if dev.type == "cuda" else None
+    df = GraphedForward(draft) if dev.type == "cuda" else None
+    slack = max(grid.query_tokens) + 8
+    samples = profile_passes(target, "target", list(grid.batch_sizes), list(grid.query_tokens), list(grid.contexts),
+                             list(grid.kv_dtypes), cache_len_for=lambda c, q: c + slack, forward=tf,
+                             warmup=grid.warmup, repeats=grid.repeats, progress=progress)
+    draft_q = sorted({1, 2})  # the engine's draft passes: a 2-token catch-up, then single tokens
+    samples += profile_passes(draft, "draft", list(grid.batch_sizes), draft_q, list(grid.contexts),
+                              list(grid.kv_dtypes), cache_len_for=lambda c, q: c + slack, forward=df,
+                              warmup=grid.warmup, repeats=grid.repeats, progress=progress)
+    for f in (tf, df):
+        if f is not None:
+            f.reset()
+    tf = GraphedForward(target) if dev.type == "cuda" else None
+    df = GraphedForward(draft) if dev.type == "cuda" else None
+    steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas), grid.step_prompt_tokens,
+                          grid.step_new_tokens, target_forward=tf, draft_forward=df, progress=progress)
+    return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by)

@@ -95,3 +95,22 @@ def print_model(spec: ModelSpec, console: Console) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def print_calibration(report, console: Console) -> None:
+    table = Table(title=f"calibration on {report.profile_device}", show_header=True, header_style="bold")
+    for col in ("parameter", "value", "unit", "identified", "note"):
+        table.add_column(col)
+    for p in report.parameters:
+        table.add_row(p.name, f"{p.value:.4g}", p.unit, "yes" if p.identified else "[red]no[/red]", p.note)
+    console.print(table)
+    console.print(
+        f"fit over {len(report.points)} pass shapes: median |error| {report.median_abs_error_pct:.2f}%, "
+        f"worst {report.max_abs_error_pct:.2f}%"
+    )
+    worst = sorted(report.points, key=lambda p: -abs(p["error_pct"]))[:5]
+    for p in worst:
+        console.print(
+            f"  worst: {p['role']} batch {p['batch_size']} q {p['query_tokens']} ctx {p['context_tokens']}: "
+            f"measured {p['measured_s'] * 1e3:.3f} ms, predicted {p['predicted_s'] * 1e3:.3f} ms ({p['error_pct']:+.1f}%)"
+        )

@@ -1,0 +1,66 @@
+"""Manual CUDA graphs for the engine's forward passes: one capture per input shape, then replays.
+
+Why not only torch.compile: a speculative engine meets many shapes (batch sizes x verify lengths
+1..gamma+1 that a policy picks step by step); compiling each costs seconds to minutes, capturing
+one costs milliseconds. Replays remove the per-kernel launch cost that dominates small decode passes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dspark_sim.engine.model import Transformer
+
+
+class GraphedForward:
+    """Callable like `model(tokens, positions, logit_index=...)`, replaying a captured graph per shape.
+
+    The model's static KV cache lives in module buffers, so writes inside a replay land in the real
+    cache. Inputs are copied into the graph's static buffers; the output is cloned because the next
+    replay overwrites it. Caches must not be reallocated after capture (call `reset()` if they are).
+    """
+
+    def __init__(self, model: Transformer, warmup: int = 2):
+        if model.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA model")
+        self.model = model
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = None
+
+    def reset(self) -> None:
+        self.graphs.clear()
+
+    def _capture(self, tokens: Tensor, positions: Tensor, logit_index: Tensor | None) -> tuple:
+        st, sp = tokens.clone(), positions.clone()
+        sli = logit_index.clone() if logit_index is not None else None
+        kw = {"logit_index": sli} if sli is not None else {}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(self.warmup):
+                self.model(st, sp, **kw)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
+            out = self.model(st, sp, **kw)
+        self.pool = graph.pool()
+        return graph, st, sp, sli, out
+
+    def __call__(self, tokens: Tensor, positions: Tensor, logit_index: Tensor | None = None) -> Tensor:
+        cache = self.model.layers[0].attention.kv_cache
+        # the cache's address is part of the key: a reallocated cache must never meet a stale graph
+        key = (tuple(tokens.shape), tuple(positions.shape), logit_index is not None,
+               cache.k.data_ptr() if cache is not None else 0)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(tokens, positions, logit_index)
+            self.graphs[key] = entry
+        graph, st, sp, sli, out = entry
+        st.copy_(tokens)
+        sp.copy_(positions)
+        if sli is not None and logit_index is not None:
+            sli.copy_(logit_index)
+        graph.replay()
+        return out.clone()
