@@ -556,6 +556,11 @@ class SimulationSpec(Strict):
         0.0, description="requests arriving before this simulated time are left out of the metrics, and "
         "throughput is measured from here (closed-loop ramp-up)"
     )
+    disaggregated_prefill: bool = Field(
+        False, description="prefill runs on other machines (prefill/decode disaggregation, as DeepSeek serves): "
+        "requests reach a replica with their prompt's KV and first token; prefill compute and KV transfer are "
+        "not simulated, and TTFT is the wait for a decode slot"
+    )
 
 
 class Variant(Strict):
