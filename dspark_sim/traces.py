@@ -67,7 +67,11 @@ class RequestRecord(_Record):
     request_id: int | str
     prompt_len: int = Field(ge=0)
     output_len: int = Field(ge=0)
-    step_start: list[int] = Field(default_factory=list, description="output position when each step began")
+    step_start: list[int] = Field(
+        default_factory=list,
+        description="output position when each step began: 0-based index of the first token the step adds "
+        "(prefill produced output token 0, so the first step starts at 1)",
+    )
     verified: list[int] = Field(default_factory=list)
     accepted: list[int] = Field(default_factory=list)
     confidences: list[list[float]] = Field(default_factory=list)

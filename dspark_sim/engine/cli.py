@@ -115,6 +115,7 @@ def generate(
     top_p: float = typer.Option(None, help="nucleus sampling mass"),
     batch_size: int = typer.Option(1, help="sequences decoded together"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
+    dtype: str = typer.Option("fp32", help="weights: fp32 | bf16 | fp16"),
     kv_dtype: str = typer.Option(None, help="fp32 | bf16 | fp16 | int8 (default: the weights' dtype)"),
     sample_seed: int = typer.Option(0, help="seed of the sampling random numbers"),
     compile: bool = typer.Option(False, "--compile", help="CUDA graphs via torch.compile (cuda only)"),
@@ -149,7 +150,10 @@ def generate(
         folder = checkpoint
     if not (folder / "target.safetensors").is_file():
         raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
-    pair = load_pair(folder, device=device)
+    weight_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in weight_dtypes:
+        raise InputError(src, "--dtype", f"unknown {dtype!r} (allowed: {', '.join(weight_dtypes)})")
+    pair = load_pair(folder, device=device, dtype=weight_dtypes[dtype])
     target, draft = pair.target, pair.draft
     texts = list(prompt or DEFAULT_PROMPTS[:1])
     prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]

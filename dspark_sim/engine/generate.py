@@ -86,6 +86,13 @@ def sample(weights: Tensor, greedy: bool, generator: torch.Generator | None = No
     return (weights / e.clamp_min_(torch.finfo(e.dtype).tiny)).argmax(-1)
 
 
+def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> Tensor:
+    """Sample one token per row from logits [..., V] (argmax straight away when greedy: fewer kernels)."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    return sample(logits_to_probs(logits, sampling), False, generator)
+
+
 def verify_drafts(p: Tensor, q: Tensor | None, drafts: Tensor, verify: Tensor, greedy: bool,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Rejection sampling over a batch with ragged verify lengths, all on the device.
@@ -112,6 +119,16 @@ def verify_drafts(p: Tensor, q: Tensor | None, drafts: Tensor, verify: Tensor, g
     residual = (p_a - q_a).clamp_min(0.0)
     use_residual = (accepted < verify)[:, None] & (residual.sum(-1, keepdim=True) > 0)
     return accepted, sample(torch.where(use_residual, residual, p_a), greedy, generator)
+
+
+def verify_greedy(logits: Tensor, drafts: Tensor, verify: Tensor) -> tuple[Tensor, Tensor]:
+    """verify_drafts for greedy decoding, without building one-hot distributions (same result:
+    a draft passes iff it is the target's argmax; the next token is the argmax after the last pass)."""
+    best = logits.argmax(-1)  # [B, G+1]
+    g = best.shape[1] - 1
+    ok = (drafts[:, :g] == best[:, :g]) & (torch.arange(g, device=best.device)[None, :] < verify[:, None])
+    accepted = ok.long().cumprod(-1).sum(-1)
+    return accepted, best.gather(1, accepted[:, None])[:, 0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,15 +316,14 @@ def generate_baseline(model: Transformer, prompts: Sequence[Sequence[int]], max_
     clock = _Clock(dev)
     t0 = clock.mark()
     buf, lens = _prompt_tensor(prompts, width, dev)
-    tok = sample(logits_to_probs(_prefill(model, buf, lens, width), sampling), sampling.greedy, generator)
+    tok = next_token(_prefill(model, buf, lens, width), sampling, generator)
     t1 = clock.mark()
     out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long, device=dev)
     out[:, 0] = tok
     pos = lens.clone()
     for i in range(1, max_new_tokens):
         logits = fwd(tok[:, None], pos[:, None])[:, 0]
-        # greedy: argmax straight away (fewer kernels per token matters at 1000+ tok/s)
-        tok = logits.argmax(-1) if sampling.greedy else sample(logits_to_probs(logits, sampling), False, generator)
+        tok = next_token(logits, sampling, generator)
         out[:, i] = tok
         pos += 1
     t2 = clock.mark()
@@ -323,8 +339,9 @@ def generate_baseline(model: Transformer, prompts: Sequence[Sequence[int]], max_
 
 
 def _draft(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling,
-           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+           generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
     """Propose `gamma` tokens per sequence; write them into buf after each pending token.
+    Returns drafts [B, gamma], their distributions q [B, gamma, V] (None when greedy), confidences.
 
     The first pass re-feeds the token before the pending one: the draft has no K/V for the last
     draft token of a step whose drafts were all accepted, so this one fixed-shape pass catches it up
@@ -335,17 +352,19 @@ def _draft(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampli
     logits = fwd(buf.gather(1, pos), pos, logit_index=torch.ones_like(pend))[:, -1]
     drafts, probs, confs = [], [], []
     for j in range(gamma):
-        q = logits_to_probs(logits, sampling)
-        d = sample(q, sampling.greedy, generator)
-        # confidence = the drafter's probability of its own token (raw softmax when greedy)
-        c_src = torch.softmax(logits.float(), -1) if sampling.greedy else q
-        confs.append(c_src.gather(-1, d[:, None])[:, 0])
+        if sampling.greedy:  # q is one-hot: keep only the token; confidence from the raw softmax
+            d = logits.argmax(-1)
+            confs.append(torch.softmax(logits, -1).gather(-1, d[:, None])[:, 0])
+        else:  # confidence = the drafter's probability of its own token under the sampled q
+            q = logits_to_probs(logits, sampling)
+            d = sample(q, False, generator)
+            confs.append(q.gather(-1, d[:, None])[:, 0])
+            probs.append(q)
         drafts.append(d)
-        probs.append(q)
         buf[rows, pend + 1 + j] = d
         if j + 1 < gamma:
             logits = fwd(d[:, None], (pend + 1 + j)[:, None])[:, -1]
-    return torch.stack(drafts, 1), torch.stack(probs, 1), torch.stack(confs, 1)
+    return torch.stack(drafts, 1), (torch.stack(probs, 1) if probs else None), torch.stack(confs, 1)
 
 
 @torch.no_grad()
@@ -381,7 +400,7 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     prompt_buf, lens_t = _prompt_tensor(prompts, width, dev)
     buf = torch.zeros(bsz, cap + gamma + 2, dtype=torch.long, device=dev)
     buf[:, :width] = prompt_buf
-    first = sample(logits_to_probs(_prefill(target, buf, lens_t, width), sampling), sampling.greedy, generator)
+    first = next_token(_prefill(target, buf, lens_t, width), sampling, generator)
     rows = torch.arange(bsz, device=dev)
     buf[rows, lens_t] = first
     if gamma > 0:
@@ -434,9 +453,13 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         act_dev = torch.from_numpy(active).to(dev, non_blocking=True)
         positions = pend[:, None] + torch.arange(g + 1, device=dev)
         logits = tfwd(buf.gather(1, positions), positions)
-        p = logits_to_probs(logits, sampling)
-        acc, nxt = verify_drafts(p, q, drafts if drafts is not None else positions[:, 1:], v_dev,
-                                 sampling.greedy, generator)
+        if drafts is None or g == 0:
+            acc = torch.zeros_like(pend)
+            nxt = next_token(logits[:, 0], sampling, generator)
+        elif sampling.greedy:
+            acc, nxt = verify_greedy(logits, drafts, v_dev)
+        else:
+            acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, v_dev, False, generator)
         acc = acc * act_dev
         buf[rows, pend + acc + 1] = nxt
         pend = pend + (acc + 1) * act_dev

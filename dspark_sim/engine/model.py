@@ -162,6 +162,9 @@ class KVCache(nn.Module):
             sshape = (batch, n_kv_heads, max_seq_len, 1)
             self.register_buffer("k_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
             self.register_buffer("v_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
+        # fixed addresses: torch.compile / CUDA graphs may then mutate the cache in place (as HF's StaticCache)
+        for buf in self.buffers():
+            torch._dynamo.mark_static_address(buf)
 
     @staticmethod
     def quantize(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ from dspark_sim.engine.generate import (  # noqa: E402
     logits_to_probs,
     speculative_generate,
     verify_drafts,
+    verify_greedy,
 )
 from dspark_sim.policies import FixedPolicy, make_policy  # noqa: E402
 
@@ -234,3 +235,19 @@ def test_bad_arguments(pair):
         speculative_generate(target, None, [[1, 2]], 5, FixedGamma(gamma=2))
     with pytest.raises(ValueError):
         generate_baseline(target, [[]], 5)
+
+
+def test_verify_greedy_matches_one_hot_rejection_sampling():
+    """The greedy fast path is the general rejection step applied to one-hot distributions."""
+    gen = torch.Generator().manual_seed(3)
+    b, g, v = 64, 5, 7
+    logits = torch.randn(b, g + 1, v, generator=gen, dtype=torch.float64)
+    drafts = torch.where(torch.rand(b, g, generator=gen) < 0.7, logits[:, :g].argmax(-1),
+                         torch.randint(0, v, (b, g), generator=gen))
+    verify = torch.randint(0, g + 1, (b,), generator=gen)
+    p = logits_to_probs(logits, Sampling())
+    q = torch.nn.functional.one_hot(drafts, v).double()
+    acc1, nxt1 = verify_drafts(p, q, drafts, verify, True, gen)
+    acc2, nxt2 = verify_greedy(logits, drafts, verify)
+    assert torch.equal(acc1, acc2) and torch.equal(nxt1, nxt2)
+    assert len(set(acc1.tolist())) > 2

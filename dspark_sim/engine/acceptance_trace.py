@@ -1,0 +1,68 @@
+"""Per-position acceptance of a draft against a target, measured without running speculation.
+
+Why teacher forcing works: while every draft token so far was accepted, the draft's prefix *is* the
+target's output, so the draft's proposal at position j depends only on the target's tokens before j.
+One forward pass of each model over the target's own output therefore gives, at every position j:
+- greedy: match[j] = (draft argmax == target token), so a step starting at i yields
+  1 + (length of the run of matches from i): exactly what a speculative step would yield;
+- sampling: alpha[j] = sum_x min(p_j(x), q_j(x)), the probability the draft token is accepted there
+  (Leviathan et al.); yields are then drawn from these with a fixed seed.
+The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
+simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs
+from dspark_sim.engine.model import Transformer
+
+
+def _runs(ok: np.ndarray) -> np.ndarray:
+    """run[i] = how many consecutive True values start at i."""
+    run = np.zeros(len(ok) + 1, dtype=np.int64)
+    for i in range(len(ok) - 1, -1, -1):
+        run[i] = run[i + 1] + 1 if ok[i] else 0
+    return run[:-1]
+
+
+@torch.no_grad()
+def acceptance_records(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                       sampling: Sampling, seed: int = 0) -> list[dict]:
+    """One record per prompt: prompt_len, output_len, accept_len (yield per output position), alpha."""
+    gen = torch.Generator(device=target.device).manual_seed(seed)
+    res = generate_baseline(target, prompts, max_new_tokens, sampling, generator=gen)
+    rng = np.random.default_rng(seed)
+    records = []
+    for prompt, out in zip(prompts, res.tokens, strict=True):
+        seq = torch.tensor([list(prompt) + list(out)], device=target.device)
+        n = len(prompt)
+        p_logits = target(seq[:, :-1])[0, n - 1:]  # distribution of output token j given everything before
+        q_logits = draft(seq[:, :-1])[0, n - 1:]
+        p = logits_to_probs(p_logits, sampling)
+        q = logits_to_probs(q_logits, sampling)
+        toks = seq[0, n:]
+        if sampling.greedy:
+            ok = (q.argmax(-1) == toks).cpu().numpy()
+            alpha = ok.astype(float)
+        else:
+            alpha = torch.minimum(p, q).sum(-1).clamp(0, 1).cpu().numpy().astype(float)
+            ok = rng.random(len(alpha)) < alpha
+        accept_len = (1 + _runs(ok)).tolist()
+        records.append({
+            "prompt_len": n, "output_len": len(out), "accept_len": accept_len,
+            "alpha": [round(float(a), 6) for a in alpha],
+        })
+    return records
+
+
+def conditional_acceptance(records: list[dict], gamma_max: int) -> list[float]:
+    """Per-position conditional acceptance c_k pooled over every output position of every record."""
+    acc = np.concatenate([np.asarray(r["accept_len"]) - 1 for r in records])
+    out = []
+    for k in range(1, gamma_max + 1):
+        reached = (acc >= k - 1).sum()
+        out.append(float((acc >= k).sum() / reached) if reached else 0.0)
+    return out
