@@ -125,12 +125,13 @@ def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tu
             checks.append(float(speed.mean()) >= slo.min_tokens_per_s_per_user)
         slo_met = bool(all(checks))
 
-    # ---- speculation
-    steps_total = int(out.steps.sum())
-    verified = int(out.verified.sum())
-    accepted = int(out.accepted.sum())
+    # ---- speculation (steps inside the window: the steady state, not the ramp-up or the drain)
+    wlog = log[in_window]
+    steps_total = int(wlog[:, _COL["decoders"]].sum())
+    verified = int(wlog[:, _COL["verify_sum"]].sum())
+    accepted = int(wlog[:, _COL["accepted_sum"]].sum())
     tau = (accepted + steps_total) / steps_total if steps_total else 1.0
-    dec_steps = float(log[:, _COL["decoders"]].sum())
+    dec_steps = float(steps_total)
     tried = sum(rep.tried for rep in sim.replicas)
     acc_hist = sum(rep.acc_hist for rep in sim.replicas)
     tried_ge = np.cumsum(tried[::-1])[::-1]
@@ -142,18 +143,18 @@ def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tu
         per_pos.append(float(acc_ge[k] / tried_ge[k]))
     wasted = verified - accepted
 
-    # ---- time and bytes
-    dt = log[:, _COL["dt"]]
+    # ---- time and bytes (window)
+    dt = wlog[:, _COL["dt"]]
     busy = float(dt.sum())
-    all_tokens = float(log[:, _COL["tokens"]].sum())
-    hbm = float(log[:, _COL["hbm_bytes"]].sum())
-    onchip = float(log[:, _COL["onchip_bytes"]].sum())
+    all_tokens = float(wlog[:, _COL["tokens"]].sum())
+    hbm = float(wlog[:, _COL["hbm_bytes"]].sum())
+    onchip = float(wlog[:, _COL["onchip_bytes"]].sum())
     cap = sim.kv_blocks
-    kv = log[:, _COL["kv_blocks"]] / cap
-    queue = log[:, _COL["queue"]]
+    kv = wlog[:, _COL["kv_blocks"]] / cap
+    queue = wlog[:, _COL["queue"]]
 
     def frac(col: str) -> float:
-        return float(log[:, _COL[col]].sum() / busy) if busy > 0 else 0.0
+        return float(wlog[:, _COL[col]].sum() / busy) if busy > 0 else 0.0
 
     ttft_stats, tpot_stats, e2e_stats = _stats(ttft), _stats(tpot * 1e3), _stats(e2e)
     mean_speed = float(speed.mean()) if speed.size else 0.0
@@ -185,17 +186,17 @@ def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tu
         slo_met=slo_met,
         tau=tau,
         mean_verify_budget=verified / steps_total if steps_total else 0.0,
-        mean_draft_tokens=float(log[:, _COL["draft_sum"]].sum() / dec_steps) if dec_steps else 0.0,
+        mean_draft_tokens=float(wlog[:, _COL["draft_sum"]].sum() / dec_steps) if dec_steps else 0.0,
         acceptance_rate=accepted / verified if verified else 0.0,
         acceptance_per_position=per_pos,
         wasted_verify_tokens=wasted,
         wasted_verify_fraction=wasted / (verified + steps_total) if steps_total else 0.0,
         steps=len(log),
-        mean_batch_size=float(log[:, _COL["decoders"]].mean()) if len(log) else 0.0,
+        mean_batch_size=float(wlog[:, _COL["decoders"]].mean()) if len(wlog) else 0.0,
         draft_time_fraction=frac("draft_s"),
         verify_time_fraction=frac("target_s"),
         overhead_time_fraction=frac("overhead_s"),
-        busy_fraction=busy / (end * dep.replicas) if end > 0 else 0.0,
+        busy_fraction=busy / (window * dep.replicas) if window > 0 else 0.0,
         hbm_gb_per_output_token=hbm / all_tokens / 1e9 if all_tokens else 0.0,
         onchip_gb_per_output_token=onchip / all_tokens / 1e9 if all_tokens else 0.0,
         onchip_byte_fraction=onchip / (onchip + hbm) if onchip + hbm > 0 else 0.0,

@@ -36,7 +36,7 @@ from dspark_sim.sim.workload import uniforms
 
 #: columns of a replica's step log (one row per iteration)
 STEP_COLUMNS = (
-    "t_start", "dt", "decoders", "verify_sum", "draft_sum", "tokens", "prefill_tokens", "queue", "running",
+    "t_start", "dt", "decoders", "verify_sum", "accepted_sum", "draft_sum", "tokens", "prefill_tokens", "queue", "running",
     "kv_blocks", "kv_peak_blocks", "draft_s", "target_s", "overhead_s", "hbm_bytes", "onchip_bytes",
     "preemptions",
 )
@@ -60,6 +60,7 @@ class Replica:
         self.max_seqs = min(dep.max_batch_size, dep.max_batched_tokens)
         self.max_tokens = dep.max_batched_tokens
         self.chunk_tokens = dep.prefill_chunk_tokens
+        self.disaggregated = sim.scenario.simulation.disaggregated_prefill
         self.gamma = sim.gamma_max
         self.speculative = not isinstance(policy, NoSpecPolicy) and sim.gamma_max > 0
         self.lookahead = (self.gamma + 1) if self.speculative else 1
@@ -118,16 +119,20 @@ class Replica:
             self.finish(env.now)
 
     # ---------------------------------------------------------------------------- rare events
-    def _admit(self, r: int, chunk: int) -> int:
+    def _admit(self, r: int, decoding: bool = False) -> int:
+        """Put request r in slot n. Colocated: it starts prefilling. Disaggregated: it arrives with its
+        prompt's KV and first token (made by a prefill machine) and decodes from this step on."""
         i = self.n
         reqs = self.reqs
         g = int(self.out.gen[r])
+        if decoding:
+            g = max(g, 1)
         self.rid[i] = r
-        self.ctx[i] = 0
+        self.ctx[i] = reqs.prompt[r] + g - 1 if decoding else 0
         self.gen[i] = g
         self.pre_target[i] = reqs.prompt[r] + g
         self.out_len[i] = reqs.output[r]
-        self.decoding[i] = False
+        self.decoding[i] = decoding
         self.last_yield[i] = 1
         self.seed[i] = reqs.step_seed[r]
         self.toff[i] = reqs.trace_off[r]
@@ -159,8 +164,32 @@ class Replica:
                 raise RuntimeError("replica cannot schedule anything with an empty batch (capacity check missed)")
             self._preempt_last()  # nothing could run: free memory for the others
 
+    def _admit_decoders(self, now: float) -> int:
+        """Disaggregated prefill: admit queued requests straight into decoding while slots and KV last."""
+        bs = self.block
+        n = self.n
+        ctx = self.ctx[:n]
+        used = int(((ctx + (self.lookahead + bs - 1)) // bs).sum())
+        free = self.cap_blocks - used
+        reqs, out = self.reqs, self.out
+        new_first = 0
+        while self.waiting and self.n < self.max_seqs:
+            r = self.waiting[0]
+            g = max(int(out.gen[r]), 1)
+            blocks = (int(reqs.prompt[r]) + g - 1 + self.lookahead + bs - 1) // bs
+            if blocks > free:
+                break
+            self.waiting.popleft()
+            self._admit(r, decoding=True)
+            free -= blocks
+            if np.isnan(out.first_token[r]):
+                out.first_token[r] = now
+                new_first += 1
+        return new_first
+
     def _try_plan(self, now: float) -> float | None:
         bs = self.block
+        first_tokens = self._admit_decoders(now) if self.disaggregated and self.waiting else 0
         # ---- 1. memory: lookahead reservation for every decoding sequence; preempt if it does not fit
         while True:
             n = self.n
@@ -217,14 +246,14 @@ class Replica:
                 chunk_idx.append(i)
                 chunk_len.append(chunk)
         reqs = self.reqs
-        while self.waiting and budget > 0 and self.n < self.max_seqs:
+        while self.waiting and budget > 0 and self.n < self.max_seqs and not self.disaggregated:
             r = self.waiting[0]
             chunk = min(int(reqs.prompt[r] + self.out.gen[r]), budget)
             blocks = (chunk + bs - 1) // bs
             if blocks > free:
                 break
             self.waiting.popleft()
-            chunk_idx.append(self._admit(r, chunk))
+            chunk_idx.append(self._admit(r))
             chunk_len.append(chunk)
             budget -= chunk
             free -= blocks
@@ -257,7 +286,8 @@ class Replica:
         dt = draft_s + target_s + overhead_s
 
         # ---- 5. acceptance, then advance the state (KV of rejected tokens rolls back)
-        tokens = 0
+        tokens = first_tokens
+        acc_sum = 0
         if nd:
             rid_d = self.rid[di]
             if self.speculative and verify.any():
@@ -280,7 +310,8 @@ class Replica:
             self.ctx[di] += y
             self.gen[di] += y
             self.last_yield[di] = y
-            tokens += int(y.sum())
+            acc_sum = int(acc.sum())
+            tokens += acc_sum + nd
             out = self.out
             out.steps[rid_d] += 1
             out.verified[rid_d] += verify
@@ -303,7 +334,7 @@ class Replica:
         self._pending_done = done if done.any() else None
         kv_blocks = int(((self.ctx[:n] + (bs - 1)) // bs).sum())
         self.log.append((
-            now, dt, nd, int(verify.sum()), draft_sum, tokens, int(sum(chunk_len)), len(self.waiting), n,
+            now, dt, nd, int(verify.sum()), acc_sum, draft_sum, tokens, int(sum(chunk_len)), len(self.waiting), n,
             kv_blocks, self.cap_blocks - free, draft_s, target_s, overhead_s, hbm, onchip,
             self._preempted_this_step,
         ))

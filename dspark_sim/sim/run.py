@@ -234,6 +234,18 @@ def _absolutise(raw: Any, base: Path) -> Any:
     return raw
 
 
+def _repair_sweep_path(raw: dict, base_dir: Path) -> dict:
+    """The loader absolutises every key named `path` as a file, the sweep's field path included
+    ('workload.arrivals.concurrency' -> '<scenario dir>/workload.arrivals.concurrency'); undo that."""
+    sweep = raw.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("path"), str) and os.path.isabs(sweep["path"]):
+        rel = os.path.relpath(sweep["path"], base_dir)
+        if not rel.startswith("..") and os.sep not in rel:
+            raw = dict(raw)
+            raw["sweep"] = {**sweep, "path": rel}
+    return raw
+
+
 def baseline_dict(raw: dict) -> dict:
     """The same deployment and requests without speculation (no drafter, policy none)."""
     out = json.loads(json.dumps(raw))
@@ -245,7 +257,15 @@ def baseline_dict(raw: dict) -> dict:
 
 
 def _baseline_key(raw: dict) -> str:
+    """What a baseline depends on: not the acceptance (unless a trace supplies the lengths)."""
     keep = {k: v for k, v in raw.items() if k not in ("name", "description", "predict", "variants", "sweep")}
+    workload = keep.get("workload") or {}
+    if not workload.get("lengths_from_trace"):
+        keep.pop("acceptance", None)
+        if isinstance(workload.get("domains"), list):
+            workload = {**workload, "domains": [{k: v for k, v in d.items() if k != "acceptance"}
+                                                for d in workload["domains"] if isinstance(d, dict)]}
+            keep["workload"] = workload
     return json.dumps(keep, sort_keys=True, default=str)
 
 
@@ -275,8 +295,9 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
     scenario_path = Path(path) if path is not None else default_scenario_path()
     source = str(scenario_path)
     raw = load_scenario_dict(scenario_path, overrides or [])
-    base_sc = scenario_from_dict(raw, source)
     base_dir = scenario_path.resolve().parent
+    raw = _repair_sweep_path(raw, base_dir)
+    base_sc = scenario_from_dict(raw, source)
     sweep = base_sc.sweep
     values = list(sweep.values) if sweep else [None]
     variants = [("main", [])] + [(v.name, list(v.set)) for v in base_sc.variants]
