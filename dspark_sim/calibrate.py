@@ -124,9 +124,11 @@ def calibrate(profile: EngineProfile, name: str | None = None,
     ])
 
     def residuals(logx: np.ndarray) -> np.ndarray:
-        x = np.exp(logx)
+        x = np.exp(np.clip(logx, -30.0, 30.0))
         hw = hardware_from_params(base, x, name, dtype, 0.0)
-        return np.log(predict_samples(samples, hw) / measured)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            r = np.log(predict_samples(samples, hw) / measured)
+        return np.nan_to_num(r, nan=50.0, posinf=50.0, neginf=-50.0)
 
     # A roofline's max() gives zero gradient to whichever term does not bind, so one start can stall
     # in the wrong regime: start from a spread of bandwidth/FLOP scales and overhead shares, keep the best.

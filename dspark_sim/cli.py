@@ -186,6 +186,50 @@ def calibrate(
 
 
 @app.command()
+def validate(
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    quick: Annotated[bool, typer.Option(help="a small grid (minutes on 2 CPU cores); CI runs this")] = False,
+    preset: Annotated[str | None, typer.Option(help="engine pair (default: test with --quick, else tiny)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the trained pair")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="where trained pairs live")] = None,
+    profile_path: Annotated[Path | None, typer.Option("--profile", help="reuse a profile from `dspark-sim profile`")] = None,
+    tolerance: Annotated[float | None, typer.Option(help="max median |error| in % (default 5, 15 with --quick)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder (default validation/reports/<device>)")] = None,
+) -> None:
+    """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
+    import torch
+
+    from dspark_sim.calibrate import check_profile_matches, load_profile
+    from dspark_sim.engine.profile import engine_version
+    from dspark_sim.report.validation_page import validation_html
+    from dspark_sim.validate import run_validation
+
+    if device not in ("cpu", "cuda"):
+        raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
+    preset = preset or ("test" if quick else "tiny")
+    tol = tolerance if tolerance is not None else (15.0 if quick else 5.0)
+    prof = None
+    if profile_path is not None:
+        prof = load_profile(profile_path)
+        check_profile_matches(prof, device_kind=device, engine_version=engine_version(), source=str(profile_path))
+    folder = out_dir or Path("validation/reports") / (device + ("-quick" if quick else ""))
+    console = _console()
+    report = run_validation(device=device, quick=quick, preset=preset, seed=seed, cache_dir=cache_dir, profile=prof,
+                            out_dir=folder, tolerance_pct=tol, log=console.print)
+    write_atomic(folder / "report.json", report.model_dump_json(indent=2) + "\n")
+    write_atomic(folder / "report.html", validation_html(report))
+    for s in report.summary:
+        console.print(f"{s.group:45s} n={s.points:3d}  speed-up err median {s.median_abs_speedup_error_pct:5.1f}% "
+                      f"worst {s.worst_abs_speedup_error_pct:5.1f}%  tok/s err median "
+                      f"{s.median_abs_tokens_per_s_error_pct:5.1f}% worst {s.worst_abs_tokens_per_s_error_pct:5.1f}%")
+    console.print(f"{'PASSED' if report.passed else 'FAILED'} (tolerance {tol:g}% median) -> {folder}/report.html")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the JSON Schema here")] = None,
     kind: Annotated[str, typer.Option(help="scenario | hardware | model | predict-result")] = "scenario",

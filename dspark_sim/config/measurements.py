@@ -85,3 +85,56 @@ class CalibrationReport(Doc):
     max_abs_error_pct: float
     points: list[dict] = Field(description="per sample: shape, measured_s, predicted_s, error_pct")
     sps_table: dict[int, float] = Field(description="verify steps per second by tokens per verify pass")
+
+
+class ValidationPoint(Doc):
+    """One engine configuration: predicted (simulator) vs measured (engine)."""
+
+    label: str
+    regime: str = Field(description="which group the point belongs to in the error table")
+    temperature: float
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    policy: str
+    gamma_max: int
+    rounds: int = Field(description="batches of fresh prompts measured (and simulated) per point")
+    measured_tokens_per_s: float = Field(description="decode tokens per second, all sequences")
+    predicted_tokens_per_s: float
+    measured_baseline_tokens_per_s: float
+    predicted_baseline_tokens_per_s: float
+    measured_speedup: float
+    predicted_speedup: float
+    measured_tau: float
+    predicted_tau: float
+    tokens_per_s_error_pct: float
+    speedup_error_pct: float
+    baseline_error_pct: float
+    cross_prediction: bool = Field(False, description="batch beyond what calibration saw")
+
+
+class ErrorSummary(Doc):
+    group: str
+    points: int
+    median_abs_speedup_error_pct: float
+    worst_abs_speedup_error_pct: float
+    median_abs_tokens_per_s_error_pct: float
+    worst_abs_tokens_per_s_error_pct: float
+
+
+class ValidationReport(Doc):
+    kind: Literal["validation"] = "validation"
+    device: DeviceInfo
+    engine_version: str
+    preset: str
+    quick: bool
+    tolerance_pct: float
+    passed: bool
+    command: str
+    calibration_median_error_pct: float
+    acceptance_by_temperature: dict[str, list[float]] = Field(
+        description="per-position conditional acceptance measured on the held-apart prompts"
+    )
+    summary: list[ErrorSummary]
+    points: list[ValidationPoint]
+    timings_s: dict[str, float] = Field(description="wall time of each phase")

@@ -1,0 +1,357 @@
+"""Predict, then measure (`dspark-sim validate`): the simulator's tokens/s and speed-up against the engine's.
+
+The loop, on whichever device the engine runs:
+1. profile the engine's passes and steps, calibrate the cost model (or take a given profile);
+2. measure acceptance on prompts held apart from the measured ones (teacher-forced traces, exact for
+   greedy decoding; see engine/acceptance_trace.py);
+3. for every point of the grid (temperature x batch x prompt length x policy), simulate the engine's
+   run with the calibrated profile and the held-apart acceptance trace, then run the engine itself;
+4. report the errors (median and worst, by regime) and fail when the median exceeds the tolerance.
+The simulator is told how this engine works (padded verify blocks, attention over the whole static
+cache, a 2-token first draft pass, a leaner plain-decoding loop): those are facts about the engine,
+not fitted knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dspark_sim.calibrate import calibrate, engine_coster
+from dspark_sim.config.measurements import (
+    EngineProfile,
+    ErrorSummary,
+    ValidationPoint,
+    ValidationReport,
+)
+from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
+from dspark_sim.io import write_atomic
+
+
+@dataclass(frozen=True)
+class Case:
+    temperature: float
+    batch_size: int
+    prompt_tokens: int
+    policy: str  # "fixed:G" or "dspark:G"
+    rounds: int
+    new_tokens: int
+    cross: bool = False
+
+    @property
+    def gamma_max(self) -> int:
+        return int(self.policy.split(":")[1])
+
+    @property
+    def label(self) -> str:
+        return f"T={self.temperature:g} B={self.batch_size} P={self.prompt_tokens} {self.policy}"
+
+    @property
+    def regime(self) -> str:
+        size = "batch 1" if self.batch_size == 1 else ("batch <= 8" if self.batch_size <= 8 else "batch >= 16")
+        kind = self.policy.split(":")[0]
+        return f"{kind}, {'greedy' if self.temperature == 0 else 'sampled'}, {size}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    temperatures: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    prompt_tokens: tuple[int, ...]
+    policies: tuple[str, ...]
+    new_tokens: int
+    cross_batch_sizes: tuple[int, ...] = ()
+    calibrate_max_batch: int | None = None  # cross-prediction: fit only on batches up to this
+
+    def cases(self) -> list[Case]:
+        out = []
+        for t in self.temperatures:
+            for b in self.batch_sizes:
+                for p in self.prompt_tokens:
+                    for pol in self.policies:
+                        out.append(Case(t, b, p, pol, rounds=max(1, 4 // b), new_tokens=self.new_tokens))
+        for b in self.cross_batch_sizes:
+            out.append(Case(0.0, b, self.prompt_tokens[0], "fixed:3", rounds=1, new_tokens=self.new_tokens, cross=True))
+        return out
+
+
+QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
+             new_tokens=48)
+FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 256),
+            policies=("fixed:1", "fixed:3", "fixed:5", "dspark:5"), new_tokens=64,
+            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4)
+
+
+@dataclass
+class Measured:
+    tokens_per_s: float
+    tau: float
+
+
+@dataclass
+class Engine:
+    """The engine side: models, forwards (CUDA graphs on a GPU) and prompt sets."""
+
+    target: object
+    draft: object
+    device: object
+    prompts_acceptance: list[list[int]]
+    prompts_measure: list[list[int]]
+    target_forward: object = None
+    draft_forward: object = None
+    _next: dict = field(default_factory=dict)
+
+    def take(self, n: int, length: int) -> list[list[int]]:
+        """The next n measurement prompts cut to `length` tokens (cycling, deterministic)."""
+        i = self._next.get(length, 0)
+        out = []
+        for k in range(n):
+            p = self.prompts_measure[(i + k) % len(self.prompts_measure)]
+            out.append(p[:length])
+        self._next[length] = i + n
+        return out
+
+
+def _prompt_sets(corpus_eval, max_len: int, count: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Evenly spaced windows of the held-out corpus; even windows measure acceptance, odd ones speed."""
+    data = corpus_eval.tolist()
+    span = max(len(data) - max_len - 1, 1)
+    starts = np.linspace(0, span, 2 * count, dtype=np.int64).tolist()
+    windows = [data[s: s + max_len] for s in starts]
+    return windows[0::2], windows[1::2]
+
+
+def _policy_spec(name: str, sps_table: dict[int, float]):
+    kind, g = name.split(":")
+    if kind == "fixed":
+        return FixedGamma(gamma=int(g))
+    return DSparkScheduler(gamma_max=int(g), sps_source="table", sps_table=sps_table)
+
+
+def _sampling(t: float):
+    from dspark_sim.engine.generate import Sampling
+
+    return Sampling(temperature=t)
+
+
+def measure_case(eng: Engine, case: Case, sps_table: dict[int, float], seed: int) -> tuple[Measured, Measured, int, int]:
+    """Run the engine: baseline and speculative over `rounds` batches of fresh prompts."""
+    import torch
+
+    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+
+    sampling = _sampling(case.temperature)
+    spec_tokens = spec_time = base_tokens = base_time = 0.0
+    gained = passes = 0
+    cap_spec = cap_base = 0
+    for r in range(case.rounds):
+        prompts = eng.take(case.batch_size, case.prompt_tokens)
+        gen = torch.Generator(device=eng.device).manual_seed(seed + r)
+        width = max(len(p) for p in prompts)
+        cap_base = width + case.new_tokens + 1
+        eng.target.setup_caches(case.batch_size, cap_base)
+        base = generate_baseline(eng.target, prompts, case.new_tokens, sampling, forward=eng.target_forward, generator=gen)
+        base_tokens += base.new_tokens - len(prompts)
+        base_time += base.decode_time_s
+        gen = torch.Generator(device=eng.device).manual_seed(seed + 1000 + r)
+        cap_spec = width + case.new_tokens + 2 * case.gamma_max + 2
+        eng.target.setup_caches(case.batch_size, cap_spec)
+        eng.draft.setup_caches(case.batch_size, cap_spec)
+        res = speculative_generate(eng.target, eng.draft, prompts, case.new_tokens, _policy_spec(case.policy, sps_table),
+                                   sampling, generator=gen, target_forward=eng.target_forward,
+                                   draft_forward=eng.draft_forward)
+        spec_tokens += res.new_tokens - len(prompts)
+        spec_time += res.decode_time_s
+        gained += sum(int((s.accepted + 1)[s.active].sum()) for s in res.steps)
+        passes += sum(int(s.active.sum()) for s in res.steps)
+    return (Measured(spec_tokens / spec_time, gained / max(passes, 1)), Measured(base_tokens / base_time, 1.0),
+            cap_spec, cap_base)
+
+
+def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
+                  cache_tokens: int, seed: int, speculative: bool) -> Scenario:
+    """The simulator's description of one engine run (a closed batch of `batch_size` requests)."""
+    from dspark_sim.config.loader import scenario_from_dict
+
+    drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
+    policy = _policy_spec(case.policy, sps_table).model_dump() if speculative else {"kind": "none"}
+    raw = {
+        "name": f"validate {case.label}",
+        "seed": seed,
+        "deployment": {
+            "hardware": hw.model_dump(),
+            "model": profile.target.model_dump(),
+            "drafter": drafter if speculative else {"kind": "none"},
+            "max_batch_size": case.batch_size,
+            "max_batched_tokens": 1 << 20,
+            "prefill_chunk_tokens": 1 << 20,
+            "verify_padding": "pad_to_max",
+            "static_kv_cache_tokens": cache_tokens,
+            "memory_utilisation": 1.0,
+            "activation_reserve_gb": 0.0,
+        },
+        "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len"},
+        "policy": policy,
+        "workload": {
+            "arrivals": {"kind": "closed_loop", "concurrency": case.batch_size},
+            "num_requests": case.batch_size,
+            "prompt_tokens": {"kind": "fixed", "tokens": case.prompt_tokens},
+            "output_tokens": {"kind": "fixed", "tokens": case.new_tokens},
+        },
+        "simulation": {"simulate_baseline": False, "per_request_output": "none"},
+    }
+    return scenario_from_dict(raw, "validate")
+
+
+def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
+                 cap_spec: int, cap_base: int, seed: int, repeats: int) -> tuple[Measured, Measured]:
+    """Simulated decode tokens/s of the engine's run (spec and baseline), averaged over seeds."""
+    from dspark_sim.sim.run import simulate_config
+
+    out = []
+    for speculative, cap in ((True, cap_spec), (False, cap_base)):
+        tokens = span = 0.0
+        taus = []
+        for r in range(repeats * case.rounds):
+            sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative)
+            run = simulate_config(sc, "main", None, "validate", with_records=True)
+            recs = run.records or []
+            first = min(x["first_token_s"] for x in recs)
+            last = max(x["finish_s"] for x in recs)
+            tokens += sum(x["output_tokens"] - 1 for x in recs)
+            span += last - first
+            taus.append(run.summary.tau)
+        out.append(Measured(tokens / span, statistics.mean(taus)))
+    return out[0], out[1]
+
+
+def _err(pred: float, meas: float) -> float:
+    return 100.0 * (pred / meas - 1.0)
+
+
+def summarise(points: list[ValidationPoint]) -> list[ErrorSummary]:
+    groups: dict[str, list[ValidationPoint]] = {"all (in calibrated range)": [p for p in points if not p.cross_prediction]}
+    for p in points:
+        groups.setdefault("cross-prediction: batch beyond calibration" if p.cross_prediction else p.regime, []).append(p)
+    out = []
+    for name, pts in groups.items():
+        if not pts:
+            continue
+        s = [abs(p.speedup_error_pct) for p in pts]
+        t = [abs(p.tokens_per_s_error_pct) for p in pts]
+        out.append(ErrorSummary(group=name, points=len(pts), median_abs_speedup_error_pct=statistics.median(s),
+                                worst_abs_speedup_error_pct=max(s), median_abs_tokens_per_s_error_pct=statistics.median(t),
+                                worst_abs_tokens_per_s_error_pct=max(t)))
+    return out
+
+
+def restrict_profile(profile: EngineProfile, max_batch: int) -> EngineProfile:
+    """The profile as if only batches up to `max_batch` had been measured (for cross-prediction)."""
+    return profile.model_copy(update={
+        "samples": [s for s in profile.samples if s.batch_size <= max_batch],
+        "steps": [s for s in profile.steps if s.batch_size <= max_batch],
+    })
+
+
+def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_dir, profile: EngineProfile | None,
+                   out_dir: Path, tolerance_pct: float, log=print, progress=None) -> ValidationReport:
+    import torch
+
+    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
+    from dspark_sim.engine.cudagraphs import GraphedForward
+    from dspark_sim.engine.data import load_corpus
+    from dspark_sim.engine.profile import ProfileGrid, engine_version, run_profile
+    from dspark_sim.engine.train import train_pair
+
+    grid = QUICK if quick else FULL
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pair = train_pair(preset, seed, cache_dir, device=device, log=lambda m: log(f"  train: {m}"))
+    dev = torch.device(device)
+    target, draft = pair.target.to(dev).eval(), pair.draft.to(dev).eval()
+    timings["train_or_load_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if profile is None:
+        log("profiling the engine's passes and steps ...")
+        pgrid = ProfileGrid.quick() if quick else ProfileGrid(batch_sizes=(1, 2, 4, 8, 16, 32, 64))
+        profile = run_profile(target, draft, pgrid, created_by="dspark-sim validate")
+    timings["profile_s"] = time.perf_counter() - t0
+    hw, cal = calibrate(profile, f"calibrated-{device}")
+    hw_cross = None
+    if grid.calibrate_max_batch:
+        hw_cross, _ = calibrate(restrict_profile(profile, grid.calibrate_max_batch), f"calibrated-{device}-small-batch")
+    log(f"calibration: median |error| {cal.median_abs_error_pct:.1f}% over {len(cal.points)} pass shapes")
+
+    t0 = time.perf_counter()
+    corpus = load_corpus(2_000_000)
+    max_p = max(grid.prompt_tokens)
+    set_a, set_b = _prompt_sets(corpus.eval, max_p, 48)
+    traces: dict[float, Path] = {}
+    acceptance: dict[str, list[float]] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t in grid.temperatures:
+        recs = []
+        for p in grid.prompt_tokens:
+            recs += acceptance_records(target, draft, [x[:p] for x in set_a[:16]], grid.new_tokens, _sampling(t), seed)
+        path = out_dir / f"acceptance-T{t:g}.jsonl"
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
+        traces[t] = path
+        acceptance[f"{t:g}"] = conditional_acceptance(recs, 8)
+        log(f"acceptance at T={t:g} (held-apart prompts): " + ", ".join(f"{c:.2f}" for c in acceptance[f'{t:g}'][:6]))
+    timings["acceptance_s"] = time.perf_counter() - t0
+
+    eng = Engine(target, draft, dev, set_a, set_b)
+    if dev.type == "cuda":
+        eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
+    points: list[ValidationPoint] = []
+    t_measure = t_predict = 0.0
+    for case in grid.cases():
+        t0 = time.perf_counter()
+        spec_m, base_m, cap_spec, cap_base = measure_case(eng, case, cal.sps_table, seed)
+        t_measure += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        use_hw = hw_cross if (case.cross and hw_cross is not None) else hw
+        spec_p, base_p = predict_case(case, profile, use_hw, traces[case.temperature], cal.sps_table, cap_spec,
+                                      cap_base, seed, repeats=4 if case.batch_size < 4 else 2)
+        t_predict += time.perf_counter() - t0
+        pt = ValidationPoint(
+            label=case.label, regime=case.regime, temperature=case.temperature, batch_size=case.batch_size,
+            prompt_tokens=case.prompt_tokens, new_tokens=grid.new_tokens, policy=case.policy,
+            gamma_max=case.gamma_max, rounds=case.rounds,
+            measured_tokens_per_s=spec_m.tokens_per_s, predicted_tokens_per_s=spec_p.tokens_per_s,
+            measured_baseline_tokens_per_s=base_m.tokens_per_s, predicted_baseline_tokens_per_s=base_p.tokens_per_s,
+            measured_speedup=spec_m.tokens_per_s / base_m.tokens_per_s,
+            predicted_speedup=spec_p.tokens_per_s / base_p.tokens_per_s,
+            measured_tau=spec_m.tau, predicted_tau=spec_p.tau,
+            tokens_per_s_error_pct=_err(spec_p.tokens_per_s, spec_m.tokens_per_s),
+            speedup_error_pct=_err(spec_p.tokens_per_s / base_p.tokens_per_s, spec_m.tokens_per_s / base_m.tokens_per_s),
+            baseline_error_pct=_err(base_p.tokens_per_s, base_m.tokens_per_s),
+            cross_prediction=case.cross,
+        )
+        points.append(pt)
+        log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
+            f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
+            f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
+        if progress:
+            progress()
+    timings["measure_s"] = t_measure
+    timings["predict_s"] = t_predict
+    summary = summarise(points)
+    main = summary[0]
+    passed = max(main.median_abs_speedup_error_pct, main.median_abs_tokens_per_s_error_pct) <= tolerance_pct
+    return ValidationReport(
+        device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
+        tolerance_pct=tolerance_pct, passed=passed, command="dspark-sim " + " ".join(sys.argv[1:]),
+        calibration_median_error_pct=cal.median_abs_error_pct, acceptance_by_temperature=acceptance,
+        summary=summary, points=points, timings_s=timings,
+    )
+
+
+__all__ = ["FULL", "QUICK", "Case", "Grid", "engine_coster", "run_validation"]
