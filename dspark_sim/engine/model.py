@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: SDPA takes grouped K/V heads itself from torch 2.5 on
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+
 #: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
 KV_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -108,7 +111,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32 then cast back, as HF Llama does (bf16 rsqrt is too coarse)
+        if x.dtype in (torch.float32, torch.float64) and hasattr(F, "rms_norm"):
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one kernel, same maths
+        # half types: normalise in fp32 then cast back, as HF Llama does (bf16 rsqrt is too coarse)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -212,9 +217,14 @@ class Attention(nn.Module):
         if self.kv_cache is not None and positions is not None:
             k, v = self.kv_cache.update(positions, k, v)
         rep = self.n_heads // self.n_kv_heads
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        if rep > 1 and x.device.type == "cpu" and _SDPA_GQA:
+            # CPU: grouped heads inside SDPA, no K/V copies (CUDA keeps the gpt-fast pattern below,
+            # whose masked kernels are known to capture well in CUDA graphs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        else:
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.wo(y.transpose(1, 2).reshape(bsz, t, -1))
 
 
