@@ -157,6 +157,31 @@ class SkippedRun(Result):
     reason: str
 
 
+class MatchedPoint(Result):
+    """A variant's sweep point beside the main configuration's curve at the same throughput per GPU."""
+
+    sweep_value: float | int | str | bool | None = None
+    throughput_tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+    main_tokens_per_s_per_user: float | None = Field(
+        None, description="main's per-user speed at this throughput (interpolated; None outside main's range)"
+    )
+    main_gain: float | None = Field(None, description="main / this variant per-user speed at matched throughput")
+
+
+class SweepCurve(Result):
+    """One variant's per-user speed vs throughput curve across the sweep (baseline included)."""
+
+    variant: str
+    throughput_at_slo_per_gpu: float | None = Field(
+        None, description="throughput per GPU where tokens/s per user falls to the SLO's minimum (interpolated)"
+    )
+    slo_within_sweep: bool = Field(
+        False, description="the SLO speed is crossed inside the sweep (else the figure is the sweep's edge)"
+    )
+    matched: list[MatchedPoint] = Field(default_factory=list)
+
+
 class RunResult(Result):
     """What `dspark-sim run` writes as summary.json (and prints with --json)."""
 
@@ -168,6 +193,7 @@ class RunResult(Result):
     model: str
     sweep_path: str | None = None
     summaries: list[RunSummary]
+    curves: list[SweepCurve] = Field(default_factory=list, description="per variant, when the scenario sweeps")
     skipped: list[SkippedRun] = Field(default_factory=list)
 
 
@@ -193,3 +219,118 @@ class RunTimeSeriesDoc(Result):
     kind: Literal["run-timeseries"] = "run-timeseries"
     scenario: str
     series: list[RunTimeSeries]
+
+
+# --------------------------------------------------------------------------------------------
+# `sweep` and `plan` documents (dspark_sim/sweep.py, dspark_sim/plan.py)
+# --------------------------------------------------------------------------------------------
+
+from typing import Any  # noqa: E402  (appended section; the module header belongs to the schema owner)
+
+Scalar = float | int | str | bool | None
+
+
+class SweepPointRecord(Result):
+    """One finished sweep point: one line of DIR/points.jsonl.
+
+    `params` maps each swept path (or group name) to its value (or label); `seed` is derived from
+    them and the sweep seed, so the record does not depend on order, executor or worker count.
+    """
+
+    kind: Literal["sweep-point"] = "sweep-point"
+    key: str = Field(description="stable id of the point: a hash of its sorted parameter values")
+    index: int = Field(description="position in the sweep's expansion order")
+    params: dict[str, Any]
+    seed: int
+    status: Literal["ok", "error"]
+    error: str | None = None
+    metrics: dict[str, Scalar] = Field(default_factory=dict, description="headline figures of the point")
+    result: dict[str, Any] | None = Field(None, description="the full predict / run result document")
+    elapsed_s: float = Field(description="wall time of the point in its worker, seconds")
+
+
+class SweepPointSummary(Result):
+    key: str
+    index: int
+    params: dict[str, Any]
+    seed: int
+    status: Literal["ok", "error"]
+    error: str | None = None
+    metrics: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class SweepResult(Result):
+    """DIR/summary.json of `dspark-sim sweep` (the full documents stay in DIR/points.jsonl)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["sweep"] = "sweep"
+    name: str
+    command: Literal["predict", "run"]
+    mode: Literal["grid", "random"]
+    base: str = Field(description="the base scenario file")
+    seed: int
+    parameters: list[str]
+    total_points: int
+    finished: int
+    errors: int
+    resumed: int = Field(description="points found finished in points.jsonl before this invocation")
+    executor: str
+    workers: int
+    wall_s: float = Field(description="wall time of this invocation, seconds")
+    points: list[SweepPointSummary]
+
+
+class PlanCandidateResult(Result):
+    """One (hardware, tensor parallel, speculation) candidate of a plan."""
+
+    hardware: str
+    tensor_parallel: int
+    speculation: str
+    speculative: bool
+    feasible: bool = Field(description="some load meets the SLOs on one replica")
+    reason: str | None = Field(None, description="why the candidate is out, when it is")
+    replica_capacity: float = Field(
+        description="highest sustainable load of one replica under the SLOs (requests/s or users)"
+    )
+    replica_capacity_tokens_per_s: float = Field(description="output tokens/s of one replica at that load")
+    simulations: int = Field(description="short simulations the capacity search ran")
+    search: list[dict[str, Scalar]] = Field(
+        default_factory=list, description="each probe: load, slo_met, ttft_p99_s, tpot_p99_ms, tokens/s/user"
+    )
+    replicas: int | None = Field(None, description="replicas needed for the target load")
+    gpus: int | None = None
+    capacity: float | None = Field(None, description="highest sustainable load of the whole deployment")
+    usd_per_hour: float | None = None
+    usd_per_million_output_tokens: float | None = Field(
+        None, description="at the target load: price per hour / output tokens per hour"
+    )
+    usd_per_million_output_tokens_at_capacity: float | None = Field(
+        None, description="if the deployment ran at its capacity"
+    )
+    at_capacity: dict[str, Scalar] = Field(
+        default_factory=dict, description="one replica's figures at its capacity (TTFT/TPOT p99, tokens/s/user...)"
+    )
+    check: dict[str, Scalar] | None = Field(
+        None, description="a full-deployment simulation at the target load, when run (plan --check)"
+    )
+
+
+class PlanResult(Result):
+    """What `dspark-sim plan` writes (--json / -o)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["plan"] = "plan"
+    name: str
+    model: str
+    load_kind: Literal["requests_per_s", "concurrent_users"]
+    load: float
+    slo: dict[str, float | None]
+    prices_usd_per_gpu_hour: dict[str, float] = Field(description="the plan file's inputs, not defaults")
+    candidates: list[PlanCandidateResult]
+    best: PlanCandidateResult | None = Field(None, description="cheapest feasible candidate overall")
+    best_without_speculation: PlanCandidateResult | None = None
+    best_with_speculation: PlanCandidateResult | None = None
+    saving_fraction: float | None = Field(
+        None, description="1 - cost of the best speculative plan / cost of the best plan without speculation"
+    )
+    wall_s: float

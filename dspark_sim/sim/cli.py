@@ -129,6 +129,17 @@ def print_run(result: RunResult, console: Console) -> None:
     console.print(table)
     console.print("[dim]verify = draft tokens verified per sequence per step; x user / x tput = speed-up in "
                   "tokens/s per user / throughput per GPU over the no-speculation baseline (same requests)[/dim]")
+    for c in result.curves:
+        parts = []
+        if c.throughput_at_slo_per_gpu is not None:
+            edge = "" if c.slo_within_sweep else " (sweep edge, SLO speed not reached)"
+            parts.append(f"{c.throughput_at_slo_per_gpu:.0f} tok/s/GPU at the SLO per-user speed{edge}")
+        gains = [m for m in c.matched if m.main_gain is not None]
+        if gains:
+            text = ", ".join(f"{m.main_gain:.2f}x@{m.throughput_tokens_per_s_per_gpu:.0f}" for m in gains)
+            parts.append(f"main's per-user speed at matched throughput: {text}")
+        if parts:
+            console.print(f"[bold]{c.variant}[/bold]: " + "; ".join(parts))
     for sk in result.skipped:
         where = sk.variant if sk.sweep_value is None else f"{sk.variant} @ {sk.sweep_value}"
         console.print(f"[yellow]skipped {where}:[/yellow] {sk.reason}", markup=True)

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from dspark_sim.config.errors import InputError
-from dspark_sim.config.results import LatencyStats, RunSummary, RunTimeSeries
+from dspark_sim.config.results import LatencyStats, MatchedPoint, RunSummary, RunTimeSeries, SweepCurve
 from dspark_sim.sim.replica import STEP_COLUMNS
 
 _COL = {name: i for i, name in enumerate(STEP_COLUMNS)}
@@ -277,3 +277,52 @@ def request_records(sim) -> list[dict]:
             "measured": bool(m[r]),
         })
     return records
+
+
+def sweep_curves(summaries: list[RunSummary], min_speed: float | None) -> list[SweepCurve]:
+    """Per variant: throughput at the SLO's per-user speed, and main's per-user gain at matched throughput.
+
+    Points are taken in sweep order (e.g. rising concurrency: falling per-user speed, rising throughput).
+    """
+    by_variant: dict[str, list[RunSummary]] = {}
+    for s in summaries:
+        by_variant.setdefault(s.variant, []).append(s)
+    main = by_variant.get("main", [])
+    main_pts = sorted((s.throughput_tokens_per_s_per_gpu, s.tokens_per_s_per_user) for s in main)
+    curves = []
+    for name, pts in by_variant.items():
+        if len(pts) < 2:
+            continue
+        at_slo, within = None, False
+        if min_speed is not None:
+            at_slo, within = _throughput_at_speed(pts, min_speed)
+        matched = []
+        if name != "main" and len(main_pts) >= 2:
+            xs = np.array([p[0] for p in main_pts])
+            ys = np.array([p[1] for p in main_pts])
+            for s in pts:
+                x = s.throughput_tokens_per_s_per_gpu
+                inside = xs[0] <= x <= xs[-1]
+                main_speed = float(np.interp(x, xs, ys)) if inside else None
+                gain = main_speed / s.tokens_per_s_per_user if main_speed and s.tokens_per_s_per_user > 0 else None
+                matched.append(MatchedPoint(sweep_value=s.sweep_value, throughput_tokens_per_s_per_gpu=x,
+                                            tokens_per_s_per_user=s.tokens_per_s_per_user,
+                                            main_tokens_per_s_per_user=main_speed, main_gain=gain))
+        curves.append(SweepCurve(variant=name, throughput_at_slo_per_gpu=at_slo, slo_within_sweep=within,
+                                 matched=matched))
+    return curves
+
+
+def _throughput_at_speed(pts: list[RunSummary], speed: float) -> tuple[float | None, bool]:
+    ok = [i for i, s in enumerate(pts) if s.tokens_per_s_per_user >= speed]
+    if not ok:
+        return None, False
+    i = ok[-1]
+    a = pts[i]
+    if i + 1 >= len(pts):
+        return a.throughput_tokens_per_s_per_gpu, False
+    b = pts[i + 1]
+    drop = a.tokens_per_s_per_user - b.tokens_per_s_per_user
+    f = (a.tokens_per_s_per_user - speed) / drop if drop > 0 else 0.0
+    thr = a.throughput_tokens_per_s_per_gpu + f * (b.throughput_tokens_per_s_per_gpu - a.throughput_tokens_per_s_per_gpu)
+    return float(thr), True

@@ -33,7 +33,7 @@ from dspark_sim.config.results import RunResult, RunSummary, RunTimeSeries, Skip
 from dspark_sim.config.schema import DSparkScheduler, GoodputPolicy, Scenario
 from dspark_sim.policies import make_policy
 from dspark_sim.sim.costs import CostModelSPS, Costs, kv_capacity, uniform_step_time
-from dspark_sim.sim.metrics import request_records, summarize
+from dspark_sim.sim.metrics import request_records, summarize, sweep_curves
 from dspark_sim.sim.workload import RequestTable, build_requests, stream
 
 
@@ -161,12 +161,16 @@ class Simulation:
 
 def _make_policy(sc: Scenario, sps, source: str):
     try:
-        if sps is None and isinstance(sc.policy, DSparkScheduler | GoodputPolicy):
-            if not (isinstance(sc.policy, DSparkScheduler) and sc.policy.sps_source == "table"):
-                sps = lambda b: np.ones_like(np.asarray(b, dtype=float))  # noqa: E731  (probe only)
+        table = isinstance(sc.policy, DSparkScheduler) and sc.policy.sps_source == "table"
+        if sps is None and isinstance(sc.policy, DSparkScheduler | GoodputPolicy) and not table:
+            sps = _flat_sps  # a probe policy (only its gamma_max is read)
         return make_policy(sc.policy, sps)
     except ValueError as exc:
         raise InputError(source, "policy", str(exc)) from None
+
+
+def _flat_sps(budget):
+    return np.ones_like(np.asarray(budget, dtype=float))
 
 
 def check_slos(sc: Scenario, costs: Costs, reqs: RequestTable, gamma: int, source: str) -> None:
@@ -367,6 +371,7 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
         model=base_sc.deployment.model.name,
         sweep_path=sweep.path if sweep else None,
         summaries=[r.summary for r in runs],
+        curves=sweep_curves([r.summary for r in runs], base_sc.slo.min_tokens_per_s_per_user) if sweep else [],
         skipped=skipped,
     )
     return ScenarioRun(base_sc, result, runs)
