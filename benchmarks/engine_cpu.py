@@ -16,15 +16,14 @@ from typing import Any
 import torch
 
 from dspark_sim.config.schema import ConfidenceThreshold, FixedGamma
+from dspark_sim.engine import data
 from dspark_sim.engine.data import load_corpus
 from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
 from dspark_sim.engine.train import get_preset, train_pair
 
 
 def held_out_prompts(preset: str, n: int, length: int = 64) -> list[list[int]]:
-    data = load_corpus(get_preset(preset).max_corpus_bytes).eval
-    starts = torch.linspace(0, len(data) - length - 1, n).long().tolist()
-    return [data[s:s + length].tolist() for s in starts]
+    return data.held_out_prompts(load_corpus(get_preset(preset).max_corpus_bytes), n, length)
 
 
 def _best(fn: Any, repeats: int) -> Any:

@@ -60,17 +60,22 @@ def train(
               f"eval loss {m['target_eval_loss']:.3f} nats/byte")
     con.print(f"draft:  {m['draft_params']:,} params, final KL {m['draft_final_kl']:.3f}, eval loss "
               f"{m['draft_eval_loss']:.3f}, alpha (T=1, 1 - TV) {m['alpha_t1']:.3f}")
-    res = _measure(pair.target, pair.draft, DEFAULT_PROMPTS[:2], 64, gamma=4)
-    con.print(f"tau (greedy, gamma 4, {len(res.tokens)} prompts x 64 tokens): {res.tau:.2f}; "
-              f"acceptance by position {_fmt(res.acceptance_by_position())}")
+    for temperature in (0.0, 1.0):
+        res = _measure(pair.target, pair.draft, get_preset(preset).max_corpus_bytes, temperature)
+        con.print(f"tau (gamma 4, T={temperature:g}, {len(res.tokens)} held-out prompts x 64 tokens): "
+                  f"{res.tau:.2f}; acceptance by position {_fmt(res.acceptance_by_position())}")
 
 
-def _measure(target: Any, draft: Any, prompts: list[str], n: int, gamma: int) -> Any:
+def _measure(target: Any, draft: Any, max_bytes: int | None, temperature: float) -> Any:
+    import torch
+
     from dspark_sim.config.schema import FixedGamma
-    from dspark_sim.engine.data import encode
-    from dspark_sim.engine.generate import speculative_generate
+    from dspark_sim.engine.data import held_out_prompts, load_corpus
+    from dspark_sim.engine.generate import Sampling, speculative_generate
 
-    return speculative_generate(target, draft, [encode(p) for p in prompts], n, FixedGamma(gamma=gamma))
+    prompts = held_out_prompts(load_corpus(max_bytes), 4)
+    gen = torch.Generator(device=target.device).manual_seed(0)
+    return speculative_generate(target, draft, prompts, 64, FixedGamma(gamma=4), Sampling(temperature), generator=gen)
 
 
 def _fmt(values: list[float]) -> str:

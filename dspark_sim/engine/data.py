@@ -90,3 +90,10 @@ def fixed_batches(data: Tensor, n: int, batch: int, seq_len: int) -> list[tuple[
     idx = starts[:, None] + torch.arange(seq_len + 1)
     win = data[idx.clamp_max(len(data) - 1)]
     return [(win[i * batch:(i + 1) * batch, :-1], win[i * batch:(i + 1) * batch, 1:]) for i in range(n)]
+
+
+def held_out_prompts(corpus: Corpus, n: int, length: int = 64) -> list[list[int]]:
+    """`n` prompts: evenly spaced `length`-byte windows of the held-out files (never trained on)."""
+    data = corpus.eval
+    starts = torch.linspace(0, len(data) - length - 1, n).long().tolist()
+    return [data[s:s + length].tolist() for s in starts]
