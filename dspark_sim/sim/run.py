@@ -281,6 +281,10 @@ def simulate_config(sc: Scenario, variant: str, sweep_value, source: str, with_r
     return ConfigRun(summary, series, records)
 
 
+#: sweeps along these fields trace a load curve (per-user speed falls as throughput rises)
+_LOAD_FIELDS = ("concurrency", "rate_per_s", "max_batch_size", "replicas")
+
+
 @dataclass
 class ScenarioRun:
     scenario: Scenario  # as loaded (before sweep values and variants)
@@ -371,7 +375,8 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
         model=base_sc.deployment.model.name,
         sweep_path=sweep.path if sweep else None,
         summaries=[r.summary for r in runs],
-        curves=sweep_curves([r.summary for r in runs], base_sc.slo.min_tokens_per_s_per_user) if sweep else [],
+        curves=sweep_curves([r.summary for r in runs], base_sc.slo.min_tokens_per_s_per_user)
+        if sweep and sweep.path.endswith(_LOAD_FIELDS) else [],
         skipped=skipped,
     )
     return ScenarioRun(base_sc, result, runs)
