@@ -261,15 +261,21 @@ def baseline_dict(raw: dict) -> dict:
 
 
 def _baseline_key(raw: dict) -> str:
-    """What a baseline depends on: not the acceptance (unless a trace supplies the lengths)."""
+    """What a baseline depends on: not the acceptance, except the trace file that supplies lengths."""
     keep = {k: v for k, v in raw.items() if k not in ("name", "description", "predict", "variants", "sweep")}
     workload = keep.get("workload") or {}
-    if not workload.get("lengths_from_trace"):
-        keep.pop("acceptance", None)
-        if isinstance(workload.get("domains"), list):
-            workload = {**workload, "domains": [{k: v for k, v in d.items() if k != "acceptance"}
-                                                for d in workload["domains"] if isinstance(d, dict)]}
-            keep["workload"] = workload
+    lengths = bool(workload.get("lengths_from_trace"))
+
+    def lengths_part(acc):
+        if lengths and isinstance(acc, dict) and acc.get("kind") == "trace":
+            return {"path": acc.get("path"), "max_requests": acc.get("max_requests")}
+        return None
+
+    keep["acceptance"] = lengths_part(keep.get("acceptance"))
+    if isinstance(workload.get("domains"), list):
+        keep["workload"] = {**workload, "domains": [
+            {**{k: v for k, v in d.items() if k != "acceptance"}, "acceptance": lengths_part(d.get("acceptance"))}
+            for d in workload["domains"] if isinstance(d, dict)]}
     return json.dumps(keep, sort_keys=True, default=str)
 
 
