@@ -414,9 +414,10 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     marks: list[tuple[object, object, object, object]] = []
     passes, step = 0, 0
     while True:
-        generated = host_pend - lens + 1  # host view, one step behind the device
+        # host view, one step behind the device: each active row has gained >= 1 token since
+        least = host_pend - lens + 1 + (1 if steps else 0)
         t_s = clock.mark()
-        if gamma > 0 and bool(((generated + 1 < max_new_tokens)).any()):
+        if gamma > 0 and bool((least + 1 < max_new_tokens).any()):  # someone may still use a draft
             drafts, q, conf = _draft(dfwd, buf, pend, gamma, sampling, generator)  # type: ignore[arg-type]
             payload = torch.cat([pend[:, None].double(), conf.double()], dim=1)
         else:
