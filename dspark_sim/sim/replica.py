@@ -180,11 +180,11 @@ class Replica:
             if blocks > free:
                 break
             self.waiting.popleft()
-            self._admit(r, decoding=True)
-            free -= blocks
             if np.isnan(out.first_token[r]):
                 out.first_token[r] = now
                 new_first += 1
+            self._admit(r, decoding=True)  # (a one-token answer is complete: it leaves after this step)
+            free -= blocks
         return new_first
 
     def _try_plan(self, now: float) -> float | None:
@@ -307,11 +307,16 @@ class Replica:
             else:
                 acc = np.zeros(nd, dtype=np.int64)
                 y = np.ones(nd, dtype=np.int64)
+            if self.disaggregated:  # arrivals whose first token (from prefill) was the whole answer
+                live = self.gen[di] < self.out_len[di]
+                if not live.all():
+                    y = y * live
+                    acc = acc * live
             self.ctx[di] += y
             self.gen[di] += y
             self.last_yield[di] = y
             acc_sum = int(acc.sum())
-            tokens += acc_sum + nd
+            tokens += int(y.sum())
             out = self.out
             out.steps[rid_d] += 1
             out.verified[rid_d] += verify

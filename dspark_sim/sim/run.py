@@ -352,7 +352,8 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
                     base_run = simulate_config(scenario_from_dict(bcfg, source), "baseline", value, source,
                                                with_records, on_progress)
                 except InputError as exc:
-                    skipped.append(SkippedRun(variant="baseline", sweep_value=value, reason=str(exc)))
+                    skipped.append(SkippedRun(variant="baseline", sweep_value=value,
+                                              reason=f"baseline of {name}: {exc}"))
                     base_run = None
                 else:
                     baselines[key] = base_run
