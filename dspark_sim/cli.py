@@ -295,6 +295,67 @@ def models_show(name: str, json_out: JsonOpt = False) -> None:
         print_model(m, _console())
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="sweep YAML (base scenario + fields to vary)")],
+    executor: Annotated[str, typer.Option(help="local (processes) | ray | inline (this process)")] = "local",
+    workers: Annotated[int | None, typer.Option(help="parallel workers (default: CPU count)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="results folder (default out/sweeps/NAME); re-run to resume")
+    ] = None,
+    set_: SetOpt = None,
+    retry_errors: Annotated[bool, typer.Option(help="re-run points recorded as errors")] = False,
+    report: Annotated[bool, typer.Option(help="also write DIR/report.html")] = True,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run a grid or random sample of scenario variations (predict or run) in parallel; resumable."""
+    from dspark_sim.sweep import sweep_command
+
+    sweep_command(sweep_file, executor=executor, workers=workers, ray_address=ray_address, out_dir=out_dir,
+                  overrides=set_ or [], retry_errors=retry_errors, report=report, json_out=json_out,
+                  progress=progress)
+
+
+@app.command()
+def plan(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="plan YAML (load, SLOs, candidates, prices)")],
+    executor: Annotated[str, typer.Option(help="local (processes) | ray | inline (this process)")] = "local",
+    workers: Annotated[int | None, typer.Option(help="parallel workers (default: CPU count)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray)")] = None,
+    json_out: JsonOpt = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the JSON here")] = None,
+    report: Annotated[Path | None, typer.Option(help="also write an HTML page here")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Cheapest deployment meeting the SLOs at a target load, with and without speculation; capacities."""
+    from dspark_sim.plan import plan_command
+
+    plan_command(plan_file, executor=executor, workers=workers, ray_address=ray_address, json_out=json_out,
+                 out=out, report=report, progress=progress)
+
+
+@app.command()
+def dashboard(
+    results: Annotated[
+        list[Path], typer.Argument(metavar="RESULTS...", help="sweep folders, run folders or JSON result documents")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path("report.html"),
+    scenario: Annotated[
+        Path | None, typer.Option(help="scenario YAML for the speed-up heatmaps (default: found in the results)")
+    ] = None,
+    set_: SetOpt = None,
+    title: Annotated[str | None, typer.Option(help="page title")] = None,
+) -> None:
+    """One self-contained HTML page (plotly inline, works offline) from result documents."""
+    from dspark_sim.report.html import write_dashboard
+
+    sc = load_scenario(scenario, set_ or []) if scenario is not None else None
+    path = write_dashboard(results, out, scenario=sc, title=title)
+    _console().print(f"dashboard ({path.stat().st_size / 1e6:.1f} MB, self-contained) -> {path}")
+
+
 def _mount_optional() -> None:
     """Sub-commands whose modules may be absent or need optional extras are mounted when importable."""
     try:

@@ -708,6 +708,9 @@ class PlanLoad(Strict):
     requests_per_s: PositiveFloat | None = Field(None, description="Poisson arrivals at this rate")
     concurrent_users: PositiveInt | None = Field(None, description="closed-loop users (each waits for its answer)")
     think_time_s: NonNegFloat = Field(0.0, description="closed loop: pause between a user's requests")
+    headroom: NonNegFloat = Field(
+        0.0, description="plan replicas for (1 + headroom) x the load: bursts, and the noise of short simulations"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> PlanLoad:

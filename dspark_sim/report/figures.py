@@ -1,0 +1,442 @@
+"""Plotly figures for dashboards. Each builder takes plain data (lists, dicts) and returns a figure, or
+None when it has nothing to draw, so any result document (or a future one) can feed it.
+
+Rendering only: the numbers come from result documents (`config/results.py`) or from the predictor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import plotly.graph_objects as go
+
+#: Colour per series, stable across figures of one page (policies keep their colour everywhere).
+PALETTE = (
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
+    "#4b5563", "#65a30d", "#7c3aed", "#0d9488",
+)
+#: The no-speculation baseline is always grey and dashed.
+BASELINE_COLOR = "#6b7280"
+
+FONT = "Inter, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
+
+
+class Colors:
+    """Assigns each label a colour the first time it is seen; baselines get the baseline grey."""
+
+    def __init__(self) -> None:
+        self._map: dict[str, str] = {}
+
+    def __call__(self, label: str) -> str:
+        if is_baseline_label(label):
+            return BASELINE_COLOR
+        if label not in self._map:
+            self._map[label] = PALETTE[len(self._map) % len(PALETTE)]
+        return self._map[label]
+
+
+def is_baseline_label(label: str) -> bool:
+    low = label.lower()
+    return low.startswith("baseline") or low.startswith("no speculation")
+
+
+def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int = 420, **kw) -> go.Figure:
+    fig.update_layout(
+        template="plotly_white",
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
+        font={"family": FONT, "size": 12, "color": "#1f2937"},
+        height=height,
+        margin={"l": 64, "r": 24, "t": 56, "b": 56},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0, "font": {"size": 11}},
+        hovermode="closest",
+        **kw,
+    )
+    fig.update_xaxes(title_text=xtitle, gridcolor="#eef0f3", zeroline=False)
+    fig.update_yaxes(title_text=ytitle, gridcolor="#eef0f3", zeroline=False)
+    return fig
+
+
+def _finite(*xs: float | None) -> bool:
+    return all(x is not None and isinstance(x, int | float) and math.isfinite(x) for x in xs)
+
+
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated in (x up, y up), sorted by x: the frontier of a throughput/latency trade-off."""
+    pts = sorted({(float(x), float(y)) for x, y in points if _finite(x, y)}, key=lambda p: (-p[0], -p[1]))
+    front: list[tuple[float, float]] = []
+    best_y = -math.inf
+    for x, y in pts:
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return sorted(front)
+
+
+# --------------------------------------------------------------------------------------------
+# Throughput / latency trade-offs
+# --------------------------------------------------------------------------------------------
+
+
+def frontier_figure(
+    series: Mapping[str, Sequence[tuple[float, float, str]]],
+    *,
+    title: str = "Throughput per GPU vs tokens/s per user",
+    slo_tokens_per_s_per_user: float | None = None,
+    colors: Colors | None = None,
+) -> go.Figure | None:
+    """One scatter per policy of (tokens/s per user, tokens/s per GPU, hover text), with its Pareto frontier.
+
+    This is the trade-off DSpark's production plots show: moving right (faster per user) costs
+    throughput; a better policy's frontier sits above and to the right.
+    """
+    colors = colors or Colors()
+    fig = go.Figure()
+    any_data = False
+    for label, pts in series.items():
+        pts = [p for p in pts if _finite(p[0], p[1])]
+        if not pts:
+            continue
+        any_data = True
+        color = colors(label)
+        dash = "dash" if is_baseline_label(label) else "solid"
+        front = pareto_front((p[0], p[1]) for p in pts)
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name=label, legendgroup=label,
+            line={"color": color, "width": 2.5, "dash": dash, "shape": "linear"}, hoverinfo="skip",
+        ))
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label, legendgroup=label,
+            showlegend=False, marker={"color": color, "size": 8, "line": {"width": 1, "color": "white"}},
+            text=[p[2] for p in pts],
+            hovertemplate="<b>" + label + "</b><br>%{x:.1f} tok/s/user<br>%{y:,.0f} tok/s/GPU<br>%{text}"
+            "<extra></extra>",
+        ))
+    if not any_data:
+        return None
+    if slo_tokens_per_s_per_user:
+        fig.add_vline(x=slo_tokens_per_s_per_user, line={"color": "#111827", "dash": "dot", "width": 1},
+                      annotation_text=f"SLO {slo_tokens_per_s_per_user:g} tok/s/user",
+                      annotation_position="top right")
+    return _layout(fig, title, "tokens/s per user", "throughput, tokens/s per GPU")
+
+
+def lines_figure(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    xtitle: str,
+    ytitle: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    colors: Colors | None = None,
+    hline: tuple[float, str] | None = None,
+    markers: bool = True,
+) -> go.Figure | None:
+    """Generic y-vs-x lines, one per label (sorted by x)."""
+    colors = colors or Colors()
+    fig = go.Figure()
+    any_data = False
+    for label, pts in series.items():
+        pts = sorted((p for p in pts if _finite(p[0], p[1])), key=lambda p: p[0])
+        if not pts:
+            continue
+        any_data = True
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], name=label,
+            mode="lines+markers" if markers else "lines",
+            line={"color": colors(label), "width": 2.2, "dash": "dash" if is_baseline_label(label) else "solid"},
+            marker={"size": 7},
+        ))
+    if not any_data:
+        return None
+    if hline is not None:
+        fig.add_hline(y=hline[0], line={"color": "#111827", "dash": "dot", "width": 1},
+                      annotation_text=hline[1], annotation_position="top left")
+    _layout(fig, title, xtitle, ytitle)
+    if log_x:
+        fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def verify_budget_figure(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    xtitle: str = "concurrent requests",
+    colors: Colors | None = None,
+    scatter: bool = False,
+) -> go.Figure | None:
+    """Verification budget (draft tokens verified per request per step) against concurrency.
+
+    DSpark reports about 4-6 verified tokens per request (target token included) below ~200 concurrent
+    requests on V4-Flash, shrinking as concurrency grows, against MTP-1's fixed 2.
+    """
+    if scatter:
+        colors = colors or Colors()
+        fig = go.Figure()
+        for label, pts in series.items():
+            pts = [p for p in pts if _finite(p[0], p[1])]
+            if pts:
+                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label,
+                                         marker={"color": colors(label), "size": 6, "opacity": 0.7}))
+        if not fig.data:
+            return None
+        return _layout(fig, "Verification budget vs concurrency (per time bin)", xtitle,
+                       "draft tokens verified per request per step")
+    return lines_figure(series, title="Verification budget vs concurrency", xtitle=xtitle,
+                        ytitle="draft tokens verified per request per step", colors=colors)
+
+
+# --------------------------------------------------------------------------------------------
+# Heatmaps
+# --------------------------------------------------------------------------------------------
+
+
+def heatmap_figure(
+    z: Sequence[Sequence[float | None]],
+    x: Sequence[str | float],
+    y: Sequence[str | float],
+    *,
+    title: str,
+    xtitle: str,
+    ytitle: str,
+    colorbar: str = "speed-up",
+    fmt: str = "{:.2f}",
+    center: float | None = 1.0,
+    text: Sequence[Sequence[str]] | None = None,
+) -> go.Figure | None:
+    """A heatmap with each cell's value written in it; a diverging scale centred on `center` (1x)."""
+    vals = [v for row in z for v in row if _finite(v)]
+    if not vals:
+        return None
+    labels = text or [[fmt.format(v) if _finite(v) else "" for v in row] for row in z]
+    kw: dict = {}
+    if center is not None:
+        lo, hi = min(vals), max(vals)
+        if lo < center < hi:
+            kw.update(zmid=center, colorscale="RdBu")
+        elif hi <= center:
+            kw.update(colorscale="Reds_r")
+        else:
+            kw.update(colorscale="Blues")
+    else:
+        kw.update(colorscale="Viridis")
+    fig = go.Figure(go.Heatmap(
+        z=[[v if _finite(v) else None for v in row] for row in z],
+        x=[str(v) for v in x], y=[str(v) for v in y], text=labels, texttemplate="%{text}",
+        textfont={"size": 11}, colorbar={"title": {"text": colorbar}}, hoverongaps=False,
+        hovertemplate=f"{xtitle} %{{x}}<br>{ytitle} %{{y}}<br>{colorbar} %{{z:.3f}}<extra></extra>", **kw,
+    ))
+    _layout(fig, title, xtitle, ytitle)
+    fig.update_xaxes(type="category", showgrid=False)
+    fig.update_yaxes(type="category", showgrid=False)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Latency
+# --------------------------------------------------------------------------------------------
+
+
+def _ecdf(values: Sequence[float], max_points: int = 400) -> tuple[list[float], list[float]]:
+    xs = sorted(v for v in values if _finite(v))
+    n = len(xs)
+    if n == 0:
+        return [], []
+    step = max(1, n // max_points)
+    idx = list(range(0, n, step))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return [xs[i] for i in idx], [(i + 1) / n for i in idx]
+
+
+def latency_cdf_figure(
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    metrics: Sequence[tuple[str, str]] = (("ttft_s", "TTFT, s"), ("tpot_ms", "TPOT, ms")),
+    colors: Colors | None = None,
+    slo: Mapping[str, float | None] | None = None,
+) -> go.Figure | None:
+    """Empirical CDFs of per-request latencies: samples[label][metric] = values; one panel per metric."""
+    from plotly.subplots import make_subplots
+
+    colors = colors or Colors()
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics],
+                        horizontal_spacing=0.1)
+    any_data = False
+    for label, by_metric in samples.items():
+        for col, (key, _name) in enumerate(metrics, start=1):
+            xs, ys = _ecdf(by_metric.get(key, []))
+            if not xs:
+                continue
+            any_data = True
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines", name=label, legendgroup=label, showlegend=col == 1,
+                line={"color": colors(label), "width": 2, "shape": "hv",
+                      "dash": "dash" if is_baseline_label(label) else "solid"},
+                hovertemplate="%{x:.3f}: %{y:.1%}<extra>" + label + "</extra>",
+            ), row=1, col=col)
+    if not any_data:
+        return None
+    for col, (key, _name) in enumerate(metrics, start=1):
+        limit = (slo or {}).get(key)
+        if limit:
+            fig.add_vline(x=limit, line={"color": "#111827", "dash": "dot", "width": 1}, row=1, col=col)
+    _layout(fig, "Latency CDFs (per request)", "", "fraction of requests")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def latency_percentiles_figure(
+    stats: Mapping[str, Mapping[str, Mapping[str, float]]],
+    *,
+    metrics: Sequence[tuple[str, str]] = (("ttft_s", "TTFT, s"), ("tpot_ms", "TPOT, ms")),
+    colors: Colors | None = None,
+) -> go.Figure | None:
+    """CDF sketch from summary statistics: stats[label][metric] = {p50, p90, p99} (no per-request data)."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    colors = colors or Colors()
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics],
+                        horizontal_spacing=0.1)
+    for label, by_metric in stats.items():
+        for col, (key, _name) in enumerate(metrics, start=1):
+            st = by_metric.get(key) or {}
+            pts = [(st.get(q), p) for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))]
+            pts = [(x, p) for x, p in pts if _finite(x)]
+            if not pts:
+                continue
+            samples.setdefault(label, {})[key] = [x for x, _ in pts]
+            fig.add_trace(go.Scatter(
+                x=[x for x, _ in pts], y=[p for _, p in pts], mode="lines+markers", name=label,
+                legendgroup=label, showlegend=col == 1,
+                line={"color": colors(label), "width": 2, "dash": "dash" if is_baseline_label(label) else "solid"},
+                hovertemplate="%{x:.3f} at p%{y:.0%}<extra>" + label + "</extra>",
+            ), row=1, col=col)
+    if not samples:
+        return None
+    _layout(fig, "Latency percentiles (p50, p90, p99)", "", "quantile")
+    fig.update_yaxes(range=[0.4, 1.0], tickvals=[0.5, 0.9, 0.99], ticktext=["p50", "p90", "p99"])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Where time and bytes go; acceptance
+# --------------------------------------------------------------------------------------------
+
+
+def stacked_bars_figure(
+    rows: Sequence[tuple[str, Mapping[str, float]]],
+    *,
+    title: str,
+    xtitle: str,
+    parts: Sequence[tuple[str, str, str]],
+    percent: bool = False,
+) -> go.Figure | None:
+    """Horizontal stacked bars: rows of (label, {part key: value}); parts = (key, legend name, colour)."""
+    rows = [r for r in rows if any(_finite(r[1].get(k)) for k, _, _ in parts)]
+    if not rows:
+        return None
+    labels = [r[0] for r in rows]
+    fig = go.Figure()
+    for key, name, color in parts:
+        vals = [float(r[1].get(key) or 0.0) for r in rows]
+        fig.add_trace(go.Bar(
+            y=labels, x=vals, name=name, orientation="h", marker={"color": color},
+            hovertemplate="%{y}<br>" + name + ": %{x:" + (".1%" if percent else ".4g") + "}<extra></extra>",
+        ))
+    _layout(fig, title, xtitle, "", barmode="stack", height=max(300, 120 + 34 * len(rows)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    if percent:
+        fig.update_xaxes(tickformat=".0%")
+    return fig
+
+
+TIME_PARTS = (("draft", "draft", "#f59e0b"), ("verify", "verify / target passes", "#2563eb"),
+              ("overhead", "fixed overhead", "#9ca3af"), ("idle", "idle", "#e5e7eb"))
+BYTE_PARTS = (("hbm", "HBM", "#7c3aed"), ("onchip", "on-chip (SRAM/L2)", "#10b981"))
+
+
+def time_breakdown_figure(rows: Sequence[tuple[str, Mapping[str, float]]], *, percent: bool = True,
+                          title: str = "Where the time goes") -> go.Figure | None:
+    """rows: (label, {draft, verify, overhead[, idle]}) as fractions (percent) or milliseconds."""
+    return stacked_bars_figure(rows, title=title, xtitle="share of time" if percent else "ms per step",
+                               parts=TIME_PARTS, percent=percent)
+
+
+def bytes_figure(rows: Sequence[tuple[str, Mapping[str, float]]], *, unit: str = "MB per output token",
+                 title: str = "Memory traffic per output token") -> go.Figure | None:
+    """rows: (label, {hbm, onchip}) in `unit`."""
+    return stacked_bars_figure(rows, title=title, xtitle=unit, parts=BYTE_PARTS)
+
+
+def acceptance_figure(series: Mapping[str, Sequence[float]], *, colors: Colors | None = None,
+                      title: str = "Acceptance by draft position") -> go.Figure | None:
+    """Conditional acceptance c_k (P(token k accepted | tokens before it were)) by position k = 1..."""
+    pts = {label: [(k + 1, v) for k, v in enumerate(vals) if _finite(v)] for label, vals in series.items()}
+    fig = lines_figure(pts, title=title, xtitle="draft position k", ytitle="conditional acceptance c_k",
+                       colors=colors)
+    if fig is not None:
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and planning
+# --------------------------------------------------------------------------------------------
+
+
+def validation_scatter(points: Sequence[tuple[float, float, str]], *, quantity: str = "value",
+                       title: str = "Predicted vs measured") -> go.Figure | None:
+    """(predicted, measured, label) triples; the diagonal is perfect agreement, the band is +-10% / +-25%."""
+    pts = [(float(p), float(m), str(lab)) for p, m, lab in points if _finite(p, m)]
+    if not pts:
+        return None
+    lo = min(min(p, m) for p, m, _ in pts)
+    hi = max(max(p, m) for p, m, _ in pts)
+    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
+    lo, hi = lo - pad, hi + pad
+    fig = go.Figure()
+    for frac, color in ((0.25, "rgba(37,99,235,0.06)"), (0.10, "rgba(37,99,235,0.12)")):
+        fig.add_trace(go.Scatter(
+            x=[lo, hi, hi, lo], y=[lo * (1 - frac), hi * (1 - frac), hi * (1 + frac), lo * (1 + frac)],
+            fill="toself", mode="lines", line={"width": 0}, fillcolor=color, name=f"+-{frac:.0%}",
+            hoverinfo="skip",
+        ))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = measured",
+                             line={"color": "#111827", "dash": "dot", "width": 1}, hoverinfo="skip"))
+    errors = [(p - m) / m * 100 if m else float("nan") for p, m, _ in pts]
+    fig.add_trace(go.Scatter(
+        x=[p for p, _, _ in pts], y=[m for _, m, _ in pts], mode="markers", name="points",
+        marker={"size": 9, "color": "#dc2626", "line": {"width": 1, "color": "white"}},
+        text=[f"{lab}<br>error {e:+.1f}%" for (_, _, lab), e in zip(pts, errors)],
+        hovertemplate="%{text}<br>predicted %{x:.4g}<br>measured %{y:.4g}<extra></extra>",
+    ))
+    _layout(fig, title, f"predicted {quantity}", f"measured {quantity}")
+    fig.update_xaxes(range=[lo, hi])
+    fig.update_yaxes(range=[lo, hi], scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def cost_figure(rows: Sequence[tuple[str, float, bool]], *, title: str = "Cost per million output tokens",
+                best_label: str | None = None) -> go.Figure | None:
+    """rows: (candidate label, $ per million output tokens, speculative?) for feasible candidates."""
+    rows = sorted([r for r in rows if _finite(r[1])], key=lambda r: r[1])
+    if not rows:
+        return None
+    colors = ["#2563eb" if spec else BASELINE_COLOR for _, _, spec in rows]
+    if best_label is not None:
+        colors = ["#16a34a" if lab == best_label else c for (lab, _, _), c in zip(rows, colors)]
+    fig = go.Figure(go.Bar(
+        y=[r[0] for r in rows], x=[r[1] for r in rows], orientation="h", marker={"color": colors},
+        text=[f"${r[1]:.3f}" for r in rows], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}<br>$%{x:.4f} per million output tokens<extra></extra>", showlegend=False,
+    ))
+    _layout(fig, title, "USD per million output tokens (at the target load)", "",
+            height=max(300, 120 + 30 * len(rows)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
