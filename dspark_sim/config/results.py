@@ -118,9 +118,11 @@ class RunSummary(Result):
     slo_attainment: float | None = Field(None, description="fraction of measured requests meeting every SLO")
     goodput_tokens_per_s_per_gpu: float | None = Field(None, description="throughput of SLO-meeting requests")
     slo_met: bool | None = Field(None, description="the p99 / mean SLO figures hold for the whole run")
-    # speculation
+    # speculation (decode steps inside the measurement window)
     tau: float = Field(description="tokens per sequence per decode step, bonus token included")
-    mean_verify_budget: float = Field(description="verified draft tokens per sequence per decode step")
+    mean_verify_budget: float = Field(
+        description="verified draft tokens per sequence per decode step (+1 = the DSpark paper's count)"
+    )
     mean_draft_tokens: float = Field(description="drafted tokens per sequence per decode step")
     acceptance_rate: float = Field(description="accepted / verified draft tokens")
     acceptance_per_position: list[float] = Field(
@@ -128,8 +130,8 @@ class RunSummary(Result):
     )
     wasted_verify_tokens: int = Field(description="verified draft tokens that were rejected")
     wasted_verify_fraction: float = Field(description="rejected / all tokens the verify passes carried")
-    # where time and bytes go
-    steps: int
+    # where time and bytes go (steps inside the window; bytes per GPU)
+    steps: int = Field(description="engine steps over the whole run, all replicas")
     mean_batch_size: float = Field(description="decoding sequences per step")
     draft_time_fraction: float
     verify_time_fraction: float = Field(description="target passes (verify + prefill chunks)")

@@ -327,7 +327,7 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
             cfg = _absolutise(apply_overrides(raw, ov, _resolver), base_dir)
             plan.append((value, name, cfg))
     want_baseline = base_sc.simulation.simulate_baseline
-    total = len(plan) * (2 if want_baseline else 1)
+    total = len(plan) + (len(values) if want_baseline else 0)  # baselines are shared where they can be
     runs: list[ConfigRun] = []
     baselines: dict[tuple[str, str], ConfigRun] = {}  # one per (sweep value, deployment + workload)
     errors: list[InputError] = []
@@ -347,6 +347,7 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
             base_run = baselines.get(key)
             if base_run is None:
                 if on_config:
+                    total = max(total, done + 1)
                     on_config(f"baseline for {label}", done, total)
                 try:
                     base_run = simulate_config(scenario_from_dict(bcfg, source), "baseline", value, source,
@@ -362,6 +363,7 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
             if base_run is not None:
                 base_run.summary.baseline_of.append(name)
         if on_config:
+            total = max(total, done + 1)
             on_config(label, done, total)
         try:
             run = simulate_config(sc, name, value, source, with_records, on_progress,
