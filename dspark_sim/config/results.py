@@ -76,6 +76,8 @@ class PredictResult(Result):
 # `run`: discrete-event simulation results (dspark_sim/sim)
 # --------------------------------------------------------------------------------------------
 
+from typing import Any as _Any  # noqa: E402  (appended section)
+
 
 class LatencyStats(Result):
     """Distribution of one per-request latency (unit in the owning field's name)."""
@@ -90,7 +92,7 @@ class RunSummary(Result):
     """One simulated configuration: a (sweep value, variant) pair, or its no-speculation baseline."""
 
     variant: str = Field(description="'main', a variant's name, or 'baseline' (no speculation)")
-    sweep_value: float | int | str | bool | None = None
+    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
     speculative: bool
     baseline_of: list[str] = Field(default_factory=list, description="variants this baseline serves")
     drafter: str
@@ -155,14 +157,14 @@ class RunSummary(Result):
 
 class SkippedRun(Result):
     variant: str
-    sweep_value: float | int | str | bool | None = None
+    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
     reason: str
 
 
 class MatchedPoint(Result):
     """A variant's sweep point beside the main configuration's curve at the same throughput per GPU."""
 
-    sweep_value: float | int | str | bool | None = None
+    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
     throughput_tokens_per_s_per_gpu: float
     tokens_per_s_per_user: float
     main_tokens_per_s_per_user: float | None = Field(
@@ -203,7 +205,7 @@ class RunTimeSeries(Result):
     """Per-interval series of one configuration (bins of SimulationSpec.time_series_interval_s)."""
 
     variant: str
-    sweep_value: float | int | str | bool | None = None
+    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
     interval_s: float
     t_s: list[float] = Field(description="start of each bin")
     tokens_per_s: list[float]
