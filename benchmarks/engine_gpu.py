@@ -42,10 +42,18 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
-               use_graphs: bool, repeats: int) -> dict[str, Any]:
+               use_graphs: bool, repeats: int, manual_graphs: bool = False) -> dict[str, Any]:
+    """compile: torch.compile(mode="reduce-overhead"); manual_graphs: eager kernels captured per shape
+    (dspark_sim.engine.cudagraphs.GraphedForward, what `profile` and `validate` use)."""
     model = build_model(args, device=device, dtype=dtype, seed=0).eval()
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    fwd = compile_forward(model) if use_graphs else None
+    if manual_graphs:
+        from dspark_sim.engine.cudagraphs import GraphedForward
+
+        model.setup_caches(1, prompt_len + new_tokens + 1)
+        fwd = GraphedForward(model)
+    else:
+        fwd = compile_forward(model) if use_graphs else None
     t0 = time.perf_counter()
     generate_baseline(model, [prompt], new_tokens, forward=fwd)  # warm-up: compile + capture
     generate_baseline(model, [prompt], new_tokens, forward=fwd)
@@ -64,7 +72,8 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         "prefill_s": best.prefill_time_s,
         "weight_gb": wbytes / 1e9,
         "weight_stream_gbps": wbytes * best.decode_tokens_per_s / 1e9,
-        "cuda_graphs": use_graphs,
+        "cuda_graphs": use_graphs or manual_graphs,
+        "forward": "manual CUDA graphs" if manual_graphs else ("torch.compile reduce-overhead" if use_graphs else "eager"),
         "warmup_s": warmup_s,
         "first_tokens": best.tokens[0][:8],
     }
@@ -116,7 +125,7 @@ def bench_hf(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, 
 
 
 def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int = 128, new_tokens: int = 256,
-        graphs: bool | None = None, hf: bool = True, repeats: int = 3) -> dict[str, Any]:
+        graphs: bool | None = None, hf: bool = True, repeats: int = 3, manual_graphs: bool = True) -> dict[str, Any]:
     """Benchmark each shape on `device`; returns the JSON-able report."""
     use_graphs = device.startswith("cuda") if graphs is None else graphs
     report: dict[str, Any] = {
@@ -128,6 +137,9 @@ def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int 
         args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
         row: dict[str, Any] = {"params": args.num_params()}
         row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
+        if device.startswith("cuda") and manual_graphs:
+            row["ours_manual_graphs"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, False,
+                                                   repeats, manual_graphs=True)
         if hf:
             try:
                 row["hf"] = bench_hf(args, device, DTYPES[dtype], prompt_len, new_tokens, repeats)
@@ -151,10 +163,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode (no torch.compile / CUDA graphs)")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
     report = run(a.shapes.split(","), a.device, dtype=a.dtype, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
                  graphs=False if a.no_graphs else None, hf=not a.no_hf, repeats=a.repeats)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(text + "\n")
     return report
 
 

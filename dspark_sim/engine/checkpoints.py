@@ -169,3 +169,39 @@ def load_hf_llama(folder: str | Path, *, device: torch.device | str = "cpu", dty
     model = build_model(args, device=device, dtype=dtype)
     _load_into(model, sd, str(folder))
     return model.eval()
+
+
+def export_hf_llama(model: Transformer, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as an HF Llama folder (config.json + model.safetensors), the inverse of load_hf_llama,
+    so HF transformers can run the very same weights (e.g. for assisted generation side by side)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    a = model.args
+    ours_to_hf = {v: k for k, v in _HF_TOP.items()}
+    sd: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name in ours_to_hf:
+            hf = ours_to_hf[name]
+        else:
+            m = re.match(r"^layers\.(\d+)\.(.+)$", name)
+            inv = {v: k for k, v in _HF_LAYER.items()}
+            if not m or m.group(2) not in inv:
+                continue  # rope caches, KV caches
+            hf = f"model.layers.{m.group(1)}.{inv[m.group(2)]}"
+        t = tensor.detach().contiguous().cpu()
+        sd[hf] = t.to(dtype) if dtype is not None else t
+    if a.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": a.vocab_size,
+        "hidden_size": a.dim, "intermediate_size": a.ffn_hidden, "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads, "head_dim": a.head_dim,
+        "rms_norm_eps": a.norm_eps, "rope_theta": a.rope_theta, "rope_scaling": a.rope_scaling,
+        "tie_word_embeddings": a.tie_embeddings, "max_position_embeddings": a.max_seq_len,
+        "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
+        "torch_dtype": str(dtype or model.dtype).replace("torch.", ""),
+        "bos_token_id": 256, "eos_token_id": 257,
+    }
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
