@@ -25,7 +25,7 @@ def test_scenario_validates(name):
 
 @pytest.mark.parametrize("name", ["long-context", "batch-size-effect"])
 def test_scenario_runs_briefly(name):
-    run = run_scenario(SCENARIOS / f"{name}.yaml", ["simulation.max_simulated_s=0.3", "simulation.warmup_s=0",
+    run = run_scenario(SCENARIOS / f"{name}.yaml", ["simulation.max_simulated_s=3", "simulation.warmup_s=0",
                                                     "sweep.values=[1024]" if name == "long-context" else
                                                     "sweep.values=[4]"])
     assert {s.variant for s in run.result.summaries} >= {"main", "baseline"}
