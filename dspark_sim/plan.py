@@ -122,17 +122,27 @@ def _with_load(raw: dict, spec: PlanSpec, load: float) -> dict:
     return out
 
 
-def _mean_len(dist) -> float:
-    """Mean of a length distribution (lognormal: clipped to its bounds, by a fixed-seed sample)."""
+def _lengths(dist) -> np.ndarray:
+    """A fixed-seed sample of a length distribution (lognormal clipped to its bounds, as the simulator does)."""
     if dist.kind == "fixed":
-        return float(dist.tokens)
-    if dist.kind == "uniform":
-        return (dist.min_tokens + dist.max_tokens) / 2
+        return np.array([float(dist.tokens)])
     if dist.kind == "empirical":
-        return float(np.mean(dist.values))
+        return np.asarray(dist.values, dtype=float)
     rng = np.random.default_rng(0)
+    if dist.kind == "uniform":
+        return rng.integers(dist.min_tokens, dist.max_tokens + 1, 200_000).astype(float)
     x = np.round(dist.median_tokens * np.exp(dist.sigma * rng.standard_normal(200_000)))
-    return float(np.clip(x, dist.min_tokens, dist.max_tokens).mean())
+    return np.clip(x, dist.min_tokens, dist.max_tokens)
+
+
+def _mean_len(dist) -> float:
+    return float(_lengths(dist).mean())
+
+
+def _biased_mean_len(dist) -> float:
+    """E[X^2] / E[X]: the mean length of the requests one finds in flight (long ones stay longer)."""
+    x = _lengths(dist)
+    return float((x * x).mean() / x.mean())
 
 
 def first_guess(sc: Scenario, spec: PlanSpec) -> float:
@@ -164,10 +174,53 @@ def first_guess(sc: Scenario, spec: PlanSpec) -> float:
     return max(1e-3, 0.7 * batch * float(per_user[i]) / max(_mean_len(sc.workload.output_tokens), 1.0))
 
 
+def lifetime_s(spec: PlanSpec, mean_output_tokens: float) -> float:
+    """A request's decode time if it runs at the SLO's speed: the time scale of the batch's ramp-up."""
+    if spec.slo.tpot_p99_ms is not None:
+        tpot_s = spec.slo.tpot_p99_ms / 1e3
+    elif spec.slo.min_tokens_per_s_per_user is not None:
+        tpot_s = 1.0 / spec.slo.min_tokens_per_s_per_user
+    else:
+        tpot_s = 0.05
+    return mean_output_tokens * tpot_s
+
+
+#: the first this-many in-flight lifetimes are the batch's ramp-up: left out of throughput and latencies
+RAMP_LIFETIMES = 2.0
+
+
+def _sized(raw: dict, spec: PlanSpec, load: float) -> dict:
+    """Size a probe so its batch reaches the steady state of this load, and measure only that.
+
+    A short simulation at a high rate would otherwise end before the batch fills up (its transient
+    looks better than the steady state). The time scale is the lifetime of the requests found in
+    flight (length-biased: E[X^2]/E[X] output tokens at the SLO's TPOT): the probe leaves a ramp of
+    RAMP_LIFETIMES out (`simulation.warmup_s`) and measures `steady_state_factor` lifetimes after it.
+    """
+    mean_out = raw.get("_plan_mean_output_tokens")
+    out = {k: v for k, v in raw.items() if not k.startswith("_plan")}
+    if mean_out is None:
+        return out
+    s = spec.search
+    life = lifetime_s(spec, raw.get("_plan_inflight_output_tokens", mean_out))
+    if spec.load.concurrent_users is not None:  # each user sends one request per (its own) lifetime
+        rate = load / max(lifetime_s(spec, mean_out) + spec.load.think_time_s, 1e-9)
+    else:
+        rate = load
+    need = rate * (RAMP_LIFETIMES + s.steady_state_factor) * life
+    wl = dict(out.get("workload") or {})
+    wl["num_requests"] = int(min(s.max_requests, max(s.num_requests, math.ceil(need))))
+    out["workload"] = wl
+    sim = dict(out.get("simulation") or {})
+    sim["warmup_s"] = RAMP_LIFETIMES * life
+    out["simulation"] = sim
+    return out
+
+
 def _probe(raw: dict, spec: PlanSpec, load: float, source: str):
     from dspark_sim.sweep import simulate_dict
 
-    result = simulate_dict(_with_load(raw, spec, load), source)
+    result = simulate_dict(_with_load(_sized(raw, spec, load), spec, load), source)
     s = next(x for x in result.summaries if x.variant != "baseline" or len(result.summaries) == 1)
     return s
 
@@ -244,9 +297,11 @@ def plan_candidate(task: dict) -> dict:
         "speculation": task["speculation"], "speculative": task["speculative"],
         "feasible": False, "replica_capacity": 0.0, "replica_capacity_tokens_per_s": 0.0, "simulations": 0,
     }
-    raw = task["raw"]
+    raw = dict(task["raw"])
     try:
         sc = scenario_from_dict(_with_load(raw, spec, 1.0), source)
+        raw["_plan_mean_output_tokens"] = _mean_len(sc.workload.output_tokens)
+        raw["_plan_inflight_output_tokens"] = _biased_mean_len(sc.workload.output_tokens)
         from dspark_sim.analytic import memory_available_bytes
 
         if memory_available_bytes(sc) <= 0:
@@ -371,7 +426,8 @@ def print_plan(result: PlanResult, console) -> None:
     table = Table(show_header=True, header_style="bold")
     for col in ("hardware", "TP", "speculation", f"cap/replica {unit}", "replicas", "GPUs", f"capacity {unit}",
                 "$/hour", "$/M out tok", "$/M at cap", "TTFT p99 s", "TPOT p99 ms", "tok/s/user", "sims", "note"):
-        table.add_column(col, justify="left" if col in ("hardware", "speculation", "note") else "right")
+        table.add_column(col, justify="left" if col in ("hardware", "speculation", "note") else "right",
+                         no_wrap=col in ("hardware", "speculation"))
     best = result.best
     rows = sorted(result.candidates, key=lambda c: (c.usd_per_million_output_tokens is None,
                                                     c.usd_per_million_output_tokens or 0.0))
@@ -434,6 +490,6 @@ def plan_command(plan_file: Path, *, executor: str = "local", workers: int | Non
     else:
         console = Console(highlight=False)
         if not console.is_terminal:
-            console = Console(highlight=False, width=180)
+            console = Console(highlight=False, width=210)
         print_plan(result, console)
     return result

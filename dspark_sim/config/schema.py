@@ -741,8 +741,15 @@ class PlanCandidates(Strict):
 class PlanSearch(Strict):
     """How each candidate's capacity is found: short simulations, bisection on the load (Vidur-style)."""
 
-    num_requests: PositiveInt = Field(200, description="requests per short simulation")
-    warmup_requests: NonNegInt = Field(20, description="first finished requests left out of the latencies")
+    num_requests: PositiveInt = Field(200, description="requests per short simulation (at least)")
+    warmup_requests: NonNegInt = Field(20, description="first finished requests left out of the latencies (at least)")
+    steady_state_factor: PositiveFloat = Field(
+        4.0,
+        description="each probe runs this many request lifetimes (output tokens x the SLO's TPOT) of arrivals "
+        "past a ramp-up of 1.5 lifetimes that is left out of the metrics, so the batch is measured at the "
+        "steady state of its load (a short run at a high rate would end before the batch fills up)",
+    )
+    max_requests: PositiveInt = Field(5000, description="cap on the requests of one probe")
     max_simulated_s: PositiveFloat | None = Field(None, description="stop each short simulation here")
     tolerance: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
         0.05, description="stop bisecting when (high - low) / high is below this"

@@ -47,13 +47,13 @@ def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
         font={"family": FONT, "size": 12, "color": "#1f2937"},
         height=height,
-        margin={"l": 64, "r": 24, "t": 56, "b": 56},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0, "font": {"size": 11}},
+        margin={"l": 64, "r": 24, "t": 48, "b": 40},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 11}},
         hovermode="closest",
         **kw,
     )
-    fig.update_xaxes(title_text=xtitle, gridcolor="#eef0f3", zeroline=False)
-    fig.update_yaxes(title_text=ytitle, gridcolor="#eef0f3", zeroline=False)
+    fig.update_xaxes(title_text=xtitle, gridcolor="#eef0f3", zeroline=False, title_standoff=6, automargin=True)
+    fig.update_yaxes(title_text=ytitle, gridcolor="#eef0f3", zeroline=False, automargin=True)
     return fig
 
 
@@ -105,15 +105,23 @@ def frontier_figure(
             x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name=label, legendgroup=label,
             line={"color": color, "width": 2.5, "dash": dash, "shape": "linear"}, hoverinfo="skip",
         ))
+        few = len(pts) <= 2  # a single run: label the points instead of drawing a frontier
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label, legendgroup=label,
-            showlegend=False, marker={"color": color, "size": 8, "line": {"width": 1, "color": "white"}},
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers+text" if few else "markers", name=label,
+            legendgroup=label, showlegend=False, textposition="top center",
+            texttemplate=("%{y:,.0f} tok/s/GPU<br>%{x:.0f} tok/s/user" if few else None),
+            marker={"color": color, "size": 12 if few else 8, "line": {"width": 1, "color": "white"}},
             text=[p[2] for p in pts],
             hovertemplate="<b>" + label + "</b><br>%{x:.1f} tok/s/user<br>%{y:,.0f} tok/s/GPU<br>%{text}"
             "<extra></extra>",
         ))
     if not any_data:
         return None
+    xs = [p[0] for pts in series.values() for p in pts if _finite(p[0], p[1])]
+    ys = [p[1] for pts in series.values() for p in pts if _finite(p[0], p[1])]
+    if len(xs) <= 6:  # few points: leave room around them (and for their labels)
+        fig.update_xaxes(range=[min(xs) * 0.8, max(xs) * 1.15])
+        fig.update_yaxes(range=[0, max(ys) * 1.3])
     if slo_tokens_per_s_per_user:
         fig.add_vline(x=slo_tokens_per_s_per_user, line={"color": "#111827", "dash": "dot", "width": 1},
                       annotation_text=f"SLO {slo_tokens_per_s_per_user:g} tok/s/user",
@@ -344,11 +352,14 @@ def stacked_bars_figure(
     fig = go.Figure()
     for key, name, color in parts:
         vals = [float(r[1].get(key) or 0.0) for r in rows]
+        if not any(vals):
+            continue
         fig.add_trace(go.Bar(
             y=labels, x=vals, name=name, orientation="h", marker={"color": color},
             hovertemplate="%{y}<br>" + name + ": %{x:" + (".1%" if percent else ".4g") + "}<extra></extra>",
         ))
     _layout(fig, title, xtitle, "", barmode="stack", height=max(300, 120 + 34 * len(rows)))
+    fig.update_layout(legend={"traceorder": "normal"})
     fig.update_yaxes(autorange="reversed", automargin=True)
     if percent:
         fig.update_xaxes(tickformat=".0%")

@@ -918,7 +918,7 @@ footer { color:var(--muted); font-size:12px; text-align:center; padding:18px; }
 _BOOT = """
 (function () {
   var figs = JSON.parse(document.getElementById('dspark-figures').textContent);
-  var config = {displaylogo: false, responsive: true,
+  var config = {displaylogo: false, responsive: true, displayModeBar: 'hover',
                 modeBarButtonsToRemove: ['select2d', 'lasso2d', 'autoScale2d']};
   var jobs = [];
   Object.keys(figs).forEach(function (id) {
