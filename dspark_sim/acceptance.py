@@ -46,19 +46,31 @@ class AcceptanceTrace:
     prompt_lens: tuple[int, ...]
     output_lens: tuple[int, ...]
     yields: tuple[np.ndarray, ...]
+    confidences: tuple[np.ndarray, ...] | None = None  # by output position, same length as yields
 
     @property
     def num_requests(self) -> int:
         return len(self.yields)
 
 
-@lru_cache(maxsize=16)
-def load_acceptance_trace(path: str, field: str, max_requests: int | None = None) -> AcceptanceTrace:
-    """Read a JSONL trace; every malformed line is one `InputError` naming file, line and field."""
+def load_acceptance_trace(path: str, field: str, max_requests: int | None = None,
+                          confidence_field: str | None = None) -> AcceptanceTrace:
+    """Read a JSONL trace; every malformed line is one `InputError` naming file, line and field.
+
+    Memoised on the file's identity (path, size, modification time), so a rewritten file is re-read.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(path, None, "trace file not found")
-    prompts, outputs, yields = [], [], []
+    st = p.stat()
+    return _load_trace(path, st.st_size, st.st_mtime_ns, field, max_requests, confidence_field)
+
+
+@lru_cache(maxsize=16)
+def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests: int | None,
+                confidence_field: str | None) -> AcceptanceTrace:
+    p = Path(path)
+    prompts, outputs, yields, confs = [], [], [], []
     with p.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -78,15 +90,23 @@ def load_acceptance_trace(path: str, field: str, max_requests: int | None = None
             prompts.append(int(rec["prompt_len"]))
             outputs.append(int(rec["output_len"]))
             yields.append(arr if arr.size else np.ones(1, dtype=np.int64))
+            if confidence_field:
+                if confidence_field not in rec:
+                    raise InputError(path, f"line {lineno}.{confidence_field}", "missing field")
+                c = np.clip(np.asarray(rec[confidence_field], dtype=float), 0.0, 1.0)
+                fit = np.zeros(len(yields[-1]))
+                fit[: min(len(c), len(fit))] = c[: len(fit)]
+                confs.append(fit)
             if max_requests and len(yields) >= max_requests:
                 break
     if not yields:
         raise InputError(path, None, f"no request records with field {field!r}")
-    return AcceptanceTrace(path, tuple(prompts), tuple(outputs), tuple(yields))
+    return AcceptanceTrace(path, tuple(prompts), tuple(outputs), tuple(yields),
+                           tuple(confs) if confidence_field else None)
 
 
 def _trace_of(spec: TraceAcceptance) -> AcceptanceTrace:
-    return load_acceptance_trace(spec.path, spec.field, spec.max_requests)
+    return load_acceptance_trace(spec.path, spec.field, spec.max_requests, spec.confidence_field)
 
 
 def trace_tau(trace: AcceptanceTrace, gamma: int) -> float:
@@ -224,8 +244,9 @@ class RequestAcceptance:
         return _extend(list(self.trace_conditional), n) if n else np.zeros(0)
 
     def trace_accepted(self, output_pos: int, verified: int) -> int:
+        """Past the end of its trace a request accepts nothing (as `trace_tau` assumes)."""
         assert self.yields is not None
-        y = int(self.yields[output_pos % len(self.yields)])
+        y = int(self.yields[output_pos]) if output_pos < len(self.yields) else 1
         return min(y - 1, verified)
 
 

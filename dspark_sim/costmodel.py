@@ -274,13 +274,20 @@ class StepCoster:
             return context
         return np.maximum(self.static_kv_tokens - np.asarray(query, dtype=float), 0.0)
 
+    def __post_init__(self) -> None:
+        # derived once per coster: specs are re-serialised to look them up, which costs ~10 us a call
+        arch = _cached_draft_arch(self.target, self.drafter)
+        object.__setattr__(self, "_target_stats", stats_of(self.target))
+        object.__setattr__(self, "_draft_arch", arch)
+        object.__setattr__(self, "_draft_stats", stats_of(arch) if arch is not None else None)
+
     @property
     def target_stats(self) -> ModelStats:
-        return stats_of(self.target)
+        return self._target_stats
 
     @property
     def draft_arch(self) -> ModelSpec | None:
-        return _cached_draft_arch(self.target, self.drafter)
+        return self._draft_arch
 
     def target_pass(self, batch: BatchShape) -> PassCost:
         return forward_cost(self.target, self.hw, batch, self.tp, stats=self.target_stats)
@@ -308,7 +315,7 @@ class StepCoster:
             self.hw,
             batch,
             self.tp,
-            stats=stats_of(arch),
+            stats=self._draft_stats,
             weights_onchip=self.drafter.weights_onchip,
             kv_onchip=self.drafter.kv_onchip,
             include_embedding=self.drafter.kind == "draft_model",

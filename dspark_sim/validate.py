@@ -196,7 +196,8 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
             "memory_utilisation": 1.0,
             "activation_reserve_gb": 0.0,
         },
-        "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len"},
+        "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
+                       "confidence_field": "confidence"},
         "policy": policy,
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": case.batch_size},

@@ -222,25 +222,30 @@ def _scenario_override_resolver(source: str):
             return resolve_hardware(value, "--set", key)
         if key in ("deployment.model", "deployment.drafter.model"):
             return resolve_model(value, "--set", key)
+        if key == "deployment.drafter" and isinstance(value, dict) and value.get("model") is not None:
+            return {**value, "model": resolve_model(value["model"], "--set", key + ".model")}
+        if key == "deployment" and isinstance(value, dict):
+            return resolve_scenario_names({"deployment": value}, "--set")["deployment"]
         return value
 
     return resolve
 
 
-def _absolutise_paths(raw: Any, base_dir: Path) -> Any:
-    """Fields named `path` are relative to the scenario file's folder; `${VAR}` is expanded."""
+def _absolutise_paths(raw: Any, base_dir: Path, parent: str = "") -> Any:
+    """File fields named `path` are relative to the scenario file's folder; `${VAR}` is expanded.
+    (`sweep.path` names a field, not a file, and is left alone.)"""
     if isinstance(raw, dict):
         out = {}
         for k, v in raw.items():
-            if k == "path" and isinstance(v, str):
+            if k == "path" and isinstance(v, str) and parent != "sweep":
                 expanded = os.path.expandvars(os.path.expanduser(v))
                 p = Path(expanded)
                 out[k] = str(p if p.is_absolute() else (base_dir / p).resolve())
             else:
-                out[k] = _absolutise_paths(v, base_dir)
+                out[k] = _absolutise_paths(v, base_dir, k)
         return out
     if isinstance(raw, list):
-        return [_absolutise_paths(v, base_dir) for v in raw]
+        return [_absolutise_paths(v, base_dir, parent) for v in raw]
     return raw
 
 

@@ -292,6 +292,11 @@ class TraceAcceptance(Strict):
     kind: Literal["trace"] = "trace"
     path: str = Field(description="JSONL file, relative to the scenario file's folder or absolute")
     field: str = Field("accept_len_eagle", description="per-request list of step yields (accepted + 1)")
+    confidence_field: str | None = Field(
+        None,
+        description="per-request list, by output position, of the drafter's confidence in its token there; "
+        "replayed as the drafter's confidence c_k (else the request's empirical acceptance is used)",
+    )
     max_requests: PositiveInt | None = None
 
 

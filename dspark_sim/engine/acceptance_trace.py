@@ -8,7 +8,9 @@ One forward pass of each model over the target's own output therefore gives, at 
 - sampling: alpha[j] = sum_x min(p_j(x), q_j(x)), the probability the draft token is accepted there
   (Leviathan et al.); yields are then drawn from these with a fixed seed.
 The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
-simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`).
+simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`), plus the draft's
+confidence at every position (`confidence_field="confidence"`) as the engine computes it, so that
+confidence-driven policies see in the simulator what they see in the engine.
 """
 
 from __future__ import annotations
@@ -47,13 +49,20 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
         if sampling.greedy:
             ok = (q.argmax(-1) == toks).cpu().numpy()
             alpha = ok.astype(float)
+            # the engine's confidence when greedy: the raw softmax probability of the draft's argmax
+            conf = torch.softmax(q_logits.float(), -1).amax(-1).cpu().numpy()
         else:
             alpha = torch.minimum(p, q).sum(-1).clamp(0, 1).cpu().numpy().astype(float)
             ok = rng.random(len(alpha)) < alpha
+            # the engine's confidence when sampling: q of the token the draft samples
+            u = torch.rand(q.shape[0], 1, generator=gen, device=q.device)
+            pick = torch.searchsorted(q.float().cumsum(-1), u).clamp_max(q.shape[-1] - 1)
+            conf = q.gather(-1, pick)[:, 0].float().cpu().numpy()
         accept_len = (1 + _runs(ok)).tolist()
         records.append({
             "prompt_len": n, "output_len": len(out), "accept_len": accept_len,
             "alpha": [round(float(a), 6) for a in alpha],
+            "confidence": [round(float(c), 6) for c in conf],
         })
     return records
 

@@ -71,6 +71,7 @@ class Replica:
         self.conf_rng = sim.conf_rng
         self.has_trace = self.reqs.has_trace
         self.yflat = self.reqs.trace_yields
+        self.cflat = self.reqs.trace_conf
 
         cap = self.max_seqs
         self.n = 0
@@ -366,8 +367,15 @@ class Replica:
         return (float(len(q)), float(q.sum()), float(kv.sum()), float(kvw.sum()), float(pairs.sum()), float(pw.sum()))
 
     def _confidences(self, di, nd: int) -> np.ndarray:
-        """The drafter's confidence c_k: the true conditional, perturbed in logit space if miscalibrated."""
+        """The drafter's confidence c_k: recorded confidences when the trace has them (replayed by
+        output position), else the true conditional, perturbed in logit space if miscalibrated."""
         c = self.cond[di][:, : self.gamma]
+        if self.cflat is not None:
+            tl = self.tlen[di]
+            pos = self.gen[di][:, None] + np.arange(self.gamma)[None, :]
+            valid = (pos < tl[:, None]) & (tl[:, None] > 0)
+            idx = self.toff[di][:, None] + np.minimum(pos, np.maximum(tl[:, None] - 1, 0))
+            c = np.where(valid, self.cflat[idx], np.where(tl[:, None] > 0, 0.0, c))
         if self.calibration_error <= 0:
             return c
         eps = 1e-6
