@@ -285,6 +285,9 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         profile = run_profile(target, draft, pgrid, created_by="dspark-sim validate")
     timings["profile_s"] = time.perf_counter() - t0
     hw, cal = calibrate(profile, f"calibrated-{device}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "profile.json", profile.model_dump_json(indent=1) + "\n")
+    write_atomic(out_dir / "calibration.json", cal.model_dump_json(indent=1) + "\n")
     hw_cross = None
     if grid.calibrate_max_batch:
         hw_cross, _ = calibrate(restrict_profile(profile, grid.calibrate_max_batch), f"calibrated-{device}-small-batch")
