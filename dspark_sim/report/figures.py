@@ -38,7 +38,23 @@ class Colors:
 
 def is_baseline_label(label: str) -> bool:
     low = label.lower()
-    return low.startswith("baseline") or low.startswith("no speculation")
+    return low.startswith("baseline") or "no speculation" in low
+
+
+def wrap_label(label: str, width: int = 34) -> str:
+    """Break a long category label at its ' · ' / ' @ ' joints so bar charts keep their plot area."""
+    if len(label) <= width:
+        return label
+    parts = [p for p in label.replace(" @ ", " · @ ").split(" · ")]
+    lines, cur = [], ""
+    for p in parts:
+        if cur and len(cur) + len(p) + 3 > width:
+            lines.append(cur)
+            cur = p
+        else:
+            cur = f"{cur} · {p}" if cur else p
+    lines.append(cur)
+    return "<br>".join(x.replace("· @", "@") for x in lines)
 
 
 def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int = 420, **kw) -> go.Figure:
@@ -93,6 +109,7 @@ def frontier_figure(
     colors = colors or Colors()
     fig = go.Figure()
     any_data = False
+    n_total = sum(1 for pts in series.values() for p in pts if _finite(p[0], p[1]))
     for label, pts in series.items():
         pts = [p for p in pts if _finite(p[0], p[1])]
         if not pts:
@@ -105,7 +122,7 @@ def frontier_figure(
             x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name=label, legendgroup=label,
             line={"color": color, "width": 2.5, "dash": dash, "shape": "linear"}, hoverinfo="skip",
         ))
-        few = len(pts) <= 2  # a single run: label the points instead of drawing a frontier
+        few = n_total <= 6  # a single run or two: label the points
         fig.add_trace(go.Scatter(
             x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers+text" if few else "markers", name=label,
             legendgroup=label, showlegend=False, textposition="top center",
@@ -348,7 +365,8 @@ def stacked_bars_figure(
     rows = [r for r in rows if any(_finite(r[1].get(k)) for k, _, _ in parts)]
     if not rows:
         return None
-    labels = [r[0] for r in rows]
+    labels = [wrap_label(r[0]) for r in rows]
+    lines = sum(lab.count("<br>") + 1 for lab in labels)
     fig = go.Figure()
     for key, name, color in parts:
         vals = [float(r[1].get(key) or 0.0) for r in rows]
@@ -358,7 +376,7 @@ def stacked_bars_figure(
             y=labels, x=vals, name=name, orientation="h", marker={"color": color},
             hovertemplate="%{y}<br>" + name + ": %{x:" + (".1%" if percent else ".4g") + "}<extra></extra>",
         ))
-    _layout(fig, title, xtitle, "", barmode="stack", height=max(300, 120 + 34 * len(rows)))
+    _layout(fig, title, xtitle, "", barmode="stack", height=max(300, 130 + 22 * lines + 14 * len(rows)))
     fig.update_layout(legend={"traceorder": "normal"})
     fig.update_yaxes(autorange="reversed", automargin=True)
     if percent:
@@ -429,7 +447,7 @@ def validation_scatter(points: Sequence[tuple[float, float, str]], *, quantity: 
     ))
     _layout(fig, title, f"predicted {quantity}", f"measured {quantity}")
     fig.update_xaxes(range=[lo, hi])
-    fig.update_yaxes(range=[lo, hi], scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(range=[lo, hi])
     return fig
 
 

@@ -393,7 +393,7 @@ def section_tradeoffs(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sect
     spec_rows = [r for r in rows if r.summary.speculative]
     by_label = _group(spec_rows)
     if by_label and any(r.load is not None for r in spec_rows):
-        load_name = next(r.load_name for r in spec_rows if r.load is not None)
+        load_name = " / ".join(dict.fromkeys(r.load_name for r in spec_rows if r.load is not None))
         series = {label: [(r.load, r.summary.mean_verify_budget) for r in rs if r.load is not None]
                   for label, rs in by_label.items()}
         fig = F.verify_budget_figure(series, xtitle=load_name, colors=colors)
@@ -537,24 +537,24 @@ def section_latency(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sectio
     sc = _scenario_for(inputs)
     if sc is not None:
         slo = {"ttft_s": sc.slo.ttft_p99_s, "tpot_ms": sc.slo.tpot_p99_ms}
-    with_records = [r for r in rows if r.records]
+    with_records = [r for r in rows if r.records and any(x.get("measured", True) for x in r.records)]
+    at = ""
+    loads = sorted({r.load for r in with_records if r.load is not None})
+    if loads:  # one load: the heaviest, so each policy is one curve in its own colour
+        heavy = loads[-1]
+        with_records = [r for r in with_records if r.load == heavy]
+        at = f" at {with_records[0].load_name} {heavy:g}"
+    with_records = with_records[:10]
     if with_records:
-        if len(with_records) > 8:  # too many curves: keep the heaviest load of each label
-            top: dict[str, Row] = {}
-            for r in with_records:
-                if r.label not in top or (r.load or 0) > (top[r.label].load or 0):
-                    top[r.label] = r
-            with_records = list(top.values())
         samples: dict[str, dict[str, list[float]]] = {}
         for r in with_records:
-            label = r.label + (f" @ {r.load_name}={r.load:g}" if r.load is not None and len(with_records) > 1
-                               and len({x.label for x in with_records}) < len(with_records) else "")
             recs = [x for x in r.records or [] if x.get("measured", True)]
-            samples[label] = {k: [x[k] for x in recs if x.get(k) is not None] for k in ("ttft_s", "tpot_ms")}
+            samples[r.label] = {k: [x[k] for x in recs if x.get(k) is not None] for k in ("ttft_s", "tpot_ms")}
         fig = F.latency_cdf_figure(samples, colors=colors, slo=slo)
         if fig is not None:
-            cards.append(Card("Latency CDFs", "Per-request TTFT and TPOT; dotted lines are the p99 SLOs.", fig,
-                              wide=True))
+            fig.update_layout(title={"text": f"Latency CDFs (per request){at}"})
+            cards.append(Card("Latency CDFs", f"Per-request TTFT and TPOT{at}; dotted lines are the p99 SLOs.",
+                              fig, wide=True))
     loads = [r for r in rows if r.load is not None]
     if loads:
         from plotly.subplots import make_subplots
@@ -568,7 +568,7 @@ def section_latency(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sectio
                     showlegend=col == 1, mode="lines+markers",
                     line={"color": colors(label), "dash": "dash" if F.is_baseline_label(label) else "solid"},
                 ), row=1, col=col)
-        F._layout(fig, "p99 latency vs load", loads[0].load_name, "")
+        F._layout(fig, "p99 latency vs load", " / ".join(dict.fromkeys(r.load_name for r in loads)), "")
         cards.append(Card("Latency vs load", "Tail latency as the load grows; where a curve turns up is the "
                           "capacity under that SLO.", fig, wide=True))
     elif not with_records and rows:
@@ -609,16 +609,17 @@ def section_costs(inputs: Inputs, rows: list[Row]) -> Section | None:
             busy = min(1.0, max(0.0, s.busy_fraction))
             trows.append((name(r), {"draft": s.draft_time_fraction * busy, "verify": s.verify_time_fraction * busy,
                                     "overhead": s.overhead_time_fraction * busy, "idle": 1.0 - busy}))
+        wide = max(len(t[0]) for t in trows) > 40
         fig = F.time_breakdown_figure(trows, title="Where replica time goes (simulated)")
         if fig is not None:
             cards.append(Card("Time breakdown", "Share of replica time in draft passes, target (verify and prefill) "
-                              "passes, fixed per-step overhead, and idle.", fig))
+                              "passes, fixed per-step overhead, and idle.", fig, wide=wide))
         brows = [(name(r), {"hbm": r.summary.hbm_gb_per_output_token * 1e3,
                             "onchip": r.summary.onchip_gb_per_output_token * 1e3}) for r in rep]
         fig = F.bytes_figure(brows, title="Memory traffic per output token (simulated, per GPU)")
         if fig is not None:
             cards.append(Card("Bytes moved", "HBM vs on-chip (SRAM/L2) reads per output token: speculation amortises "
-                              "the weight and KV reads over the accepted tokens.", fig))
+                              "the weight and KV reads over the accepted tokens.", fig, wide=wide))
     for pr, _ in inputs.predicts[:1]:
         sel = pr.points[: min(6, len(pr.points))]
         trows, brows = [], []

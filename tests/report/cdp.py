@@ -8,6 +8,7 @@ chromedriver, no websocket library, nothing downloaded: only Debian's `chromium`
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -99,20 +100,16 @@ class Chromium:
 
     def __exit__(self, *exc) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._send({"id": 10**9, "method": "Browser.close"}, session=False)
-        except OSError:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
         for fd in (self._cmd_w, self._res_r):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._stderr.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 
