@@ -203,19 +203,20 @@ def _resolver(path: list, value: Any) -> Any:
     return value
 
 
-def _absolutise(raw: Any, base_dir: Path) -> Any:
-    """Fields named `path` that a sweep value introduces are relative to the base scenario's folder."""
+def _absolutise(raw: Any, base_dir: Path, parent: str = "") -> Any:
+    """File fields named `path` that a sweep value introduces are relative to the base scenario's folder
+    (`sweep.path` names a field, not a file, and is left alone, as the loader does)."""
     if isinstance(raw, dict):
         out = {}
         for k, v in raw.items():
-            if k == "path" and isinstance(v, str):
+            if k == "path" and isinstance(v, str) and parent != "sweep":
                 p = Path(os.path.expandvars(os.path.expanduser(v)))
                 out[k] = str(p if p.is_absolute() else (base_dir / p).resolve())
             else:
-                out[k] = _absolutise(v, base_dir)
+                out[k] = _absolutise(v, base_dir, k)
         return out
     if isinstance(raw, list):
-        return [_absolutise(v, base_dir) for v in raw]
+        return [_absolutise(v, base_dir, parent) for v in raw]
     return raw
 
 
@@ -302,11 +303,6 @@ def simulate_dict(raw: dict, source: str, base_dir: Path | None = None):
 
     from dspark_sim.sim import run_scenario
 
-    raw = dict(raw)
-    sweep = raw.get("sweep")
-    # the loader absolutises every key named `path`, a scenario sweep's field path included: undo it
-    if isinstance(sweep, dict) and isinstance(sweep.get("path"), str) and os.path.isabs(sweep["path"]):
-        raw["sweep"] = {**sweep, "path": os.path.basename(sweep["path"])}
     with tempfile.TemporaryDirectory(prefix="dspark-sweep-") as tmp:
         path = Path(tmp) / "scenario.yaml"
         path.write_text(json.dumps(raw), encoding="utf-8")

@@ -284,6 +284,7 @@ def run_rows(inputs: Inputs) -> list[Row]:
             load_params = [k for k in params if is_load_param(k)]
             load_name = load_params[0].split(".")[-1] if load_params else "mean batch"
             load = params[load_params[0]] if load_params and isinstance(params[load_params[0]], int | float) else None
+            spec_swept = any(_is_spec_param(k, groups) for k in params)
             for s in res.summaries:
                 if s.speculative:
                     others = [short(v) for k, v in params.items() if not is_load_param(k)]
@@ -291,6 +292,18 @@ def run_rows(inputs: Inputs) -> list[Row]:
                     others = [short(v) for k, v in params.items()
                               if not is_load_param(k) and not _is_spec_param(k, groups)]
                 base = summary_label(s)
+                if s.speculative and spec_swept and others:  # the swept values already name the policy
+                    base = "" if s.variant == "main" else s.variant
+                    if not base:
+                        label = prefix + " · ".join(others)
+                        sv = f"{res.sweep_path.split('.')[-1]}={s.sweep_value}, " if res.sweep_path else ""
+                        hover = ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in params.items()) + (
+                            f"<br>{summary_label(s)}<br>{sv}TTFT p99 {s.ttft_s.p99:.3g} s, "
+                            f"TPOT p99 {s.tpot_ms.p99:.3g} ms")
+                        lv = load if load is not None else (
+                            s.sweep_value if res.sweep_path and isinstance(s.sweep_value, int | float) else None)
+                        rows.append(Row(s, label, lv, load_name, hover))
+                        continue
                 label = prefix + (" · ".join([*others, base]) if others and s.speculative else
                                   (" · ".join([base, *others]) if others else base))
                 sv = f"{res.sweep_path.split('.')[-1]}={s.sweep_value}, " if res.sweep_path else ""
@@ -378,10 +391,10 @@ def section_tradeoffs(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sect
         fig = F.frontier_figure(series, slo_tokens_per_s_per_user=_slo_speed(inputs), colors=colors,
                                 title="Throughput per GPU vs tokens/s per user (simulated)")
         if fig is not None:
+            slo_note = "; the dotted line is the per-user speed SLO" if _slo_speed(inputs) else ""
             cards.append(Card("Throughput–latency frontier by policy",
                               "Each point is one simulated load; lines join each policy's Pareto-optimal points. "
-                              "Up and to the right is better; the dotted line is the per-user speed SLO.",
-                              fig, wide=True))
+                              f"Up and to the right is better{slo_note}.", fig, wide=True))
     for pr, _src in inputs.predicts:
         fig = F.frontier_figure(predict_frontier_series(pr), colors=colors,
                                 title=f"Closed-form frontier: {pr.model} on {pr.hardware}, context "
@@ -466,7 +479,7 @@ def heatmaps(sc: Scenario) -> list[Card]:
         g = predict_grid(coster, IIDAcceptance(alpha=a), [batch], [ctx], gammas)
         z.append([float(v) for v in g.speedup[0, 0, :]])
     cards = []
-    fig = F.heatmap_figure(z, gammas, alphas, title=f"Speed-up by acceptance and draft length (batch {batch}, "
+    fig = F.heatmap_figure(z, gammas, alphas, title=f"Speed-up by α and γ (batch {batch}, "
                            f"context {ctx})", xtitle="γ (draft tokens per step)", ytitle="i.i.d. acceptance α")
     if fig is not None:
         cards.append(Card("Speed-up: acceptance × γ",
@@ -670,8 +683,8 @@ def section_acceptance(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sec
         return None
     return Section("Acceptance", "Conditional acceptance of each draft position: parallel drafters start high and "
                    "decay, autoregressive ones start lower (DSpark, Fig. 2).",
-                   [Card("Acceptance by position", "Observed in simulation (per configuration) and the model's "
-                         "c_k.", fig, wide=True)])
+                   [Card("Acceptance by position", ("Observed in simulation (per configuration) and the model's c_k."
+                          if rows else "The acceptance model's c_k."), fig, wide=True)])
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -775,7 +788,13 @@ def section_sweeps(inputs: Inputs, colors: F.Colors) -> Section | None:
             names = list(ok[0]["params"]) if ok else []
         numeric = [n for n in names if ok and all(isinstance(r["params"].get(n), int | float)
                                                     and not isinstance(r["params"].get(n), bool) for r in ok)]
-        x_name = numeric[0] if numeric else (names[0] if names else None)
+
+        def distinct(n: str, ok: list = ok) -> int:
+            return len({json.dumps(r["params"].get(n), sort_keys=True, default=str) for r in ok})
+
+        # x: the (numeric, if any) parameter with the most values; the others make the lines
+        pool = numeric or names
+        x_name = max(pool, key=distinct) if pool else None
         for key, title in _sweep_metric(sw.manifest.get("command", "predict"))[:2]:
             if x_name is None:
                 break
@@ -954,7 +973,16 @@ def render_page(title: str, subtitle: str, sources: Sequence[str], tiles: Sequen
             f'<div class="det">{html.escape(d)}</div></div>' for b, lab, d in tiles) + "</div>")
     for sec in sections:
         cards = []
-        for card in sec.cards:
+        col = 0  # a half-width card left alone on its row is widened
+        for i, card in enumerate(sec.cards):
+            if not card.wide:
+                nxt = sec.cards[i + 1] if i + 1 < len(sec.cards) else None
+                if col == 0 and (nxt is None or nxt.wide):
+                    card.wide = True
+                else:
+                    col = 1 - col
+            else:
+                col = 0
             inner = ""
             if card.figure is not None:
                 fid = f"fig-{len(figs)}"
@@ -991,15 +1019,18 @@ def build_page(inputs: Inputs, title: str | None = None, sources: Sequence[str] 
     for r in rows:  # speculative labels take the first colours, in a stable order
         if r.summary.speculative:
             colors(r.label)
+    sweeps = section_sweeps(inputs, colors)
+    sweeps_first = sweeps is not None and not rows  # a predict sweep: its own figures lead
     sections = [s for s in (
         section_plans(inputs),
+        sweeps if sweeps_first else None,
         section_tradeoffs(inputs, rows, colors),
         section_heatmaps(inputs),
         section_latency(inputs, rows, colors),
         section_costs(inputs, rows),
         section_acceptance(inputs, rows, colors),
         section_validation(inputs),
-        section_sweeps(inputs, colors),
+        None if sweeps_first else sweeps,
     ) if s is not None]
     what = []
     for b in inputs.runs:
