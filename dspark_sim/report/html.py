@@ -60,6 +60,7 @@ class Inputs:
     sweeps: list[SweepBundle] = field(default_factory=list)
     plans: list[tuple[PlanResult, str]] = field(default_factory=list)
     validation: list[tuple[list[tuple[float, float, str]], str, str]] = field(default_factory=list)
+    measured_acceptance: dict[str, list[float]] = field(default_factory=dict)  # from validation reports
     scenario: Scenario | None = None
 
     @property
@@ -111,21 +112,29 @@ def _run_folder(folder: Path, summary: dict | None = None) -> RunBundle:
     return bundle
 
 
-def validation_points(doc: Any) -> tuple[list[tuple[float, float, str]], str]:
-    """(predicted, measured, label) triples from any JSON whose records carry `predicted*` and `measured*`
-    numbers (the validation report's format is its owner's; this reads any such shape)."""
-    out: list[tuple[float, float, str]] = []
-    quantity = ""
+def validation_points(doc: Any) -> dict[str, list[tuple[float, float, str]]]:
+    """{quantity: [(predicted, measured, label), ...]} from any JSON whose records carry numeric
+    `predicted_<quantity>` and `measured_<quantity>` pairs (`dspark-sim validate`'s report does; the
+    format is its owner's, so any such shape is read)."""
+    out: dict[str, list[tuple[float, float, str]]] = {}
+
+    def num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
 
     def visit(node: Any, trail: str) -> None:
-        nonlocal quantity
         if isinstance(node, dict):
-            pk = next((k for k in node if k.startswith("predicted") and isinstance(node[k], int | float)), None)
-            mk = next((k for k in node if k.startswith("measured") and isinstance(node[k], int | float)), None)
-            if pk and mk:
+            pairs = []
+            for k, v in node.items():
+                if k.startswith("predicted") and num(v):
+                    q = k.removeprefix("predicted").strip("_")
+                    mk = next((m for m in node if m.startswith("measured") and m.removeprefix("measured").strip("_")
+                               == q and num(node[m])), None)
+                    if mk is not None:
+                        pairs.append((q or "value", float(v), float(node[mk])))
+            if pairs:
                 label = next((str(node[k]) for k in ("label", "name", "case", "id", "scenario") if k in node), trail)
-                out.append((float(node[pk]), float(node[mk]), label))
-                quantity = quantity or pk.removeprefix("predicted").strip("_").replace("_", " ")
+                for q, pv, mv in pairs:
+                    out.setdefault(q, []).append((pv, mv, label))
                 return
             for k, v in node.items():
                 visit(v, f"{trail}.{k}" if trail else str(k))
@@ -134,7 +143,7 @@ def validation_points(doc: Any) -> tuple[list[tuple[float, float, str]], str]:
                 visit(v, f"{trail}[{i}]")
 
     visit(doc, "")
-    return out, quantity or "value"
+    return out
 
 
 def load_inputs(paths: Sequence[str | Path], scenario: Scenario | None = None) -> Inputs:
@@ -178,11 +187,24 @@ def _add_doc(inputs: Inputs, path: Path, doc: Any) -> None:
         if inputs.runs:
             inputs.runs[-1].series.extend(doc.get("series", []))
     else:
-        pts, quantity = validation_points(doc)
-        if not pts:
+        series = validation_points(doc)
+        if not series:
             raise InputError(str(path), "kind", f"not a result document dspark-sim can draw (kind {kind!r}; "
                              "expected run, predict, sweep, plan or a validation report)")
-        inputs.validation.append((pts, quantity, str(path)))
+        for quantity, pts in _ordered_quantities(series):
+            inputs.validation.append((pts, quantity, str(path)))
+        acc = doc.get("acceptance_by_temperature") if isinstance(doc, dict) else None
+        if isinstance(acc, dict):
+            for t, curve in acc.items():
+                if isinstance(curve, list) and curve:
+                    inputs.measured_acceptance[f"measured (engine, T={t})"] = [float(x) for x in curve]
+
+
+def _ordered_quantities(series: dict[str, list]) -> list[tuple[str, list]]:
+    """Speed-up and tokens/s first (what a validation is about), at most four panels."""
+    order = ["speedup", "tokens_per_s", "tau", "baseline_tokens_per_s"]
+    keys = sorted(series, key=lambda q: (order.index(q) if q in order else len(order), q))
+    return [(q.replace("_", " "), series[q]) for q in keys[:4]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,6 +696,7 @@ def section_acceptance(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Sec
         surv = [1.0, *pr.survival]
         cond = [surv[k + 1] / surv[k] if surv[k] > 0 else float("nan") for k in range(len(pr.survival))]
         series[f"{pr.scenario} (predict)"] = cond
+    series.update(inputs.measured_acceptance)
     sc = _scenario_for(inputs)
     if sc is not None and sc.deployment.drafter.kind != "none":
         with contextlib.suppress(InputError):  # e.g. a trace file that is not there any more
@@ -761,8 +784,11 @@ def section_validation(inputs: Inputs) -> Section | None:
     for pts, quantity, src in inputs.validation:
         fig = validation_figure(pts, quantity)
         if fig is not None:
-            cards.append(Card(f"Predicted vs measured ({Path(src).name})", "Points on the diagonal agree; the bands "
-                              "are ±10% and ±25%.", fig))
+            fig.update_layout(title={"text": f"Predicted vs measured {quantity}"})
+            errs = [abs(p - m) / abs(m) * 100 for p, m, _ in pts if m]
+            stat = f" Median |error| {float(np.median(errs)):.1f}%, worst {max(errs):.1f}%." if errs else ""
+            cards.append(Card(f"{quantity} ({Path(src).name})", "Points on the diagonal agree; the bands are ±10% "
+                              f"and ±25%.{stat}", fig))
     if not cards:
         return None
     return Section("Validation", "The model against measurements.", cards)

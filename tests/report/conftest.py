@@ -42,7 +42,7 @@ def plan_doc() -> dict:
             "wall_s": 1.0}
 
 
-VALIDATION = {"kind": "validation-report", "cases": [
+VALIDATION = {"kind": "validation", "acceptance_by_temperature": {"0": [0.8, 0.7]}, "points": [
     {"label": "tiny b1 g3", "predicted_tokens_per_s": 410.0, "measured_tokens_per_s": 389.0},
     {"label": "tiny b4 g3", "predicted_tokens_per_s": 1210.0, "measured_tokens_per_s": 1302.0},
     {"label": "tiny b8 g1", "predicted_tokens_per_s": 1820.0, "measured_tokens_per_s": 1650.0},

@@ -84,6 +84,7 @@ def test_inputs_are_recognised(documents):
     assert len(inputs.runs) == 1 and inputs.runs[0].records and inputs.runs[0].series
     assert len(inputs.predicts) == 1 and len(inputs.sweeps) == 1 and len(inputs.plans) == 1
     assert len(inputs.validation[0][0]) == 3 and inputs.validation[0][1] == "tokens per s"
+    assert inputs.measured_acceptance == {"measured (engine, T=0)": [0.8, 0.7]}
 
 
 def test_unknown_documents_are_one_line_errors(tmp_path, run_cli):
@@ -98,9 +99,11 @@ def test_unknown_documents_are_one_line_errors(tmp_path, run_cli):
 
 
 def test_validation_points_and_labels():
-    pts, q = validation_points({"rows": [{"name": "a", "predicted_speedup": 1.5, "measured_speedup": 1.4},
-                                          {"nested": {"predicted_speedup": 2, "measured_speedup": 2.2}}]})
-    assert pts == [(1.5, 1.4, "a"), (2.0, 2.2, "rows[1].nested")] and q == "speedup"
+    series = validation_points({"rows": [
+        {"name": "a", "predicted_speedup": 1.5, "measured_speedup": 1.4, "predicted_tau": 2.0, "measured_tau": 2.1,
+         "predicted_only": 3.0},
+        {"nested": {"predicted_speedup": 2, "measured_speedup": 2.2}}]})
+    assert series == {"speedup": [(1.5, 1.4, "a"), (2.0, 2.2, "rows[1].nested")], "tau": [(2.0, 2.1, "a")]}
     assert short({"kind": "iid", "alpha": 0.7}) == "iid(alpha=0.7)"
     assert short([0.5, 0.6]) == "[0.5, 0.6]" and short(0.123456) == "0.1235"
 
