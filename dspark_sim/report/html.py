@@ -724,7 +724,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def plan_table(pr: PlanResult) -> str:
     load_unit = "req/s" if pr.load_kind == "requests_per_s" else "users"
-    head = ("<tr><th>hardware</th><th>TP</th><th>speculation</th><th>capacity / replica</th><th>replicas</th>"
+    head = ("<tr><th>hardware</th><th>TP</th><th class=\"t\">speculation</th><th>capacity / replica</th><th>replicas</th>"
             "<th>GPUs</th><th>capacity</th><th>$/hour</th><th>$/M output tokens</th><th>TTFT p99 s</th>"
             "<th>TPOT p99 ms</th><th>tok/s/user</th><th>note</th></tr>")
     best = pr.best
@@ -739,7 +739,7 @@ def plan_table(pr: PlanResult) -> str:
         note = "cheapest" if is_best else (c.reason or "")
         body.append(
             f"<tr{cls}><td>{html.escape(c.hardware)}</td><td>{c.tensor_parallel}</td>"
-            f"<td>{html.escape(c.speculation)}</td><td>{_fmt(c.replica_capacity)} {load_unit}</td>"
+            f"<td class=\"t\">{html.escape(c.speculation)}</td><td>{_fmt(c.replica_capacity)} {load_unit}</td>"
             f"<td>{_fmt(c.replicas)}</td><td>{_fmt(c.gpus)}</td><td>{_fmt(c.capacity)}</td>"
             f"<td>{_fmt(c.usd_per_hour)}</td><td><b>{_fmt(c.usd_per_million_output_tokens)}</b></td>"
             f"<td>{_fmt(at.get('ttft_p99_s'))}</td><td>{_fmt(at.get('tpot_p99_ms'))}</td>"
@@ -952,7 +952,7 @@ table.data { border-collapse:collapse; width:100%; font-size:12.5px; font-varian
 table.data th { position:sticky; top:0; background:#f9fafb; text-align:right; font-weight:600;
   border-bottom:1px solid var(--line); padding:6px 8px; white-space:nowrap; }
 table.data td { text-align:right; padding:5px 8px; border-bottom:1px solid #f1f2f4; white-space:nowrap; }
-table.data th:first-child, table.data td:first-child { text-align:left; }
+table.data th:first-child, table.data td:first-child, table.data .t { text-align:left; }
 table.data tr.best td { background:#ecfdf5; }
 table.data tr.out td { color:#9ca3af; }
 td.err { color:#b91c1c; text-align:left !important; white-space:normal !important; }
