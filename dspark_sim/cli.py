@@ -195,6 +195,7 @@ def validate(
     profile_path: Annotated[Path | None, typer.Option("--profile", help="reuse a profile from `dspark-sim profile`")] = None,
     tolerance: Annotated[float | None, typer.Option(help="max median |error| in % (default 5, 15 with --quick)")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder (default validation/reports/<device>)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="engine weights dtype: fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
@@ -216,8 +217,11 @@ def validate(
         check_profile_matches(prof, device_kind=device, engine_version=engine_version(), source=str(profile_path))
     folder = out_dir or Path("validation/reports") / (device + ("-quick" if quick else ""))
     console = _console()
+    dtype = dtype or ("bf16" if device == "cuda" else "fp32")
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise InputError("--dtype", None, f"got {dtype!r}, allowed: fp32, bf16, fp16")
     report = run_validation(device=device, quick=quick, preset=preset, seed=seed, cache_dir=cache_dir, profile=prof,
-                            out_dir=folder, tolerance_pct=tol, log=console.print)
+                            out_dir=folder, tolerance_pct=tol, log=console.print, dtype=dtype)
     write_atomic(folder / "report.json", report.model_dump_json(indent=2) + "\n")
     write_atomic(folder / "report.html", validation_html(report))
     for s in report.summary:

@@ -27,7 +27,7 @@ class GraphedForward:
         self.model = model
         self.warmup = warmup
         self.graphs: dict[tuple, tuple] = {}
-        self.pool = None
+        self.version = model.buffers_version
 
     def reset(self) -> None:
         self.graphs.clear()
@@ -43,16 +43,19 @@ class GraphedForward:
                 self.model(st, sp, **kw)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
+        # each graph keeps a private memory pool: sharing one across graphs that are later dropped
+        # trips the caching allocator (graphs are small: one decode or verify pass each)
+        with torch.cuda.graph(graph), torch.no_grad():
             out = self.model(st, sp, **kw)
-        self.pool = graph.pool()
         return graph, st, sp, sli, out
 
     def __call__(self, tokens: Tensor, positions: Tensor, logit_index: Tensor | None = None) -> Tensor:
-        cache = self.model.layers[0].attention.kv_cache
-        # the cache's address is part of the key: a reallocated cache must never meet a stale graph
-        key = (tuple(tokens.shape), tuple(positions.shape), logit_index is not None,
-               cache.k.data_ptr() if cache is not None else 0)
+        # a graph bakes in the addresses of every cache and RoPE buffer: once the model reallocates
+        # them (setup_caches, a RoPE rebuild) all earlier graphs are stale and are dropped
+        if self.model.buffers_version != self.version:
+            self.graphs.clear()
+            self.version = self.model.buffers_version
+        key = (tuple(tokens.shape), tuple(positions.shape), logit_index is not None)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self._capture(tokens, positions, logit_index)

@@ -270,6 +270,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        self.buffers_version = 0
         self._build_rope(args.max_seq_len)
         self.cache_batch = 0
         self.cache_len = 0
@@ -280,6 +281,7 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
+        self.buffers_version = getattr(self, "buffers_version", 0) + 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -303,6 +305,7 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = KVCache(max_batch_size, a.n_kv_heads, max_seq_len, a.head_dim,
                                                kv_dtype, self.dtype, self.device)
         self.cache_batch, self.cache_len = max_batch_size, max_seq_len
+        self.buffers_version += 1  # captured CUDA graphs of older buffers must not run again
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, *, return_hidden: bool = False,
                 logit_index: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
