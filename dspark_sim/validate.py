@@ -141,37 +141,49 @@ def _sampling(t: float):
 
 
 def measure_case(eng: Engine, case: Case, sps_table: dict[int, float], seed: int) -> tuple[Measured, Measured, int, int]:
-    """Run the engine: baseline and speculative over `rounds` batches of fresh prompts."""
+    """Run the engine: baseline and speculative over `rounds` batches of fresh prompts.
+
+    Both loops share one static cache (sized for the speculative run) so that, on a GPU, the graphs
+    captured in an untimed warm-up pass are the ones the timed runs replay.
+    """
     import torch
 
     from dspark_sim.engine.generate import generate_baseline, speculative_generate
 
     sampling = _sampling(case.temperature)
+    policy = _policy_spec(case.policy, sps_table)
+    cap = case.prompt_tokens + case.new_tokens + 2 * case.gamma_max + 2
+    eng.target.setup_caches(case.batch_size, cap)
+    eng.draft.setup_caches(case.batch_size, cap)
+
+    def runs(prompts, r):
+        gen = torch.Generator(device=eng.device).manual_seed(seed + r)
+        base = generate_baseline(eng.target, prompts, case.new_tokens, sampling, forward=eng.target_forward,
+                                 generator=gen)
+        gen = torch.Generator(device=eng.device).manual_seed(seed + 1000 + r)
+        spec = speculative_generate(eng.target, eng.draft, prompts, case.new_tokens, policy, sampling,
+                                    generator=gen, target_forward=eng.target_forward,
+                                    draft_forward=eng.draft_forward)
+        return base, spec
+
+    if eng.device.type == "cuda":  # capture every shape outside the timed runs
+        from dspark_sim.engine.cudagraphs import precapture
+
+        precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
+        runs(eng.take(case.batch_size, case.prompt_tokens), -1)
     spec_tokens = spec_time = base_tokens = base_time = 0.0
     gained = passes = 0
-    cap_spec = cap_base = 0
     for r in range(case.rounds):
         prompts = eng.take(case.batch_size, case.prompt_tokens)
-        gen = torch.Generator(device=eng.device).manual_seed(seed + r)
-        width = max(len(p) for p in prompts)
-        cap_base = width + case.new_tokens + 1
-        eng.target.setup_caches(case.batch_size, cap_base)
-        base = generate_baseline(eng.target, prompts, case.new_tokens, sampling, forward=eng.target_forward, generator=gen)
+        base, res = runs(prompts, r)
         base_tokens += base.new_tokens - len(prompts)
         base_time += base.decode_time_s
-        gen = torch.Generator(device=eng.device).manual_seed(seed + 1000 + r)
-        cap_spec = width + case.new_tokens + 2 * case.gamma_max + 2
-        eng.target.setup_caches(case.batch_size, cap_spec)
-        eng.draft.setup_caches(case.batch_size, cap_spec)
-        res = speculative_generate(eng.target, eng.draft, prompts, case.new_tokens, _policy_spec(case.policy, sps_table),
-                                   sampling, generator=gen, target_forward=eng.target_forward,
-                                   draft_forward=eng.draft_forward)
         spec_tokens += res.new_tokens - len(prompts)
         spec_time += res.decode_time_s
         gained += sum(int((s.accepted + 1)[s.active].sum()) for s in res.steps)
         passes += sum(int(s.active.sum()) for s in res.steps)
     return (Measured(spec_tokens / spec_time, gained / max(passes, 1)), Measured(base_tokens / base_time, 1.0),
-            cap_spec, cap_base)
+            cap, cap)
 
 
 def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,

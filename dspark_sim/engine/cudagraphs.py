@@ -67,3 +67,20 @@ class GraphedForward:
             sli.copy_(logit_index)
         graph.replay()
         return out.clone()
+
+
+def precapture(target_forward: GraphedForward | None, draft_forward: GraphedForward | None, batch: int,
+               gamma_max: int, position: int = 0) -> None:
+    """Capture every shape a speculative run at this batch can meet (verify blocks 1..gamma_max+1,
+    the draft's 2-token catch-up and 1-token passes), so no capture lands inside a timed run.
+    Writes K/V at `position`.. of the caches; every run re-prefills, so that is harmless."""
+    for fwd, shapes in ((target_forward, [(q, False) for q in range(1, gamma_max + 2)]),
+                        (draft_forward, [(2, True), (1, False)])):
+        if fwd is None:
+            continue
+        dev = fwd.model.device
+        for q, with_index in shapes:
+            tokens = torch.zeros(batch, q, dtype=torch.long, device=dev)
+            positions = position + torch.arange(q, device=dev).expand(batch, q)
+            index = torch.full((batch,), q - 1, dtype=torch.long, device=dev) if with_index else None
+            fwd(tokens, positions, logit_index=index)

@@ -192,6 +192,19 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     for b in batch_sizes:
         prompts = torch.randint(0, target.args.vocab_size, (b, prompt_len), generator=gen).tolist()
         for g in gammas:
+            if dev.type == "cuda":  # capture this configuration's graphs before the timed run
+                from dspark_sim.engine.cudagraphs import precapture
+
+                if g > 0:
+                    cap = prompt_len + new_tokens + 2 * g + 2
+                    target.setup_caches(b, cap)
+                    draft.setup_caches(b, cap)
+                    precapture(target_forward, draft_forward, b, g)
+                if g == 0:
+                    generate_baseline(target, prompts, new_tokens, forward=target_forward)
+                else:
+                    speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=g),
+                                         target_forward=target_forward, draft_forward=draft_forward)
             if g == 0:
                 res = generate_baseline(target, prompts, new_tokens, forward=target_forward)
                 steps = max(res.target_passes, 1)
@@ -211,7 +224,6 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                 ))
             if progress is not None:
                 progress()
-    _ = dev
     return out
 
 
