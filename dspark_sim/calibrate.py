@@ -172,7 +172,9 @@ def calibrate(profile: EngineProfile, name: str | None = None,
         note="" if spec_over else "not identified: the profile has no speculative step samples; kept the base value",
     ))
     params.append(ParameterFit(
-        name="per_baseline_step_us", value=hw.overheads.per_baseline_step_us or hw.overheads.per_step_us,
+        name="per_baseline_step_us",
+        value=hw.overheads.per_baseline_step_us if hw.overheads.per_baseline_step_us is not None
+        else hw.overheads.per_step_us,
         unit="us", identified=bool(base_over),
         note="" if base_over else "not identified: no plain-loop step samples; per_step_us applies",
     ))

@@ -1,0 +1,116 @@
+"""profile -> calibrate -> validate, the teacher-forced acceptance traces, HF export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dspark_sim.acceptance import load_acceptance_trace, trace_tau  # noqa: E402
+from dspark_sim.config.schema import FixedGamma  # noqa: E402
+from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance  # noqa: E402
+from dspark_sim.engine.checkpoints import export_hf_llama, load_hf_llama  # noqa: E402
+from dspark_sim.engine.generate import Sampling, speculative_generate  # noqa: E402
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dspark_sim.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_greedy_trace_predicts_engine_tau_exactly(pair, tmp_path):
+    """Teacher forcing gives, at every position, what a greedy speculative step would accept: walking
+    the trace at gamma reproduces the engine's own tau (batch 1, so no padding effects)."""
+    target, draft = pair
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, 264, (3, 12), generator=gen).tolist()
+    recs = acceptance_records(target, draft, prompts, 40, Sampling())
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    trace = load_acceptance_trace(str(path), "accept_len", None, "confidence")
+    assert trace.confidences is not None and len(trace.confidences[0]) == len(trace.yields[0])
+    for gamma in (1, 3, 5):
+        gained = steps = 0
+        for p in prompts:
+            res = speculative_generate(target, draft, [p], 40, FixedGamma(gamma=gamma))
+            gained += sum(int((s.accepted + 1)[s.active].sum()) for s in res.steps)
+            steps += sum(int(s.active.sum()) for s in res.steps)
+        engine_tau = gained / steps
+        # the engine starts stepping after the prefill's token (output position 1); so does this walk
+        shifted = trace.__class__(trace.path, trace.prompt_lens, trace.output_lens,
+                                  tuple(y[1:] for y in trace.yields), None)
+        assert trace_tau(shifted, gamma) == pytest.approx(engine_tau, rel=0.02)
+    cond = conditional_acceptance(recs, 4)
+    assert all(0.0 <= c <= 1.0 for c in cond)
+
+
+def test_hf_export_round_trip(pair, tmp_path):
+    target, _ = pair
+    export_hf_llama(target, tmp_path / "hf")
+    again = load_hf_llama(tmp_path / "hf", dtype=target.dtype)
+    x = torch.randint(0, 264, (2, 7))
+    assert torch.equal(target(x), again(x))
+
+
+def test_profile_and_calibrate_cli(tmp_path):
+    prof = tmp_path / "profile.json"
+    out = _cli("profile", "--random-weights", "--preset", "test", "--batch-sizes", "1,2", "--query-tokens", "1,3",
+               "--contexts", "16,48", "--repeats", "2", "-o", str(prof))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(prof.read_text())
+    assert doc["kind"] == "engine-profile" and doc["device"]["kind"] == "cpu"
+    assert {s["role"] for s in doc["samples"]} == {"target", "draft"}
+    assert doc["steps"] and all(s["step_s"] > 0 for s in doc["steps"])
+    cal = tmp_path / "cal.yaml"
+    rep = tmp_path / "cal.json"
+    out = _cli("calibrate", str(prof), "-o", str(cal), "--report", str(rep))
+    assert out.returncode == 0, out.stderr
+    text = cal.read_text()
+    assert text.startswith("# Calibrated by")
+    from dspark_sim.config.loader import load_hardware_profile
+
+    hw = load_hardware_profile(str(cal))
+    assert hw.memory_bandwidth_gbps > 0 and hw.overheads.per_step_us >= 0
+    assert json.loads(rep.read_text())["sps_table"]
+    bad = _cli("calibrate", str(tmp_path / "nope.json"), "-o", str(cal))
+    assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_profile_bad_input():
+    out = _cli("profile", "--device", "tpu")
+    assert out.returncode == 2 and "allowed: cpu, cuda" in out.stderr
+    out = _cli("profile", "--batch-sizes", "1,x")
+    assert out.returncode == 2 and "--batch-sizes" in out.stderr
+
+
+def test_validate_quick_end_to_end(tmp_path):
+    """CI's regression guard for the simulator and the engine together: the quick grid, a looser
+    tolerance (machines are noisy), the report files written."""
+    out = _cli("validate", "--quick", "--cache-dir", str(tmp_path / "pairs"), "--tolerance", "25",
+               "-o", str(tmp_path / "report"), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["passed"] and len(report["points"]) == 8
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "plotly" in html.lower() and "Errors by regime" in html
+    # greedy: the replayed trace reproduces the engine's tau almost exactly
+    greedy = [p for p in report["points"] if p["temperature"] == 0 and p["policy"].startswith("fixed")]
+    assert all(abs(p["predicted_tau"] / p["measured_tau"] - 1) < 0.05 for p in greedy)
+    assert np.isfinite([p["speedup_error_pct"] for p in report["points"]]).all()
+
+
+def test_validate_refuses_foreign_profile(tmp_path):
+    prof = tmp_path / "p.json"
+    out = _cli("profile", "--random-weights", "--preset", "test", "--batch-sizes", "1", "--query-tokens", "1",
+               "--contexts", "16", "--repeats", "1", "-o", str(prof))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(prof.read_text())
+    doc["engine_version"] = "0.0.0+other"
+    prof.write_text(json.dumps(doc))
+    out = _cli("validate", "--quick", "--profile", str(prof), "-o", str(tmp_path / "r"))
+    assert out.returncode == 2 and "engine_version" in out.stderr

@@ -1,0 +1,41 @@
+"""Recorded drafter confidences are replayed: a confidence policy sees in the simulator what it saw
+in the engine (validate relies on this)."""
+
+from __future__ import annotations
+
+import json
+
+from dspark_sim.config.loader import scenario_from_dict
+from dspark_sim.sim.run import simulate_config
+
+from .sim_helpers import base_dict
+
+
+def _trace(path, confidence: float) -> None:
+    with open(path, "w") as fh:
+        for _ in range(4):
+            n = 64
+            fh.write(json.dumps({"prompt_len": 16, "output_len": n, "accept_len": [6] * n,
+                                 "confidence": [confidence] * n}) + "\n")
+
+
+def _run(tmp_path, confidence: float) -> float:
+    path = tmp_path / f"t{confidence}.jsonl"
+    _trace(path, confidence)
+    raw = base_dict()
+    raw["acceptance"] = {"kind": "trace", "path": str(path), "field": "accept_len", "confidence_field": "confidence"}
+    raw["policy"] = {"kind": "confidence_threshold", "gamma_max": 5, "threshold": 0.5, "on": "conditional"}
+    raw["workload"] = {"arrivals": {"kind": "closed_loop", "concurrency": 2}, "num_requests": 4,
+                       "prompt_tokens": {"kind": "fixed", "tokens": 16}, "output_tokens": {"kind": "fixed", "tokens": 48}}
+    raw["simulation"] = {"simulate_baseline": False, "per_request_output": "none"}
+    run = simulate_config(scenario_from_dict(raw), "main", None, "test", with_records=False)
+    return run.summary.tau
+
+
+def test_low_recorded_confidence_stops_verification(tmp_path):
+    # every step would accept 5 tokens, but the recorded confidence says "don't verify"
+    assert _run(tmp_path, 0.1) == 1.0
+
+
+def test_high_recorded_confidence_verifies(tmp_path):
+    assert _run(tmp_path, 0.9) > 5.0

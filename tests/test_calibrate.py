@@ -1,0 +1,122 @@
+"""Calibration recovers the cost model's parameters from timings, says what it cannot identify, and
+refuses profiles it must not use."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dspark_sim.calibrate import _shapes as sample_shapes
+from dspark_sim.calibrate import (
+    calibrate,
+    check_profile_matches,
+    hardware_from_params,
+    load_profile,
+    predict_samples,
+)
+from dspark_sim.config.errors import InputError
+from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
+from dspark_sim.config.schema import ModelSpec
+
+TARGET = ModelSpec(name="t", num_layers=6, hidden_size=512, num_heads=8, num_kv_heads=2, head_dim=64,
+                   ffn_hidden_size=1408, vocab_size=264, weight_dtype="fp32", kv_dtype="fp32", activation_dtype="fp32")
+DRAFT = TARGET.model_copy(update={"name": "d", "num_layers": 1, "hidden_size": 256, "ffn_hidden_size": 704,
+                                  "num_heads": 4, "num_kv_heads": 2})
+DEVICE = DeviceInfo(kind="cpu", name="synthetic", torch_version="x", threads=2, memory_gb=16, onchip_mb=8)
+TRUE = np.array([25.0, 300.0, 0.15, 40.0, 30.0])  # GB/s, GB/s, TFLOP/s, us, us
+
+
+def _profile(noise: float = 0.0, batches=(1, 2, 4, 8, 16, 32), contexts=(64, 512, 2048)) -> EngineProfile:
+    rng = np.random.default_rng(0)
+    samples = []
+    for role in ("target", "draft"):
+        for b in batches:
+            for q in (1, 3, 6, 9):
+                for c in contexts:
+                    samples.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=c,
+                                              attended_tokens=c + q, kv_dtype="fp32", times_s=[1.0],
+                                              median_s=1.0, spread=0.0))
+    prof = EngineProfile(engine_version="v", device=DEVICE, weight_dtype="fp32", target=TARGET, draft=DRAFT,
+                         samples=samples)
+    base = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
+    times = predict_samples(sample_shapes(prof), base) * np.exp(noise * rng.standard_normal(len(samples)))
+    for s, t in zip(prof.samples, times, strict=True):
+        s.median_s = float(t)
+        s.times_s = [float(t)]
+    return prof
+
+
+def _base(prof):
+    from dspark_sim.calibrate import base_profile_for
+
+    return base_profile_for(prof)
+
+
+def test_recovers_known_parameters():
+    hw, rep = calibrate(_profile())
+    assert rep.median_abs_error_pct < 0.5
+    fitted = {p.name: p for p in rep.parameters}
+    assert fitted["memory_bandwidth_gbps"].value == pytest.approx(TRUE[0], rel=0.05)
+    assert fitted["tflops"].value == pytest.approx(TRUE[2], rel=0.05)
+    assert fitted["per_layer_us"].value == pytest.approx(TRUE[4], rel=0.10)
+    assert hw.efficiency.memory_bandwidth == 1.0  # effective figures, not datasheet ones
+
+
+def test_noise_is_tolerated():
+    _, rep = calibrate(_profile(noise=0.03))
+    assert rep.median_abs_error_pct < 5
+
+
+def test_unidentifiable_parameter_is_reported():
+    """Weights and KV never fit on chip here (8 MB) except tiny shapes... make it impossible: no
+    working set fits on chip, so the on-chip bandwidth cannot be identified."""
+    prof = _profile()
+    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"onchip_mb": 0.0})})
+    _, rep = calibrate(prof)
+    onchip = next(p for p in rep.parameters if p.name == "onchip_bandwidth_gbps")
+    assert not onchip.identified and "not identified" in onchip.note
+
+
+def test_step_overheads_are_fitted_from_whole_steps():
+    prof = _profile()
+    prof.steps = [StepSample(batch_size=1, gamma=0, step_s=0.01, draft_s=0.0, verify_s=0.0, context_tokens=64,
+                             attended_tokens=80, baseline_loop=True)]
+    hw, rep = calibrate(prof)
+    assert hw.overheads.per_baseline_step_us is not None
+    assert any(p.name == "per_baseline_step_us" and p.identified for p in rep.parameters)
+
+
+def test_sps_table_is_decreasing():
+    _, rep = calibrate(_profile())
+    budgets = sorted(rep.sps_table)
+    values = [rep.sps_table[b] for b in budgets]
+    assert len(values) > 3 and all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_bad_profiles(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_profile(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not a JSON profile"):
+        load_profile(bad)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"kind": "run"}))
+    with pytest.raises(InputError, match="engine profile"):
+        load_profile(other)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": "engine-profile", "schema_version": 0}))
+    with pytest.raises(InputError, match="schema_version"):
+        load_profile(old)
+    prof = _profile()
+    prof.samples = [s for s in prof.samples if s.role == "draft"]
+    incomplete = tmp_path / "incomplete.json"
+    incomplete.write_text(prof.model_dump_json())
+    with pytest.raises(InputError, match="incomplete"):
+        load_profile(incomplete)
+    with pytest.raises(InputError, match="measured on 'cpu'"):
+        check_profile_matches(_profile(), device_kind="cuda")
+    with pytest.raises(InputError, match="re-run"):
+        check_profile_matches(_profile(), engine_version="other")
