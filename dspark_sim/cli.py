@@ -378,6 +378,19 @@ def main() -> None:
     except InputError as exc:
         Console(stderr=True, highlight=False).print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(2)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        Console(stderr=True, highlight=False).print(
+            f"error: this command needs the optional package {exc.name!r}: pip install 'dspark-sim[{extra}]'",
+            markup=False, soft_wrap=True,
+        )
+        sys.exit(2)
+
+
+#: optional packages and the extra that installs each
+_EXTRAS = {"torch": "engine", "safetensors": "engine", "ray": "ray"}
 
 
 if __name__ == "__main__":

@@ -87,3 +87,15 @@ def test_override_reaches_named_profile(write_yaml):
     assert sc.deployment.hardware.memory_bandwidth_gbps == 1000
     sc = load_scenario(write_yaml(GOOD), ["deployment.hardware=h100-sxm"])
     assert sc.deployment.hardware.name == "h100-sxm"
+
+
+def test_missing_optional_package_is_one_line():
+    """Without the engine extra, engine commands say which extra to install (no traceback)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; sys.argv = ['dspark-sim', 'profile']; " \
+           "from dspark_sim.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "pip install 'dspark-sim[engine]'" in proc.stderr and "Traceback" not in proc.stderr
