@@ -236,13 +236,21 @@ def validate(
 @app.command()
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the JSON Schema here")] = None,
-    kind: Annotated[str, typer.Option(help="scenario | hardware | model | predict-result")] = "scenario",
+    kind: Annotated[str, typer.Option(help="scenario | hardware | model | sweep | plan | predict-result | run-result "
+                                            "| sweep-point | sweep-result | plan-result | engine-profile | calibration "
+                                            "| validation")] = "scenario",
 ) -> None:
     """Write the JSON Schema of scenario files (or another document) for editors and validators."""
-    from dspark_sim.config.results import PredictResult
-    from dspark_sim.config.schema import HardwareProfile, ModelSpec, Scenario
+    from dspark_sim.config.measurements import CalibrationReport, EngineProfile, ValidationReport
+    from dspark_sim.config.results import PlanResult, PredictResult, RunResult, SweepPointRecord, SweepResult
+    from dspark_sim.config.schema import HardwareProfile, ModelSpec, PlanSpec, Scenario, SweepSpec
 
-    models = {"scenario": Scenario, "hardware": HardwareProfile, "model": ModelSpec, "predict-result": PredictResult}
+    models = {
+        "scenario": Scenario, "hardware": HardwareProfile, "model": ModelSpec, "sweep": SweepSpec, "plan": PlanSpec,
+        "predict-result": PredictResult, "run-result": RunResult, "sweep-point": SweepPointRecord,
+        "sweep-result": SweepResult, "plan-result": PlanResult, "engine-profile": EngineProfile,
+        "calibration": CalibrationReport, "validation": ValidationReport,
+    }
     if kind not in models:
         raise InputError("--kind", None, f"unknown schema {kind!r}, allowed: {', '.join(models)}")
     doc = json.dumps(models[kind].model_json_schema(), indent=2, sort_keys=True)

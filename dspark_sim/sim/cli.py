@@ -71,10 +71,14 @@ def _label(run: ConfigRun) -> str:
 
 
 def write_outputs(run: ScenarioRun, out_dir: Path) -> None:
-    """summary.json, timeseries.json and one per-request file per configuration, each written atomically."""
+    """summary.json, timeseries.json, report.html and one per-request file per configuration, each written
+    atomically."""
     write_atomic(out_dir / "summary.json", run.result.model_dump_json(indent=2) + "\n")
     series = RunTimeSeriesDoc(scenario=run.result.scenario, series=[r.series for r in run.runs])
     write_atomic(out_dir / "timeseries.json", series.model_dump_json() + "\n")
+    from dspark_sim.report.html import write_run_dashboard
+
+    write_run_dashboard(run, out_dir / "report.html")
     fmt = run.scenario.simulation.per_request_output
     if fmt == "none":
         return
