@@ -29,6 +29,8 @@ PARAMS = (
     ("tflops", "TFLOP/s"),
     ("per_pass_us", "us"),
     ("per_layer_us", "us"),
+    ("per_step_us", "us"),
+    ("per_baseline_step_us", "us"),
 )
 
 
@@ -63,9 +65,15 @@ def _shapes(profile: EngineProfile) -> _Samples:
 
 
 def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight_dtype: str,
-                         per_step_us: float) -> HardwareProfile:
-    """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0)."""
-    bw, onchip_bw, tflops, per_pass, per_layer = (float(v) for v in x)
+                         per_step_us: float | None = None) -> HardwareProfile:
+    """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0).
+
+    x = (bandwidth GB/s, on-chip GB/s, TFLOP/s, per-pass us, per-layer us[, per-step us, per-baseline-step us]).
+    """
+    vals = [float(v) for v in x]
+    bw, onchip_bw, tflops, per_pass, per_layer = vals[:5]
+    step = vals[5] if len(vals) > 5 else (per_step_us if per_step_us is not None else base.overheads.per_step_us)
+    base_step = vals[6] if len(vals) > 6 else None
     return base.model_copy(
         update={
             "name": name,
@@ -74,7 +82,8 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
             "peak_tflops": {**{k: v for k, v in base.peak_tflops.items()}, weight_dtype: tflops},
             "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
                                      interconnect=base.efficiency.interconnect),
-            "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=per_step_us),
+            "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=step,
+                                   per_baseline_step_us=base_step),
         }
     )
 
@@ -106,9 +115,38 @@ def base_profile_for(profile: EngineProfile) -> HardwareProfile:
     )
 
 
-def calibrate(profile: EngineProfile, name: str | None = None,
-              base: HardwareProfile | None = None) -> tuple[HardwareProfile, CalibrationReport]:
-    """Least-squares fit of the cost model to the profile; returns the calibrated profile and a report."""
+def _steps_of(profile: EngineProfile, temperature: float | None) -> list:
+    return [s for s in profile.steps if temperature is None or s.temperature == temperature]
+
+
+def predict_steps(profile: EngineProfile, hw: HardwareProfile, steps: list) -> np.ndarray:
+    """Whole engine steps as the simulator prices them: draft + verify + per-step overhead, or a plain
+    decode pass + the plain loop's overhead; vectorised per static-cache length."""
+    out = np.zeros(len(steps))
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        groups.setdefault(s.attended_tokens, []).append(i)
+    for attended, idx in groups.items():
+        coster = engine_coster(profile, hw, attended)
+        b = np.array([steps[i].batch_size for i in idx], dtype=float)
+        g = np.array([steps[i].gamma for i in idx], dtype=float)
+        c = np.array([steps[i].context_tokens for i in idx], dtype=float)
+        spec = (np.asarray(coster.draft(b, g, c).time_s) + np.asarray(coster.verify(b, g, c).time_s)
+                + coster.step_overhead_s())
+        plain = np.asarray(coster.baseline(b, c).time_s) + coster.baseline_step_overhead_s()
+        out[idx] = np.where(g == 0, plain, spec)
+    return out
+
+
+def calibrate(profile: EngineProfile, name: str | None = None, base: HardwareProfile | None = None, *,
+              temperature: float | None = None, step_weight: float = 2.0) -> tuple[HardwareProfile, CalibrationReport]:
+    """Least-squares fit of the cost model to the profile; returns the calibrated profile and a report.
+
+    One joint fit over the isolated pass timings and the whole engine steps (draft + verify + what
+    lies outside the passes): steps are what a prediction of tokens/s is made of, so they weigh
+    `step_weight` times as much in total as the passes. `temperature` picks the steps measured at
+    that temperature (sampling costs more per step than greedy decoding).
+    """
     if not profile.samples:
         raise InputError("profile", "samples", "no samples: run `dspark-sim profile` first")
     base = base or base_profile_for(profile)
@@ -117,29 +155,39 @@ def calibrate(profile: EngineProfile, name: str | None = None,
     measured = samples.measured
     if np.any(measured <= 0):
         raise InputError("profile", "samples", "non-positive timings")
+    steps = _steps_of(profile, temperature)
+    step_measured = np.array([s.step_s for s in steps], dtype=float)
+    has_spec = any(s.gamma > 0 for s in steps)
+    has_plain = any(s.gamma == 0 for s in steps)
+    w_steps = step_weight * np.sqrt(len(measured) / max(len(steps), 1))
     dtype = profile.weight_dtype
     x0 = np.array([
         base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
-        base.overheads.per_pass_us, base.overheads.per_layer_us,
+        base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
+        base.overheads.per_step_us,
     ])
 
     def residuals(logx: np.ndarray) -> np.ndarray:
         x = np.exp(np.clip(logx, -30.0, 30.0))
-        hw = hardware_from_params(base, x, name, dtype, 0.0)
+        hw = hardware_from_params(base, x, name, dtype)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             r = np.log(predict_samples(samples, hw) / measured)
+            if steps:
+                r = np.concatenate([r, w_steps * np.log(predict_steps(profile, hw, steps) / step_measured)])
         return np.nan_to_num(r, nan=50.0, posinf=50.0, neginf=-50.0)
 
     # A roofline's max() gives zero gradient to whichever term does not bind, so one start can stall
     # in the wrong regime: start from a spread of bandwidth/FLOP scales and overhead shares, keep the best.
-    x0 = np.maximum(x0, [1e-3, 1e-3, 1e-6, 0.1, 0.01])
+    x0 = np.maximum(x0, [1e-3, 1e-3, 1e-6, 0.1, 0.01, 0.1, 0.1])
     layers = max(profile.target.num_layers, 1)
     floor_us = float(np.min(measured)) * 1e6
+    step_floor_us = float(np.min(step_measured)) * 1e6 if steps else x0[5]
     best = None
     for scale in (0.01, 0.1, 1.0, 10.0, 100.0):
         for share in (0.05, 0.5, 0.9):
             start = np.array([x0[0] * scale, x0[1] * scale, x0[2] * scale,
-                              max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01)])
+                              max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
+                              max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1)])
             fit = least_squares(residuals, np.log(start), method="trf", x_scale="jac", max_nfev=400)
             if best is None or fit.cost < best.cost:
                 best = fit
@@ -148,36 +196,30 @@ def calibrate(profile: EngineProfile, name: str | None = None,
     # sensitivity: rms change of log-predictions when a parameter doubles
     sens = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
     identified = sens >= _IDENTIFY_THRESHOLD
-    x_final = np.where(identified, x, np.maximum(x0, 0.0))
-
-    hw = hardware_from_params(base, x_final, name, dtype, 0.0)
-    spec_over, base_over = step_overheads(profile, hw)
-    per_step_us = float(np.median(spec_over) * 1e6) if spec_over else base.overheads.per_step_us
-    hw = hardware_from_params(base, x_final, name, dtype, max(per_step_us, 0.0))
-    if base_over:
-        hw = hw.model_copy(update={"overheads": hw.overheads.model_copy(
-            update={"per_baseline_step_us": max(float(np.median(base_over) * 1e6), 0.0)})})
+    # fixed costs may rightly fit to ~0, where doubling them changes nothing: they are identified
+    # whenever the samples that carry them exist
+    identified[3] = identified[4] = True
+    identified[5] = has_spec
+    identified[6] = has_plain
+    fallback = x0.copy()
+    fallback[6] = x[5] if identified[5] else x0[6]
+    x_final = np.where(identified, x, fallback)
+    hw = hardware_from_params(base, x_final, name, dtype)
+    if not identified[6]:
+        hw = hw.model_copy(update={"overheads": hw.overheads.model_copy(update={"per_baseline_step_us": None})})
     pred = predict_samples(samples, hw)
     err = 100.0 * (pred / measured - 1.0)
+    step_err = 100.0 * (predict_steps(profile, hw, steps) / step_measured - 1.0) if steps else np.zeros(0)
 
     params = []
-    for (pname, unit), val, ok, s in zip(PARAMS, x_final, identified, sens, strict=True):
+    notes = {5: "the profile has no speculative step samples", 6: "no plain-loop step samples; per_step_us applies"}
+    for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
         note = "" if ok else (
+            f"not identified: {notes[i]}" if i in notes and not (has_spec if i == 5 else has_plain) else
             f"not identified: no profiled shape depends on it (doubling it moves predictions {100 * s:.2f}% rms); "
             f"kept the base value"
         )
         params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=bool(ok), note=note))
-    params.append(ParameterFit(
-        name="per_step_us", value=hw.overheads.per_step_us, unit="us", identified=bool(spec_over),
-        note="" if spec_over else "not identified: the profile has no speculative step samples; kept the base value",
-    ))
-    params.append(ParameterFit(
-        name="per_baseline_step_us",
-        value=hw.overheads.per_baseline_step_us if hw.overheads.per_baseline_step_us is not None
-        else hw.overheads.per_step_us,
-        unit="us", identified=bool(base_over),
-        note="" if base_over else "not identified: no plain-loop step samples; per_step_us applies",
-    ))
     points = [
         {
             "role": s.role, "batch_size": s.batch_size, "query_tokens": s.query_tokens,
@@ -186,12 +228,20 @@ def calibrate(profile: EngineProfile, name: str | None = None,
         }
         for s, p, e in zip(profile.samples, pred, err, strict=True)
     ]
+    points += [
+        {
+            "role": "step", "batch_size": s.batch_size, "query_tokens": s.gamma + 1, "context_tokens": s.context_tokens,
+            "measured_s": s.step_s, "predicted_s": float(s.step_s * (1 + e / 100)), "error_pct": float(e),
+        }
+        for s, e in zip(steps, step_err, strict=True)
+    ]
+    all_err = np.abs(np.concatenate([err, step_err]))
     report = CalibrationReport(
         profile_device=profile.device.name,
         engine_version=profile.engine_version,
         parameters=params,
-        median_abs_error_pct=float(np.median(np.abs(err))),
-        max_abs_error_pct=float(np.max(np.abs(err))),
+        median_abs_error_pct=float(np.median(all_err)),
+        max_abs_error_pct=float(np.max(all_err)),
         points=points,
         sps_table=sps_table(profile, hw),
     )
@@ -205,21 +255,6 @@ def engine_coster(profile: EngineProfile, hw: HardwareProfile, attended_tokens: 
     if drafter.kind == "draft_model":
         drafter = drafter.model_copy(update={"first_pass_tokens": 2.0})
     return StepCoster(profile.target, drafter, hw, 1, pad_verify=True, static_kv_tokens=attended_tokens)
-
-
-def step_overheads(profile: EngineProfile, hw: HardwareProfile) -> tuple[list[float], list[float]]:
-    """Per measured step: wall time minus the passes the cost model prices (speculative, baseline)."""
-    spec, base = [], []
-    for s in profile.steps:
-        coster = engine_coster(profile, hw, s.attended_tokens)
-        if s.gamma == 0:
-            passes = float(np.asarray(coster.baseline(s.batch_size, s.context_tokens).time_s))
-            base.append(s.step_s - passes)
-        else:
-            passes = float(np.asarray(coster.draft(s.batch_size, s.gamma, s.context_tokens).time_s)
-                           + np.asarray(coster.verify(s.batch_size, s.gamma, s.context_tokens).time_s))
-            spec.append(s.step_s - passes)
-    return spec, base
 
 
 def sps_table(profile: EngineProfile, hw: HardwareProfile) -> dict[int, float]:

@@ -149,7 +149,8 @@ def profile(
     dev = torch.device(device)
     target, draft, what = load_engine_models(preset, seed, cache_dir, dev, dtypes[dtype], random_weights)
     n = (len(grid.batch_sizes) * len(grid.contexts) * len(grid.kv_dtypes) * (len(grid.query_tokens) + 2)
-         + len(grid.step_batch_sizes) * len(grid.step_gammas))
+         + len(grid.step_batch_sizes) * len(grid.step_gammas) * len(grid.step_prompt_tokens)
+         * len(grid.step_temperatures))
     created_by = "dspark-sim " + " ".join(sys.argv[1:])
     console = _console()
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:

@@ -53,6 +53,7 @@ class StepSample(Doc):
     context_tokens: int = Field(description="mean cached tokens per sequence during the run")
     attended_tokens: int = Field(description="static cache length every query attends over")
     baseline_loop: bool = Field(False, description="measured with the engine's plain decoding loop")
+    temperature: float = Field(0.0, description="sampling temperature of the run (0 = greedy)")
 
 
 class EngineProfile(Doc):

@@ -180,14 +180,25 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
 
 @torch.no_grad()
 def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int], gammas: list[int],
-                  prompt_len: int, new_tokens: int, *, target_forward=None, draft_forward=None,
-                  seed: int = 0, progress=None) -> list[StepSample]:
+                  prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
+                  target_forward=None, draft_forward=None, seed: int = 0, progress=None) -> list[StepSample]:
     """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out."""
+    out: list[StepSample] = []
+    for temp in temperatures:
+        for prompt_len in prompt_lens:
+            out += _profile_steps_at(target, draft, batch_sizes, gammas, prompt_len, new_tokens, temp,
+                                     target_forward, draft_forward, seed, progress)
+    return out
+
+
+def _profile_steps_at(target, draft, batch_sizes, gammas, prompt_len, new_tokens, temperature, target_forward,
+                      draft_forward, seed, progress) -> list[StepSample]:
     from dspark_sim.config.schema import FixedGamma, NoSpeculation
-    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
 
     dev = target.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    sampling = Sampling(temperature=temperature)
     out: list[StepSample] = []
     for b in batch_sizes:
         prompts = torch.randint(0, target.args.vocab_size, (b, prompt_len), generator=gen).tolist()
@@ -201,19 +212,19 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                     draft.setup_caches(b, cap)
                     precapture(target_forward, draft_forward, b, g)
                 if g == 0:
-                    generate_baseline(target, prompts, new_tokens, forward=target_forward)
+                    generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
                 else:
-                    speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=g),
+                    speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=g), sampling,
                                          target_forward=target_forward, draft_forward=draft_forward)
             if g == 0:
-                res = generate_baseline(target, prompts, new_tokens, forward=target_forward)
+                res = generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
                 steps = max(res.target_passes, 1)
                 out.append(StepSample(batch_size=b, gamma=0, step_s=res.decode_time_s / steps,
                                       draft_s=0.0, verify_s=0.0, context_tokens=prompt_len + new_tokens // 2,
-                                      attended_tokens=target.cache_len, baseline_loop=True))
+                                      attended_tokens=target.cache_len, baseline_loop=True, temperature=temperature))
             else:
                 policy = FixedGamma(gamma=g) if g > 0 else NoSpeculation()
-                res = speculative_generate(target, draft, prompts, new_tokens, policy,
+                res = speculative_generate(target, draft, prompts, new_tokens, policy, sampling,
                                            target_forward=target_forward, draft_forward=draft_forward)
                 n = max(len(res.steps), 1)
                 out.append(StepSample(
@@ -221,6 +232,7 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                     draft_s=sum(s.draft_time_s for s in res.steps) / n,
                     verify_s=sum(s.verify_time_s for s in res.steps) / n,
                     context_tokens=prompt_len + new_tokens // 2, attended_tokens=target.cache_len,
+                    temperature=temperature,
                 ))
             if progress is not None:
                 progress()
@@ -233,17 +245,18 @@ class ProfileGrid:
     query_tokens: tuple[int, ...] = (1, 2, 3, 5, 7, 9)
     contexts: tuple[int, ...] = (64, 256, 512)
     kv_dtypes: tuple[str | None, ...] = (None,)
-    step_batch_sizes: tuple[int, ...] = (1, 4, 16)
-    step_gammas: tuple[int, ...] = (0, 2, 4)
-    step_prompt_tokens: int = 64
+    step_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    step_gammas: tuple[int, ...] = (0, 1, 3, 5)
+    step_prompt_tokens: tuple[int, ...] = (64, 256)
+    step_temperatures: tuple[float, ...] = (0.0, 1.0)
     step_new_tokens: int = 48
     repeats: int = 5
     warmup: int = 2
 
     @classmethod
     def quick(cls) -> ProfileGrid:
-        return cls(batch_sizes=(1, 4, 16), query_tokens=(1, 3, 5), contexts=(64, 384), step_batch_sizes=(1, 8),
-                   step_gammas=(0, 3), step_new_tokens=32, repeats=3, warmup=1)
+        return cls(batch_sizes=(1, 4, 16), query_tokens=(1, 3, 5), contexts=(64, 384), step_batch_sizes=(1, 4),
+                   step_gammas=(0, 3, 5), step_prompt_tokens=(64,), step_new_tokens=32, repeats=3, warmup=1)
 
 
 def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
@@ -284,6 +297,7 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
             f.reset()
     tf = GraphedForward(target) if dev.type == "cuda" else None
     df = GraphedForward(draft) if dev.type == "cuda" else None
-    steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas), grid.step_prompt_tokens,
-                          grid.step_new_tokens, target_forward=tf, draft_forward=df, progress=progress)
+    steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas),
+                          list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
+                          target_forward=tf, draft_forward=df, progress=progress)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by)
