@@ -27,9 +27,8 @@ from dspark_sim.config.errors import InputError
 from dspark_sim.config.loader import (
     apply_overrides,
     load_scenario_dict,
+    override_resolver,
     read_yaml,
-    resolve_hardware,
-    resolve_model,
     scenario_from_dict,
     validate_as,
 )
@@ -39,15 +38,6 @@ from dspark_sim.config.schema import PlanSpec, Scenario
 # --------------------------------------------------------------------------------------------
 # Candidates
 # --------------------------------------------------------------------------------------------
-
-
-def _resolver(path: list, value: Any) -> Any:
-    key = ".".join(str(p) for p in path)
-    if key == "deployment.hardware":
-        return resolve_hardware(value, "plan", key)
-    if key in ("deployment.model", "deployment.drafter.model"):
-        return resolve_model(value, "plan", key)
-    return value
 
 
 def _j(v: Any) -> str:
@@ -85,7 +75,7 @@ def candidate_tasks(spec: PlanSpec, base_raw: dict, source: str) -> list[dict]:
                     f"policy={_j(policy)}",
                     *sets,
                 ]
-                raw = apply_overrides(base_raw, overrides, _resolver)
+                raw = apply_overrides(base_raw, overrides, override_resolver("plan"))
                 raw["slo"] = spec.slo.model_dump()
                 raw["seed"] = spec.seed
                 raw["variants"] = []

@@ -30,11 +30,11 @@ import numpy as np
 
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.loader import (
+    absolutise_paths,
     apply_overrides,
     load_scenario_dict,
+    override_resolver,
     read_yaml,
-    resolve_hardware,
-    resolve_model,
     scenario_from_dict,
     validate_as,
 )
@@ -194,32 +194,6 @@ def load_sweep(path: str | Path, extra_set: list[str] | None = None) -> LoadedSw
 # --------------------------------------------------------------------------------------------
 
 
-def _resolver(path: list, value: Any) -> Any:
-    key = ".".join(str(p) for p in path)
-    if key == "deployment.hardware":
-        return resolve_hardware(value, "sweep", key)
-    if key in ("deployment.model", "deployment.drafter.model"):
-        return resolve_model(value, "sweep", key)
-    return value
-
-
-def _absolutise(raw: Any, base_dir: Path, parent: str = "") -> Any:
-    """File fields named `path` that a sweep value introduces are relative to the base scenario's folder
-    (`sweep.path` names a field, not a file, and is left alone, as the loader does)."""
-    if isinstance(raw, dict):
-        out = {}
-        for k, v in raw.items():
-            if k == "path" and isinstance(v, str) and parent != "sweep":
-                p = Path(os.path.expandvars(os.path.expanduser(v)))
-                out[k] = str(p if p.is_absolute() else (base_dir / p).resolve())
-            else:
-                out[k] = _absolutise(v, base_dir, k)
-        return out
-    if isinstance(raw, list):
-        return [_absolutise(v, base_dir, parent) for v in raw]
-    return raw
-
-
 def assignments(spec: SweepSpec, params: dict[str, Any]) -> list[str]:
     """The point's `--set` overrides: plain parameters, then each group's fields for its label."""
     out = []
@@ -235,8 +209,8 @@ def assignments(spec: SweepSpec, params: dict[str, Any]) -> list[str]:
 def scenario_dict_for(base_raw: dict, base_dir: Path, overrides: list[str], seed: int) -> dict:
     raw = dict(base_raw)
     raw["seed"] = seed  # a swept `seed` parameter (replications) overrides this
-    raw = apply_overrides(raw, overrides, _resolver)
-    return _absolutise(raw, base_dir)
+    raw = apply_overrides(raw, overrides, override_resolver("sweep"))
+    return absolutise_paths(raw, base_dir)
 
 
 def point_dict(loaded: LoadedSweep, point: SweepPoint) -> dict:

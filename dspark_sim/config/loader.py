@@ -215,23 +215,25 @@ def _fmt(path: list[str | int]) -> str:
     return out
 
 
-def _scenario_override_resolver(source: str):
+def override_resolver(source: str):
+    """A resolver for `apply_overrides` that turns names introduced by overrides into their contents."""
+
     def resolve(path: list[str | int], value: Any) -> Any:
         key = ".".join(str(p) for p in path)
         if key == "deployment.hardware":
-            return resolve_hardware(value, "--set", key)
+            return resolve_hardware(value, source, key)
         if key in ("deployment.model", "deployment.drafter.model"):
-            return resolve_model(value, "--set", key)
+            return resolve_model(value, source, key)
         if key == "deployment.drafter" and isinstance(value, dict) and value.get("model") is not None:
-            return {**value, "model": resolve_model(value["model"], "--set", key + ".model")}
+            return {**value, "model": resolve_model(value["model"], source, key + ".model")}
         if key == "deployment" and isinstance(value, dict):
-            return resolve_scenario_names({"deployment": value}, "--set")["deployment"]
+            return resolve_scenario_names({"deployment": value}, source)["deployment"]
         return value
 
     return resolve
 
 
-def _absolutise_paths(raw: Any, base_dir: Path, parent: str = "") -> Any:
+def absolutise_paths(raw: Any, base_dir: Path, parent: str = "") -> Any:
     """File fields named `path` are relative to the scenario file's folder; `${VAR}` is expanded.
     (`sweep.path` names a field, not a file, and is left alone.)"""
     if isinstance(raw, dict):
@@ -242,10 +244,10 @@ def _absolutise_paths(raw: Any, base_dir: Path, parent: str = "") -> Any:
                 p = Path(expanded)
                 out[k] = str(p if p.is_absolute() else (base_dir / p).resolve())
             else:
-                out[k] = _absolutise_paths(v, base_dir, k)
+                out[k] = absolutise_paths(v, base_dir, k)
         return out
     if isinstance(raw, list):
-        return [_absolutise_paths(v, base_dir, parent) for v in raw]
+        return [absolutise_paths(v, base_dir, parent) for v in raw]
     return raw
 
 
@@ -270,8 +272,8 @@ def load_scenario_dict(path: Path | str, overrides: list[str] | None = None) -> 
     if not isinstance(raw, dict):
         raise InputError(str(path), None, "expected a mapping at the top level of a scenario")
     raw = resolve_scenario_names(raw, str(path))
-    raw = apply_overrides(raw, overrides or [], _scenario_override_resolver(str(path)))
-    return _absolutise_paths(raw, path.resolve().parent)
+    raw = apply_overrides(raw, overrides or [], override_resolver(str(path)))
+    return absolutise_paths(raw, path.resolve().parent)
 
 
 def load_scenario(path: Path | str | None = None, overrides: list[str] | None = None) -> Scenario:

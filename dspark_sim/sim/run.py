@@ -22,11 +22,11 @@ import simpy
 
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.loader import (
+    absolutise_paths,
     apply_overrides,
     default_scenario_path,
     load_scenario_dict,
-    resolve_hardware,
-    resolve_model,
+    override_resolver,
     scenario_from_dict,
 )
 from dspark_sim.config.results import RunResult, RunSummary, RunTimeSeries, SkippedRun
@@ -213,31 +213,6 @@ class ConfigRun:
     records: list[dict] | None
 
 
-def _resolver(path: list, value: Any) -> Any:
-    key = ".".join(str(p) for p in path)
-    if key == "deployment.hardware":
-        return resolve_hardware(value, "--set", key)
-    if key in ("deployment.model", "deployment.drafter.model"):
-        return resolve_model(value, "--set", key)
-    return value
-
-
-def _absolutise(raw: Any, base: Path) -> Any:
-    """Paths that variants introduce are relative to the scenario file, as in the file itself."""
-    if isinstance(raw, dict):
-        out = {}
-        for k, v in raw.items():
-            if k == "path" and isinstance(v, str):
-                p = Path(os.path.expandvars(os.path.expanduser(v)))
-                out[k] = str(p if p.is_absolute() else (base / p).resolve())
-            else:
-                out[k] = _absolutise(v, base)
-        return out
-    if isinstance(raw, list):
-        return [_absolutise(v, base) for v in raw]
-    return raw
-
-
 def _repair_sweep_path(raw: dict, base_dir: Path) -> dict:
     """The loader absolutises every key named `path` as a file, the sweep's field path included
     ('workload.arrivals.concurrency' -> '<scenario dir>/workload.arrivals.concurrency'); undo that."""
@@ -324,7 +299,7 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
     for value in values:
         for name, sets in variants:
             ov = ([f"{sweep.path}={json.dumps(value)}"] if sweep else []) + sets
-            cfg = _absolutise(apply_overrides(raw, ov, _resolver), base_dir)
+            cfg = absolutise_paths(apply_overrides(raw, ov, override_resolver("scenario")), base_dir)
             plan.append((value, name, cfg))
     want_baseline = base_sc.simulation.simulate_baseline
     total = len(plan) + (len(values) if want_baseline else 0)  # baselines are shared where they can be
