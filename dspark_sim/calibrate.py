@@ -341,3 +341,125 @@ def profile_yaml(hw: HardwareProfile, report: CalibrationReport, source) -> str:
         header.append(f"#   {p.name}: {p.value:.4g} {p.unit} ({status}){' - ' + p.note if p.note else ''}")
     body = yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False)
     return "\n".join(header) + "\n" + body
+
+
+# ------------------------------------------------------------------------------------------------
+# Communication: interconnect latency and bandwidth from measured all-reduces (tensor parallelism)
+# ------------------------------------------------------------------------------------------------
+
+
+def allreduce_time_s(world_size, message_bytes, latency_us: float, bandwidth_gbps: float,
+                     efficiency: float = 1.0) -> np.ndarray:
+    """One ring all-reduce as `costmodel.forward_cost` prices it:
+    2 (w - 1) hops of latency + 2 (w - 1) / w x bytes over the link bandwidth."""
+    w = np.asarray(world_size, dtype=float)
+    b = np.asarray(message_bytes, dtype=float)
+    link = max(bandwidth_gbps, 1e-9) * 1e9 * efficiency
+    return 2.0 * (w - 1.0) * latency_us * 1e-6 + 2.0 * (w - 1.0) / w * b / link
+
+
+@dataclass(frozen=True)
+class InterconnectFit:
+    """Effective interconnect figures fitted to all-reduce timings (efficiency 1.0 implied)."""
+
+    latency_us: float
+    bandwidth_gbps: float
+    latency_identified: bool
+    bandwidth_identified: bool
+    median_abs_error_pct: float
+    max_abs_error_pct: float
+    points: list[dict]
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "latency_us": self.latency_us, "bandwidth_gbps": self.bandwidth_gbps,
+            "latency_identified": self.latency_identified, "bandwidth_identified": self.bandwidth_identified,
+            "median_abs_error_pct": self.median_abs_error_pct, "max_abs_error_pct": self.max_abs_error_pct,
+            "points": self.points, "notes": self.notes,
+        }
+
+
+def _field(sample, name: str):
+    return sample[name] if isinstance(sample, dict) else getattr(sample, name)
+
+
+def fit_interconnect(samples, base: HardwareProfile | None = None) -> InterconnectFit:
+    """Least squares on relative error of `allreduce_time_s` to measured all-reduces.
+
+    `samples`: all-reduce samples (objects or dicts with world_size, message_bytes, median_s), from
+    one or several world sizes. The model is linear in (latency, 1 / bandwidth), so the fit is a
+    bounded linear least-squares solve, weighted by 1 / measured (relative error, as `calibrate`
+    fits passes). A parameter no sample is sensitive to (doubling it moves the predictions less than
+    2% rms) is not identified and keeps `base`'s value (or the fitted one, flagged, without a base).
+    """
+    from scipy.optimize import lsq_linear
+
+    if not samples:
+        raise InputError("allreduce profile", "samples", "no all-reduce samples")
+    w = np.array([float(_field(s, "world_size")) for s in samples])
+    b = np.array([float(_field(s, "message_bytes")) for s in samples])
+    t = np.array([float(_field(s, "median_s")) for s in samples])
+    if np.any(w < 2):
+        raise InputError("allreduce profile", "samples.world_size", "all-reduce samples need >= 2 ranks")
+    if np.any(t <= 0):
+        raise InputError("allreduce profile", "samples.median_s", "non-positive timings")
+    # unknowns: latency in us, inverse bandwidth in s per GB
+    a = np.stack([2.0 * (w - 1.0) * 1e-6, 2.0 * (w - 1.0) / w * b * 1e-9], axis=1)
+    sol = lsq_linear(a / t[:, None], np.ones_like(t), bounds=(0.0, np.inf), method="bvls")
+    lat_us, inv_bw = (float(v) for v in sol.x)
+    pred = a @ sol.x
+    pred_safe = np.where(pred > 0, pred, t)
+    sens_lat = float(np.sqrt(np.mean((a[:, 0] * lat_us / pred_safe) ** 2)))
+    sens_bw = float(np.sqrt(np.mean((0.5 * a[:, 1] * inv_bw / pred_safe) ** 2)))
+    lat_ok = lat_us > 0 and sens_lat >= _IDENTIFY_THRESHOLD
+    bw_ok = inv_bw > 0 and sens_bw >= _IDENTIFY_THRESHOLD
+    notes = []
+    bandwidth = 1.0 / inv_bw if inv_bw > 0 else float("inf")
+    # a base without an interconnect (bandwidth 0, a CPU profile) has nothing to fall back on
+    keep_lat = base is not None
+    keep_bw = base is not None and base.interconnect_bandwidth_gbps > 0
+    if not lat_ok:
+        notes.append(f"latency not identified (the messages are bandwidth-bound; sensitivity {100 * sens_lat:.2f}%)"
+                     + ("; kept the base value" if keep_lat else "; fitted value kept"))
+        if keep_lat:
+            lat_us = base.interconnect_latency_us
+    if not bw_ok:
+        notes.append(f"bandwidth not identified (the messages are latency-bound; sensitivity {100 * sens_bw:.2f}%)"
+                     + ("; kept the base value" if keep_bw else "; fitted value kept"))
+        if keep_bw:
+            bandwidth = base.interconnect_bandwidth_gbps * base.efficiency.interconnect
+    if not np.isfinite(bandwidth):
+        bandwidth = 1e6  # nothing bandwidth-bound was measured and no base: effectively free transfers
+    final = allreduce_time_s(w, b, lat_us, bandwidth)
+    err = 100.0 * (final / t - 1.0)
+    points = [{"world_size": int(wi), "message_bytes": int(bi), "measured_s": float(ti), "predicted_s": float(pi),
+               "error_pct": float(ei)} for wi, bi, ti, pi, ei in zip(w, b, t, final, err, strict=True)]
+    return InterconnectFit(latency_us=float(lat_us), bandwidth_gbps=float(bandwidth), latency_identified=bool(lat_ok),
+                           bandwidth_identified=bool(bw_ok), median_abs_error_pct=float(np.median(np.abs(err))),
+                           max_abs_error_pct=float(np.max(np.abs(err))), points=points, notes=notes)
+
+
+def apply_interconnect_fit(hw: HardwareProfile, fit: InterconnectFit) -> HardwareProfile:
+    """`hw` with the fitted effective interconnect figures (efficiency.interconnect = 1.0)."""
+    return hw.model_copy(update={
+        "interconnect_bandwidth_gbps": fit.bandwidth_gbps,
+        "interconnect_latency_us": fit.latency_us,
+        "efficiency": hw.efficiency.model_copy(update={"interconnect": 1.0}),
+    })
+
+
+def interconnect_yaml(hw: HardwareProfile, fit: InterconnectFit, source) -> str:
+    """The profile with a fitted interconnect, as YAML with the fit in comments."""
+    import yaml
+
+    ws = sorted({p["world_size"] for p in fit.points})
+    header = [
+        f"# Interconnect calibrated from measured all-reduces ({len(fit.points)} message sizes, world sizes {ws}),",
+        f"# base profile: {source}. interconnect_* below are fitted *effective* figures (efficiency 1.0):",
+        f"#   latency {fit.latency_us:.4g} us per ring hop ({'fitted' if fit.latency_identified else 'NOT IDENTIFIED'}),"
+        f" bandwidth {fit.bandwidth_gbps:.4g} GB/s ({'fitted' if fit.bandwidth_identified else 'NOT IDENTIFIED'});",
+        f"#   median |error| {fit.median_abs_error_pct:.1f}%, worst {fit.max_abs_error_pct:.1f}%.",
+    ] + [f"#   {n}" for n in fit.notes]
+    body = yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return "\n".join(header) + "\n" + body

@@ -15,9 +15,11 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 import dspark_sim
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
@@ -301,3 +303,132 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
                           target_forward=tf, draft_forward=df, progress=progress)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by)
+
+
+# ------------------------------------------------------------------------------------------------
+# All-reduce microbenchmark (tensor parallelism's communication; `python -m dspark_sim.engine.tp allreduce`)
+# ------------------------------------------------------------------------------------------------
+# The documents live here rather than in config/measurements.py for now (one owner per file); they
+# are plain pydantic models like the others and `calibrate.fit_interconnect` reads their JSON.
+
+
+class AllReduceSample(BaseModel):
+    """One message size: an all-reduce of tokens x hidden activations, as the engine sends per layer."""
+
+    model_config = ConfigDict(extra="forbid")
+    world_size: int
+    tokens: int
+    hidden: int
+    dtype: str
+    message_bytes: int
+    mode: str = Field("eager", description="eager calls, or replays of a CUDA graph of them (cuda-graph)")
+    times_s: list[float] = Field(description="per repeat: mean time of one all-reduce, slowest rank")
+    median_s: float
+    spread: float = Field(description="(p90 - p10) / median of the repeats")
+
+
+class AllReduceProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["allreduce-profile"] = "allreduce-profile"
+    schema_version: int = 1
+    engine_version: str
+    backend: str = Field(description="gloo (CPU) or nccl (CUDA)")
+    device: DeviceInfo
+    world_size: int
+    mode: str = Field(description="how the samples ran: eager, cuda-graph, or both")
+    samples: list[AllReduceSample]
+    created_by: str = ""
+
+
+def _allreduce_inner(message_bytes: int, device: torch.device) -> int:
+    """All-reduces per timed repeat: enough that timer and rank skew amortise on small messages."""
+    if device.type == "cuda":
+        return 50 if message_bytes < (1 << 20) else 10
+    return 20 if message_bytes < (1 << 16) else 5 if message_bytes < (1 << 20) else 2
+
+
+@torch.no_grad()
+def profile_allreduce(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, warmup: int = 3,
+                      repeats: int = 10, use_graphs: bool = True) -> list[AllReduceSample]:
+    """Time the engine's all-reduce (`tp.all_reduce`, the collective the row-parallel layers call) of
+    [tokens, hidden] tensors in `dtype` on every rank of `tp` (a `TPGroup`; call it on every rank).
+
+    Each repeat runs a burst of all-reduces between a host barrier plus one device all-reduce (which
+    lines the ranks up) and a device sync; the burst's mean is taken on the slowest rank (max over
+    ranks), so every rank returns the same samples. On CUDA the burst is a captured CUDA graph when
+    `use_graphs` (as the engine replays its passes), eager calls otherwise or if capture fails.
+    """
+    import torch.distributed as dist
+
+    from dspark_sim.engine.tp import all_reduce
+
+    dev = tp.device
+    name = _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+    elem = torch.tensor([], dtype=dtype).element_size()
+    out: list[AllReduceSample] = []
+    line_up = torch.zeros(1, device=dev, dtype=dtype)
+    for t in tokens:
+        x = torch.randn(t, hidden, device=dev).to(dtype)
+        inner = _allreduce_inner(t * hidden * elem, dev)
+
+        def burst(x=x, inner=inner):
+            y = x
+            for _ in range(inner):
+                y = all_reduce(x, tp.group_name, tp.mode)
+            return y
+
+        for _ in range(warmup):
+            burst()
+        run, mode = burst, "eager"
+        if dev.type == "cuda" and use_graphs:
+            run, mode = _graph_or_eager(burst, tp)
+        times = []
+        for _ in range(repeats):
+            dist.barrier(group=tp.cpu_group)
+            all_reduce(line_up, tp.group_name, tp.mode)
+            _sync(dev)
+            t0 = time.perf_counter()
+            run()
+            _sync(dev)
+            times.append((time.perf_counter() - t0) / inner)
+        tt = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(tt, op=dist.ReduceOp.MAX, group=tp.cpu_group)
+        times = tt.tolist()
+        med, spread = _summary(times)
+        out.append(AllReduceSample(world_size=tp.world, tokens=t, hidden=hidden, dtype=name,
+                                   message_bytes=t * hidden * elem, mode=mode, times_s=[round(v, 10) for v in times],
+                                   median_s=med, spread=spread))
+    return out
+
+
+def _graph_or_eager(burst, tp):
+    """A CUDA graph of `burst` (replayed), or `burst` itself when capture fails on any rank."""
+    import torch.distributed as dist
+
+    graph = None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            burst()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            burst()
+    except Exception:  # noqa: BLE001 - fall back to eager calls (recorded as the profile's mode)
+        graph = None
+    failed = torch.tensor([0 if graph is not None else 1])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=tp.cpu_group)
+    if int(failed):
+        torch.cuda.synchronize()
+        return burst, "eager"
+    return graph.replay, "cuda-graph"
+
+
+def allreduce_profile(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, repeats: int = 10,
+                      created_by: str = "") -> AllReduceProfile:
+    """`profile_allreduce` as a document (the same on every rank)."""
+    samples = profile_allreduce(tp, tokens, hidden, dtype, repeats=repeats)
+    mode = "+".join(sorted({s.mode for s in samples}))
+    return AllReduceProfile(engine_version=engine_version(), backend=tp.backend, device=device_info(tp.device),
+                            world_size=tp.world, mode=mode, samples=samples, created_by=created_by)

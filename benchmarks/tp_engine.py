@@ -1,0 +1,239 @@
+"""Tensor-parallel engine speed: measured tokens/s at TP 1, 2, 4, ... beside the simulator's prediction.
+
+For each TP degree the script starts that many processes (one GPU each over NCCL, with NVLink
+multicast off: NCCL_NVLS_ENABLE=0; gloo on CPU), builds the target and the draft of the given model
+shapes with seeded random weights, shards them (dspark_sim.engine.tp), and times the plain decoding
+loop and speculative decoding (FixedGamma) at each batch size (CUDA graphs on a GPU, as `profile`
+and `validate` run). The TP-1 run also profiles the passes and whole steps of this configuration and
+the cost model is calibrated on them (`calibrate`); every TP > 1 run profiles its all-reduces (the
+engine's message sizes, tokens x hidden x dtype), and the interconnect latency and bandwidth are
+fitted to them (`calibrate.fit_interconnect`). The prediction is the cost model with tensor_parallel
+(`StepCoster(..., tp)`, as the simulator prices a deployment), with the measured tau, so the table
+isolates timing: TP 1 rows show the calibration's fit, TP > 1 rows the TP model (sharded weights and
+KV, two all-reduces per layer). Prints one JSON document on stdout and a table on stderr.
+
+    python benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
+        --dtype bf16 --tp 1,2,4 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4
+    python benchmarks/tp_engine.py --device cpu --shape test-target --draft-shape test-draft --tp 1,2
+
+--no-calibrate predicts with a hardware profile's figures instead (--hardware, default h200-sxm on
+CUDA, cpu-generic on CPU); --interconnect profile keeps that profile's interconnect figures.
+Random weights make tau about 1 (the draft guesses the target no better than chance), so the
+speculative rows measure the cost of a speculative step more than a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.update({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"})
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dspark_sim.config.errors import InputError  # noqa: E402
+from dspark_sim.engine.tp import DTYPES, MeasureConfig, measure_args, measure_engine, run_workers  # noqa: E402
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    p.add_argument("--shape", default=None, help="target shape (model preset; default llama-3.1-8b on CUDA, "
+                                                 "test-target on CPU)")
+    p.add_argument("--draft-shape", default=None, help="draft shape ('none': baseline only; default "
+                                                       "llama-3.2-1b on CUDA, test-draft on CPU)")
+    p.add_argument("--dtype", default=None, help="bf16 (CUDA default) | fp16 | fp32 (CPU default)")
+    p.add_argument("--tp", default=None, help="TP degrees (default 1,2,4,8 up to the GPUs on CUDA; 1,2 on CPU)")
+    p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8")
+    p.add_argument("--prompt-len", type=int, default=None, help="default 128 on CUDA, 16 on CPU")
+    p.add_argument("--new-tokens", type=int, default=None, help="default 128 on CUDA, 16 on CPU")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-graphs", action="store_true", help="eager forwards on CUDA")
+    p.add_argument("--no-calibrate", action="store_true", help="predict with --hardware's figures")
+    p.add_argument("--hardware", default=None, help="hardware profile name or YAML (with --no-calibrate)")
+    p.add_argument("--interconnect", default="measured", help="measured (fit all-reduces) | profile")
+    p.add_argument("--allreduce-tokens", default="1,2,4,8,16,32,64,128,256,512")
+    p.add_argument("--threads", type=int, default=1, help="CPU: torch threads per rank")
+    p.add_argument("--out", "-o", default=None, help="also write the JSON here")
+    opts = p.parse_args(argv)
+    gpu = opts.device == "cuda"
+    opts.shape = opts.shape or ("llama-3.1-8b" if gpu else "test-target")
+    opts.draft_shape = opts.draft_shape or ("llama-3.2-1b" if gpu else "test-draft")
+    opts.dtype = opts.dtype or ("bf16" if gpu else "fp32")
+    opts.prompt_len = opts.prompt_len or (128 if gpu else 16)
+    opts.new_tokens = opts.new_tokens or (128 if gpu else 16)
+    return opts
+
+
+def degrees(opts: argparse.Namespace) -> tuple[list[int], list[str]]:
+    asked = list(_ints(opts.tp)) if opts.tp else ([1, 2, 4, 8] if opts.device == "cuda" else [1, 2])
+    notes = []
+    if opts.device == "cuda":
+        have = torch.cuda.device_count()
+        skipped = [t for t in asked if t > have]
+        if skipped:
+            notes.append(f"TP {skipped} skipped: this machine has {have} GPU(s)")
+        asked = [t for t in asked if t <= have]
+    return asked, notes
+
+
+def predict(row: dict[str, Any], tp: int, hw, target_spec, draft_spec, cfg: MeasureConfig) -> dict[str, float]:
+    """The cost model's tokens/s for one measured row (the engine's conventions, the measured tau)."""
+    from dspark_sim.config.schema import DrafterSpec
+    from dspark_sim.costmodel import StepCoster
+
+    drafter = (DrafterSpec(kind="draft_model", model=draft_spec, first_pass_tokens=2.0) if draft_spec is not None
+               else DrafterSpec(kind="none"))
+    coster = StepCoster(target_spec, drafter, hw, tp, pad_verify=True, static_kv_tokens=row["cache_len"])
+    b, g = row["batch"], cfg.gamma
+    ctx = cfg.prompt_len + cfg.new_tokens / 2
+    base_pass = coster.baseline(b, ctx)
+    base_step = float(np.asarray(base_pass.time_s)) + coster.baseline_step_overhead_s()
+    out = {"baseline_decode_tok_s": b / base_step, "baseline_step_s": base_step,
+           "baseline_comm_share": float(np.asarray(base_pass.comm_s)) / base_step}
+    if draft_spec is not None and "tau" in row:
+        draft = coster.draft(b, g, ctx)
+        verify = coster.verify(b, g, ctx)
+        step = float(np.asarray(draft.time_s) + np.asarray(verify.time_s)) + coster.step_overhead_s()
+        out.update(spec_decode_tok_s=b * row["tau"] / step, spec_step_s=step,
+                   spec_comm_share=float(np.asarray(draft.comm_s) + np.asarray(verify.comm_s)) / step)
+    return out
+
+
+def _err(pred: float, meas: float) -> float:
+    return 100.0 * (pred / meas - 1.0) if meas > 0 else float("nan")
+
+
+def run(opts: argparse.Namespace) -> dict[str, Any]:
+    from dspark_sim.calibrate import apply_interconnect_fit, calibrate, fit_interconnect
+    from dspark_sim.config.loader import load_hardware_profile
+    from dspark_sim.config.measurements import EngineProfile
+    from dspark_sim.engine.profile import model_spec
+
+    if opts.dtype not in DTYPES:
+        raise InputError("tp_engine", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
+    tps, notes = degrees(opts)
+    if not tps:
+        raise InputError("tp_engine", "--tp", "no TP degree fits this machine")
+    calibrate_here = not opts.no_calibrate and 1 in tps
+    draft_shape = None if opts.draft_shape == "none" else opts.draft_shape
+    cfg = MeasureConfig(target_shape=opts.shape, draft_shape=draft_shape, dtype=opts.dtype,
+                        prompt_len=opts.prompt_len, new_tokens=opts.new_tokens, batch_sizes=_ints(opts.batch),
+                        gamma=opts.gamma if draft_shape else 0, repeats=opts.repeats, seed=opts.seed,
+                        graphs=not opts.no_graphs, allreduce_tokens=_ints(opts.allreduce_tokens),
+                        profile=calibrate_here)
+    targs, dargs, _ = measure_args(cfg)
+    runs: dict[int, dict[str, Any]] = {}
+    for tp in tps:
+        print(f"TP {tp}: measuring ...", file=sys.stderr, flush=True)
+        # on CPU one core per rank: a rank stands for one device (and spinning thread pools do not
+        # fight over the shared cores)
+        runs[tp] = run_workers(measure_engine, tp, cfg, device=opts.device, threads=opts.threads)
+
+    report: dict[str, Any] = {
+        "device": runs[tps[0]]["device"], "torch": torch.__version__, "target_shape": opts.shape,
+        "draft_shape": draft_shape, "dtype": opts.dtype, "prompt_len": opts.prompt_len,
+        "new_tokens": opts.new_tokens, "gamma": cfg.gamma, "tp": tps, "notes": notes,
+    }
+    # the cost model's hardware: calibrated on the TP-1 run, or a given profile
+    if calibrate_here:
+        profile = EngineProfile.model_validate(runs[1].pop("profile"))
+        hw, cal = calibrate(profile, name="calibrated-tp1", temperature=cfg.temperature)
+        report["hardware"] = "calibrated on the TP-1 run"
+        report["calibration"] = {"median_abs_error_pct": cal.median_abs_error_pct,
+                                 "max_abs_error_pct": cal.max_abs_error_pct,
+                                 "parameters": {p.name: p.value for p in cal.parameters}}
+    else:
+        name = opts.hardware or ("h200-sxm" if opts.device == "cuda" else "cpu-generic")
+        hw = load_hardware_profile(name)
+        report["hardware"] = name
+    samples = [s for tp in tps if tp > 1 for s in runs[tp].get("allreduce", [])]
+    if samples:
+        fit = fit_interconnect(samples, hw)
+        report["allreduce"] = samples
+        report["interconnect_fit"] = {k: v for k, v in fit.to_dict().items() if k != "points"}
+        report["interconnect_fit"]["points"] = fit.points
+        if opts.interconnect == "measured":
+            hw = apply_interconnect_fit(hw, fit)
+    report["interconnect_used"] = {"latency_us": hw.interconnect_latency_us,
+                                   "bandwidth_gbps": hw.interconnect_bandwidth_gbps,
+                                   "efficiency": hw.efficiency.interconnect}
+    wd = DTYPES[opts.dtype]
+    target_spec = model_spec(targs, opts.shape, wd)
+    draft_spec = model_spec(dargs, draft_shape, wd) if dargs is not None else None
+    rows = []
+    for tp in tps:
+        r = runs[tp]
+        for row in r["rows"]:
+            pred = predict(row, tp, hw, target_spec, draft_spec, cfg)
+            out = {"tp": tp, **{k: v for k, v in row.items()}, "weight_gb_per_rank": r["weight_bytes_per_rank"] / 1e9}
+            out["predicted_baseline_decode_tok_s"] = pred["baseline_decode_tok_s"]
+            out["baseline_error_pct"] = _err(pred["baseline_decode_tok_s"], row["baseline_decode_tok_s"])
+            out["predicted_baseline_comm_share"] = pred["baseline_comm_share"]
+            if "spec_decode_tok_s" in pred:
+                out["predicted_spec_decode_tok_s"] = pred["spec_decode_tok_s"]
+                out["spec_error_pct"] = _err(pred["spec_decode_tok_s"], row["spec_decode_tok_s"])
+                out["predicted_spec_comm_share"] = pred["spec_comm_share"]
+            rows.append(out)
+    # scaling against TP 1 at the same batch: the TP model's claim, free of the absolute calibration
+    ref = {r["batch"]: r for r in rows if r["tp"] == 1}
+    for r in rows:
+        base = ref.get(r["batch"])
+        if base is None:
+            continue
+        for kind in ("baseline", "spec"):
+            m, p = f"{kind}_decode_tok_s", f"predicted_{kind}_decode_tok_s"
+            if m in r and p in r:
+                r[f"{kind}_scaling_measured"] = r[m] / base[m]
+                r[f"{kind}_scaling_predicted"] = r[p] / base[p]
+    report["rows"] = rows
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    head = (f"{'tp':>3} {'batch':>5} {'base tok/s':>11} {'pred':>9} {'err%':>7} {'spec tok/s':>11} {'pred':>9} "
+            f"{'err%':>7} {'tau':>5} {'x base meas/pred':>17} {'agree':>6}")
+    lines = [head]
+    for r in report["rows"]:
+        scale = (f"{r['baseline_scaling_measured']:.2f}/{r['baseline_scaling_predicted']:.2f}"
+                 if "baseline_scaling_measured" in r else "-")
+        spec = (f"{r['spec_decode_tok_s']:11.1f} {r['predicted_spec_decode_tok_s']:9.1f} {r['spec_error_pct']:7.1f} "
+                f"{r['tau']:5.2f}" if "spec_decode_tok_s" in r else f"{'-':>11} {'-':>9} {'-':>7} {'-':>5}")
+        lines.append(f"{r['tp']:>3} {r['batch']:>5} {r['baseline_decode_tok_s']:11.1f} "
+                     f"{r['predicted_baseline_decode_tok_s']:9.1f} {r['baseline_error_pct']:7.1f} {spec} {scale:>17} "
+                     f"{str(r['ranks_agree']):>6}")
+    fit = report.get("interconnect_fit")
+    if fit:
+        lines.append(f"all-reduce fit: latency {fit['latency_us']:.2f} us/hop, bandwidth {fit['bandwidth_gbps']:.3f} "
+                     f"GB/s, median |error| {fit['median_abs_error_pct']:.1f}%")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    opts = parse(argv)
+    try:
+        report = run(opts)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = json.dumps(report, indent=2)
+    if opts.out:
+        with open(opts.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    print(table(report), file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
