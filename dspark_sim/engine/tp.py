@@ -538,6 +538,8 @@ class GenerateJob:
     prompts: list[list[int]]
     max_new_tokens: int = 16
     policy: Any = None  # a schema policy spec; None = FixedGamma(gamma)
+    policy_name: str | None = None  # or by `dspark-sim engine generate` name: fixed|none|confidence|dspark
+    threshold: float = 0.5  # the confidence policy's survival threshold
     gamma: int = 3
     temperature: float = 0.0
     top_k: int | None = None
@@ -549,11 +551,17 @@ class GenerateJob:
     baseline: bool = True
 
 
-def _policy_of(job: GenerateJob) -> Any:
+def _policy_of(job: GenerateJob, target: Transformer) -> Any:
+    """The job's policy. 'dspark' profiles SPS(B) on `target` now: under TP every rank runs those
+    passes together, and rank 0's curve is the one that decides (LeaderPolicy)."""
     from dspark_sim.config.schema import FixedGamma, NoSpeculation
 
     if job.policy is not None:
         return job.policy
+    if job.policy_name is not None:
+        from dspark_sim.engine.cli import build_policy
+
+        return build_policy(job.policy_name, job.gamma, job.threshold, target, len(job.prompts))
     return FixedGamma(gamma=job.gamma) if job.gamma > 0 and job.draft is not None else NoSpeculation()
 
 
@@ -574,7 +582,7 @@ def _run_job(target: Transformer, draft: Transformer | None, job: GenerateJob, t
     from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
 
     sampling = Sampling(job.temperature, job.top_k, job.top_p)
-    policy = _policy_of(job)
+    policy = _policy_of(job, target)
     dev = target.device
 
     def gen() -> torch.Generator:
@@ -869,7 +877,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-len", type=int, default=12, help="random-token prompt length (without --prompt)")
     g.add_argument("--batch-size", type=int, default=2)
     g.add_argument("--max-new-tokens", type=int, default=24)
-    g.add_argument("--gamma", type=int, default=3)
+    g.add_argument("--gamma", type=int, default=3, help="draft tokens per step (gamma_max for adaptive policies)")
+    g.add_argument("--policy", default="fixed", help="fixed | none | confidence | dspark (rank 0 decides)")
+    g.add_argument("--threshold", type=float, default=0.5, help="confidence policy: survival threshold")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--sample-seed", type=int, default=0)
     g.add_argument("--check", action="store_true",
@@ -905,6 +915,12 @@ def _generate_job(opts: argparse.Namespace, tp: int) -> GenerateJob:
             raise InputError("tp", "--" + name.replace("_", "-"), f"must be >= 1 (got {getattr(opts, name)})")
     if opts.gamma < 0:
         raise InputError("tp", "--gamma", f"must be >= 0 (got {opts.gamma})")
+    from dspark_sim.engine.cli import POLICIES
+
+    if opts.policy not in POLICIES:
+        raise InputError("tp", "--policy", f"unknown policy {opts.policy!r} (allowed: {', '.join(POLICIES)})")
+    if not 0.0 <= opts.threshold <= 1.0:
+        raise InputError("tp", "--threshold", f"must be in [0, 1] (got {opts.threshold})")
     if opts.pair is not None:
         t_meta = read_checkpoint_meta(opts.pair, "target")
         d_meta = read_checkpoint_meta(opts.pair, "draft")
@@ -940,6 +956,7 @@ def _generate_job(opts: argparse.Namespace, tp: int) -> GenerateJob:
     if need > limit:
         raise InputError("tp", "--max-new-tokens", f"prompt + new tokens exceed the models' {limit}-token context")
     return GenerateJob(target, draft, prompts, opts.max_new_tokens, gamma=opts.gamma if draft else 0,
+                       policy_name=opts.policy if draft else "none", threshold=opts.threshold,
                        temperature=opts.temperature, dtype=opts.dtype, sample_seed=opts.sample_seed, check=opts.check,
                        logits_probe=opts.check)
 

@@ -145,6 +145,8 @@ def _jobs(m) -> list[T.GenerateJob]:
         # sampled, T = 1
         T.GenerateJob(m["target"], m["draft"], ragged, 16, policy=FixedGamma(gamma=2), temperature=1.0,
                       dtype="fp64", sample_seed=11),
+        # greedy, DSpark's prefix scheduler (SPS(B) profiled on the sharded target by every rank; rank 0's rules)
+        T.GenerateJob(m["target"], m["draft"], ragged[:2], 16, policy_name="dspark", gamma=4, dtype="fp64"),
         # fp32 target with one KV head (replicated on both ranks), self-speculation as the draft
         T.GenerateJob(m["kv1"], m["kv1"], prompts_for(2, seed=3), 12, gamma=2, dtype="fp32", logits_probe=True),
     ]
@@ -172,7 +174,7 @@ def tp_runs(saved_models):
 
 def test_tp_logits_match_single_process(tp_runs):
     jobs, results = tp_runs
-    for job, res, tol in ((jobs[0], results[0], 1e-12), (jobs[3], results[3], 2e-5)):
+    for job, res, tol in ((jobs[0], results[0], 1e-12), (jobs[-1], results[-1], 2e-5)):
         ref = _reference(job)["logits"].double()
         got = res["logits"].double()
         assert got.shape == ref.shape
@@ -187,7 +189,8 @@ def test_tp_generation_token_identical(tp_runs):
         assert res["tp"] == 2 and res["backend"] == "gloo" and res["ranks_agree"]
         ref = _reference(job)
         assert res["speculative"]["tokens"] == ref["speculative"]["tokens"]
-        assert res["speculative"]["target_passes"] == ref["speculative"]["target_passes"]
+        if job.policy_name != "dspark":  # its budget depends on timings, which differ between runs
+            assert res["speculative"]["target_passes"] == ref["speculative"]["target_passes"]
         if job.baseline:
             assert res["baseline"]["tokens"] == ref["baseline"]["tokens"]
         if job.temperature == 0 and job.baseline:
