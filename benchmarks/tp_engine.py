@@ -36,7 +36,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dspark_sim.config.errors import InputError  # noqa: E402
-from dspark_sim.engine.tp import DTYPES, MeasureConfig, measure_args, measure_engine, run_workers  # noqa: E402
+from dspark_sim.engine.tp import (  # noqa: E402
+    DTYPES,
+    MeasureConfig,
+    check_tp,
+    measure_args,
+    measure_engine,
+    run_workers,
+)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -132,7 +139,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                         gamma=opts.gamma if draft_shape else 0, repeats=opts.repeats, seed=opts.seed,
                         graphs=not opts.no_graphs, allreduce_tokens=_ints(opts.allreduce_tokens),
                         profile=calibrate_here)
-    targs, dargs, _ = measure_args(cfg)
+    try:
+        targs, dargs, _ = measure_args(cfg)
+    except KeyError as exc:
+        raise InputError("tp_engine", "--shape/--draft-shape", str(exc.args[0])) from None
+    for tp in tps:  # refuse a degree a shape cannot split over before starting any process
+        check_tp(targs, tp, opts.shape)
+        if dargs is not None:
+            check_tp(dargs, tp, draft_shape)
     runs: dict[int, dict[str, Any]] = {}
     for tp in tps:
         print(f"TP {tp}: measuring ...", file=sys.stderr, flush=True)

@@ -37,3 +37,15 @@ def test_tp_engine_benchmark_cpu(capsys):
     assert all(r["predicted_baseline_comm_share"] > 0 for r in tp2)
     assert all("baseline_scaling_measured" in r for r in tp2)
     assert rows[2]["weight_gb_per_rank"] < rows[0]["weight_gb_per_rank"]  # sharded
+
+
+def test_tp_engine_benchmark_refuses_a_degree_the_shapes_cannot_split(capsys):
+    spec = importlib.util.spec_from_file_location("tp_engine", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--device", "cpu", "--tp", "1,3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: test-target: n_heads: 4 attention heads do not split over tensor parallel degree 3 "
+                   "(tp must divide the head count)"]
