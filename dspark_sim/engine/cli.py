@@ -210,3 +210,146 @@ def generate(
                 "top_k": top_k, "top_p": top_p, "batch_size": batch_size, "device": device}
         write_trace(trace, res.trace_records(info))
         con.print(f"trace: {trace}")
+
+
+# ------------------------------------------------------------------------------------------------
+# `engine drafters ...`: drafters on the target's hidden states (MTP head, parallel block, DSpark)
+# ------------------------------------------------------------------------------------------------
+
+drafters_app = typer.Typer(help="Drafters on the target's hidden states: MTP head, parallel block, DSpark.",
+                           no_args_is_help=True)
+engine_app.add_typer(drafters_app, name="drafters")
+
+DRAFTER_POLICIES = ("dspark", "fixed", "confidence")
+
+
+@drafters_app.command("train")
+def drafters_train(
+    preset: str = typer.Option("tiny", help="the pair whose target the drafters serve (test | tiny | gpu)"),
+    kind: list[str] = typer.Option(None, help="mtp | parallel | dspark (repeat; default all three)"),
+    seed: int = typer.Option(0, help="the pair's seed; also seeds the drafters"),
+    cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    force: bool = typer.Option(False, help="retrain even when <pair>/drafters/ already holds them"),
+) -> None:
+    """Train drafters against the pair's target (the pair is trained first if missing), calibrate
+    DSpark's confidence head, save them beside the pair; report acceptance and calibration."""
+    from dspark_sim.engine.drafters import KINDS
+    from dspark_sim.engine.train_drafters import get_drafter_preset, train_drafters
+
+    get_drafter_preset(preset)
+    _check_device(device)
+    con = _console()
+    out = train_drafters(preset, seed, cache_dir, list(kind or KINDS), device=device, force=force, log=con.print)
+    table = Table(title=f"drafters of {preset}-seed{seed}")
+    for col in ("kind", "params", "train s", "alpha T=1 by position (teacher-forced)", "greedy match by position",
+                "ECE T=1 before -> after"):
+        table.add_column(col)
+    for k, t in out.items():
+        m = t.metrics
+        cal = m.get("calibration", {}).get("sampled", {})
+        ece_txt = (f"{cal['ece_before_all']:.3f} -> {cal['ece_after_all']:.3f}" if "ece_before_all" in cal
+                   else f"q(token): {cal.get('token_conf_ece_before_all', float('nan')):.3f}")
+        table.add_row(k, f"{m.get('params', 0):,}", f"{m.get('train_time_s', 0):.1f}",
+                      _fmt(m.get("alpha_t1_by_position", [])), _fmt(m.get("greedy_match_by_position", [])), ece_txt)
+    con.print(table)
+
+
+@drafters_app.command("generate")
+def drafters_generate(
+    preset: str = typer.Option("tiny", help="which trained pair (test | tiny | gpu)"),
+    kind: str = typer.Option("dspark", help="draft_model | mtp | parallel | dspark"),
+    seed: int = typer.Option(0, help="the pair's training seed"),
+    cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
+    prompt: list[str] = typer.Option(None, help="prompt text (repeat for several; cycled over the batch)"),
+    max_new_tokens: int = typer.Option(128, help="tokens to generate per sequence"),
+    gamma: int = typer.Option(5, help="draft tokens per step (gamma_max of the scheduler)"),
+    policy: str = typer.Option("dspark", help="dspark (prefix scheduler on a measured SPS table) | fixed | confidence"),
+    threshold: float = typer.Option(0.5, help="confidence policy: survival threshold"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_k: int = typer.Option(None, help="keep the k most likely tokens"),
+    top_p: float = typer.Option(None, help="nucleus sampling mass"),
+    batch_size: int = typer.Option(1, help="sequences decoded together"),
+    sample_seed: int = typer.Option(0, help="seed of the sampling random numbers"),
+    baseline: bool = typer.Option(True, help="also time plain decoding, for the speed-up"),
+) -> None:
+    """Speculative decoding with one drafter; print text, tau, acceptance, tokens/s and the speed-up."""
+    import torch
+
+    from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma
+    from dspark_sim.engine.data import decode, encode
+    from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
+    from dspark_sim.engine.drafters import KINDS, drafter_dir
+    from dspark_sim.engine.generate import Sampling, generate_baseline
+    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+    from dspark_sim.engine.train_drafters import load_drafters
+    from dspark_sim.policies import make_policy
+
+    src = "engine drafters generate"
+    get_preset(preset)
+    if kind not in ("draft_model", *KINDS):
+        raise InputError(src, "--kind", f"unknown {kind!r} (allowed: draft_model, {', '.join(KINDS)})")
+    if policy not in DRAFTER_POLICIES:
+        raise InputError(src, "--policy", f"unknown {policy!r} (allowed: {', '.join(DRAFTER_POLICIES)})")
+    if max_new_tokens < 1 or batch_size < 1 or gamma < 1:
+        raise InputError(src, "--max-new-tokens/--batch-size/--gamma", "must be >= 1")
+    try:
+        sampling = Sampling(temperature, top_k, top_p)
+    except ValueError as err:
+        raise InputError(src, "--temperature/--top-k/--top-p", str(err)) from err
+    folder = pair_dir(preset, seed, cache_dir)
+    if not (folder / "target.safetensors").is_file():
+        raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
+    pair = load_pair(folder)
+    target = pair.target
+    if kind == "draft_model":
+        drafter = pair.draft
+    else:
+        if not (drafter_dir(folder) / f"{kind}.json").is_file():
+            raise InputError(str(drafter_dir(folder)), kind, "no such drafter (run `dspark-sim engine drafters train`)")
+        drafter = load_drafters(folder, [kind])[kind].drafter
+        if kind != "mtp" and gamma > drafter.args.block_size:
+            raise InputError(src, "--gamma", f"the {kind} drafter drafts blocks of at most {drafter.args.block_size}")
+    texts = list(prompt or DEFAULT_PROMPTS[:1])
+    prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
+    if any(not p for p in prompts):
+        raise InputError(src, "--prompt", "prompts must not be empty")
+    if max(map(len, prompts)) + max_new_tokens + 2 * gamma + 2 > target.args.max_seq_len:
+        raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the target's {target.args.max_seq_len}")
+
+    def make() -> Any:
+        if policy == "fixed":
+            return FixedGamma(gamma=gamma)
+        if policy == "confidence":
+            return ConfidenceThreshold(gamma_max=gamma, threshold=threshold)
+        table = measure_step_sps(target, drafter, batch_size, gamma, context=max(map(len, prompts)) + max_new_tokens // 2)
+        return make_policy(DSparkScheduler(gamma_max=gamma, sps_source="table", sps_table=table))
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(sample_seed)
+
+    pol = make()
+    drafter_generate(target, drafter, prompts, min(8, max_new_tokens), pol, sampling, generator=gen())  # warm-up
+    pol = make() if policy == "dspark" else pol
+    res = drafter_generate(target, drafter, prompts, max_new_tokens, pol, sampling, generator=gen())
+    con = _console()
+    for i, toks in enumerate(res.tokens):
+        con.print(f"[bold]--- sequence {i}[/bold]")
+        con.print(decode(prompts[i]) + decode(toks), markup=False)
+    table = Table(title=f"{folder.name}: drafter {kind}, policy {policy}, gamma {gamma}, batch {batch_size}, "
+                        f"T={temperature}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("tau (tokens / target pass)", f"{res.tau:.3f}")
+    table.add_row("acceptance by position", _fmt(res.acceptance_by_position()))
+    verified = [float(s.verified[s.active].mean()) for s in res.steps if s.active.any()]
+    table.add_row("verified drafts per sequence-step", f"{sum(verified) / max(len(verified), 1):.2f}")
+    table.add_row("speculative tok/s", f"{res.tokens_per_s:.1f}")
+    if baseline:
+        generate_baseline(target, prompts, min(8, max_new_tokens), sampling, generator=gen())
+        base = generate_baseline(target, prompts, max_new_tokens, sampling, generator=gen())
+        table.add_row("baseline tok/s", f"{base.tokens_per_s:.1f}")
+        table.add_row("speed-up", f"{res.tokens_per_s / base.tokens_per_s:.2f}x")
+        if sampling.greedy:
+            table.add_row("greedy output identical", str(base.tokens == res.tokens))
+    con.print(table)

@@ -1,0 +1,268 @@
+"""The engine's drafters on this CPU: tau, per-position acceptance, confidence calibration, speed, and
+DSpark against an MTP-1 baseline at matched throughput.
+
+Drafters (trained against the `tiny` target if the cache lacks them, `engine.train_drafters`): the
+autoregressive draft model, the MTP-style chained head, the parallel block drafter and DSpark. For every
+temperature x batch: plain decoding, each drafter with a fixed gamma and with DSpark's hardware-aware
+prefix scheduler fed by the drafter's confidences (DSpark: its calibrated head; others: q of the drafted
+token) over an SPS(B) table measured here (draft + verify step time), and MTP-1 (the MTP head, gamma 1).
+
+Timing: the 2 cores may be shared, so every configuration runs `repeats` times, interleaved (all
+configurations once, then again), and the fastest decode time counts. Prints one JSON document.
+
+    python benchmarks/drafters_cpu.py [--preset tiny] [--batches 1,4,16,64] [--new-tokens 128]
+                                      [--repeats 3] [--out validation/drafters/cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dspark_sim.config.schema import DSparkScheduler, FixedGamma
+from dspark_sim.engine.data import held_out_prompts, load_corpus
+from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
+from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED
+from dspark_sim.engine.generate import GenerationResult, Sampling, generate_baseline
+from dspark_sim.engine.train import get_preset, train_pair
+from dspark_sim.engine.train_drafters import ece, train_drafters
+from dspark_sim.policies import make_policy
+
+ALL = ("draft_model", "mtp", "parallel", "dspark")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def live_calibration(results: list[GenerationResult], gamma: int, bins: int = 10) -> dict[str, Any]:
+    """ECE of the confidences the engine fed its policy against what then happened: for every verified
+    draft position k whose earlier drafts were all accepted, outcome = (draft k accepted)."""
+    conf: list[list[float]] = [[] for _ in range(gamma)]
+    out: list[list[float]] = [[] for _ in range(gamma)]
+    for res in results:
+        for s in res.steps:
+            if s.confidences is None:
+                continue
+            for i in np.nonzero(s.active)[0]:
+                for k in range(int(s.verified[i])):
+                    if s.accepted[i] >= k:  # drafts < k accepted: position k was reached
+                        conf[k].append(float(s.confidences[i, k]))
+                        out[k].append(float(s.accepted[i] > k))
+    return {
+        "ece_by_position": [round(ece(np.array(c), np.array(o), bins), 4) if c else None for c, o in zip(conf, out)],
+        "ece_all": round(ece(np.concatenate([np.array(c) for c in conf]), np.concatenate([np.array(o) for o in out]),
+                             bins), 4),
+        "mean_conf_by_position": [round(float(np.mean(c)), 4) if c else None for c in conf],
+        "accept_rate_by_position": [round(float(np.mean(o)), 4) if o else None for o in out],
+        "samples_by_position": [len(c) for c in conf],
+    }
+
+
+def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
+    """For each point of curve A (throughput, per-user tok/s), B's per-user tok/s at the same throughput
+    (linear interpolation in log throughput over B's points; None outside B's range)."""
+    b = sorted(curve_b, key=lambda r: r["throughput_tok_s"])
+    bx = np.log([r["throughput_tok_s"] for r in b])
+    by = np.array([r["per_user_tok_s"] for r in b])
+    out = []
+    for r in sorted(curve_a, key=lambda r: r["throughput_tok_s"]):
+        x = np.log(r["throughput_tok_s"])
+        inside = bx.min() <= x <= bx.max()
+        other = float(np.interp(x, bx, by)) if inside else None
+        out.append({"batch": r["batch"], "throughput_tok_s": r["throughput_tok_s"], "per_user_tok_s": r["per_user_tok_s"],
+                    "baseline_per_user_at_same_throughput": None if other is None else round(other, 1),
+                    "per_user_gain_pct": None if other is None else round(100 * (r["per_user_tok_s"] / other - 1), 1)})
+    return out
+
+
+def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_tokens: int = 128,
+        prompt_len: int = 64, batches: tuple[int, ...] = (1, 4, 16, 64),
+        frontier_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), temperatures: tuple[float, ...] = (0.0, 1.0),
+        gamma: int = 5, repeats: int = 3, kinds: tuple[str, ...] = ALL, log: Any = _log) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    pair = train_pair(preset, seed, cache_dir, log=lambda m: log(f"pair: {m}"))
+    trained = train_drafters(preset, seed, cache_dir, [k for k in kinds if k != "draft_model"],
+                             log=lambda m: log(f"drafters: {m}"))
+    target = pair.target.eval()
+    drafters: dict[str, Any] = {"draft_model": pair.draft.eval(), **{k: v.drafter for k, v in trained.items()}}
+    drafters = {k: drafters[k] for k in kinds}
+    prompts_all = held_out_prompts(load_corpus(get_preset(preset).max_corpus_bytes), max(batches + frontier_batches),
+                                   prompt_len)
+    all_batches = sorted(set(batches) | set(frontier_batches))
+
+    # SPS(B) tables (draft + verify step time) per drafter and batch, for the prefix scheduler
+    log("measuring SPS(B) tables ...")
+    sps: dict[tuple[str, int], dict[int, float]] = {}
+    for b in all_batches:
+        for kind, d in drafters.items():
+            if b in batches or kind in ("mtp", "dspark"):
+                sps[(kind, b)] = measure_step_sps(target, d, b, gamma, context=prompt_len + new_tokens // 2)
+
+    def configs(b: int) -> list[tuple[str, str | None, Any]]:
+        out: list[tuple[str, str | None, Any]] = [("baseline", None, None)]
+        if "mtp" in drafters:
+            out.append(("mtp/fixed-1", "mtp", lambda: FixedGamma(gamma=1)))
+        for kind in drafters:
+            if b in batches:
+                out.append((f"{kind}/fixed-{gamma}", kind, lambda: FixedGamma(gamma=gamma)))
+            if b in batches or kind == "dspark":
+                out.append((f"{kind}/dspark-{gamma}", kind,
+                            lambda k=kind: make_policy(DSparkScheduler(gamma_max=gamma, sps_source="table",
+                                                                       sps_table=sps[(k, b)]))))
+        return out
+
+    rows: list[dict[str, Any]] = []
+    live: dict[str, Any] = {}
+    for temp in temperatures:
+        sampling = Sampling(temperature=temp)
+        for b in all_batches:
+            prompts = prompts_all[:b]
+            best: dict[str, GenerationResult] = {}
+            cfgs = configs(b)
+
+            def once(name: str, kind: str | None, policy: Any, n: int = new_tokens,
+                     _p: list = prompts, _s: Sampling = sampling) -> GenerationResult:
+                gen = torch.Generator().manual_seed(seed + 17)
+                if kind is None:
+                    return generate_baseline(target, _p, n, _s, generator=gen)
+                return drafter_generate(target, drafters[kind], _p, n, policy(), _s, generator=gen)
+
+            for name, kind, policy in cfgs:  # warm-up
+                once(name, kind, policy, 8)
+            for _ in range(repeats):
+                for name, kind, policy in cfgs:
+                    res = once(name, kind, policy)
+                    if name not in best or res.decode_time_s < best[name].decode_time_s:
+                        best[name] = res
+            base = best["baseline"]
+            for name, _kind, _ in cfgs:
+                res = best[name]
+                per_user = (new_tokens - 1) / res.decode_time_s
+                steps = [s for s in res.steps if s.active.any()]
+                row = {
+                    "temperature": temp, "batch": b, "config": name,
+                    "tau": round(res.tau, 3),
+                    "acceptance_by_position": [round(a, 3) for a in res.acceptance_by_position()],
+                    "per_user_tok_s": round(per_user, 1), "throughput_tok_s": round(per_user * b, 1),
+                    "speedup": round(base.decode_time_s / res.decode_time_s, 3),
+                    "verified_per_seq_step": round(float(np.mean([s.verified[s.active].mean() for s in steps])), 3)
+                    if steps else 0.0,
+                    "draft_ms_per_step": round(1e3 * float(np.mean([s.draft_time_s for s in steps])), 3) if steps else 0,
+                    "verify_ms_per_step": round(1e3 * float(np.mean([s.verify_time_s for s in steps])), 3) if steps else 0,
+                    "greedy_identical": (res.tokens == base.tokens) if temp == 0.0 else None,
+                }
+                rows.append(row)
+                log(f"T={temp:g} B={b:3d} {name:22s} tau {row['tau']:.2f} {row['per_user_tok_s']:8.1f} tok/s/user "
+                    f"{row['throughput_tok_s']:9.1f} tok/s x{row['speedup']:.2f}")
+            if b == max(batches):  # live calibration of the confidences each drafter fed its policy
+                for kind in drafters:
+                    key = f"T={temp:g}"
+                    live.setdefault(kind, {})[key] = live_calibration([best[f"{kind}/fixed-{gamma}"]], gamma)
+                    if kind == "dspark":  # the same run with the raw (uncalibrated) head
+                        d = drafters["dspark"]
+                        saved = d.conf_temperature.clone()
+                        d.conf_temperature.fill_(1.0)
+                        raw = once("raw", "dspark", lambda: FixedGamma(gamma=gamma))
+                        d.conf_temperature.copy_(saved)
+                        live[kind][key + " uncalibrated"] = live_calibration([raw], gamma)
+
+    comparison = {}
+    for temp in temperatures:
+        def curve(name: str, t: float = temp) -> list[dict]:
+            return [r for r in rows if r["config"] == name and r["temperature"] == t]
+        if "mtp" in drafters and "dspark" in drafters:
+            comparison[f"T={temp:g}"] = {
+                "dspark_vs_mtp1_at_matched_throughput": matched(curve(f"dspark/dspark-{gamma}"), curve("mtp/fixed-1")),
+                "dspark": [{k: r[k] for k in ("batch", "tau", "per_user_tok_s", "throughput_tok_s",
+                                                "verified_per_seq_step")} for r in curve(f"dspark/dspark-{gamma}")],
+                "mtp1": [{k: r[k] for k in ("batch", "tau", "per_user_tok_s", "throughput_tok_s")}
+                         for r in curve("mtp/fixed-1")],
+            }
+
+    training = {}
+    for kind, t in trained.items():
+        m = t.metrics
+        cal = m.get("calibration", {})
+        training[kind] = {
+            "params": m.get("params"), "train_time_s": round(m.get("train_time_s", 0), 1),
+            "shared_target_time_s": round(m.get("shared_target_time_s", 0), 1),
+            "calibration_time_s": round(m.get("calibration_time_s", 0), 1),
+            "steps": m.get("train", {}).get("steps"),
+            "alpha_t1_by_position_teacher_forced": [round(a, 3) for a in m.get("alpha_t1_by_position", [])],
+            "greedy_match_by_position_teacher_forced": [round(a, 3) for a in m.get("greedy_match_by_position", [])],
+            "calibration_teacher_forced": {mode: _round(rep) for mode, rep in cal.items()},
+        }
+    dm = pair.metrics
+    training["draft_model"] = {"params": dm.get("draft_params"), "train_time_s": round(dm.get("draft_train_time_s", 0), 1),
+                               "alpha_t1": dm.get("alpha_t1")}
+    return {
+        "preset": preset, "seed": seed, "threads": torch.get_num_threads(), "new_tokens": new_tokens,
+        "prompt_len": prompt_len, "gamma": gamma, "repeats": repeats, "timing": "best decode time of `repeats` "
+        "interleaved runs; tok/s exclude prefill; the machine's 2 cores may be shared (noisy)",
+        "drafters": {k: _describe(v) for k, v in drafters.items()},
+        "training": training, "rows": rows, "live_calibration": live, "comparison": comparison,
+        "sps_tables": {f"{k}@{b}": {str(x): round(y, 1) for x, y in t.items()} for (k, b), t in sps.items()},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "temperatures_modes": {"sampled": MODE_SAMPLED, "greedy": MODE_GREEDY},
+    }
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    return obj
+
+
+def _describe(d: Any) -> dict[str, Any]:
+    if hasattr(d, "args") and hasattr(d.args, "kind"):
+        a = d.args
+        return {"kind": a.kind, "layers": a.n_layers, "dim": a.dim, "heads": a.n_heads, "ffn": a.ffn_hidden,
+                "block": a.block_size, "window": a.window, "markov_rank": a.markov_rank if a.kind == "dspark" else None,
+                "params": d.num_params()}
+    return {"kind": "draft_model", "layers": d.args.n_layers, "dim": d.args.dim, "params": d.args.num_params()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--batches", default="1,4,16,64")
+    ap.add_argument("--frontier-batches", default="1,2,4,8,16,32,64")
+    ap.add_argument("--temperatures", default="0,1")
+    ap.add_argument("--gamma", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kinds", default=",".join(ALL))
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    a = ap.parse_args(argv)
+
+    def ints(s: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in s.split(",") if x)
+
+    report = run(a.preset, a.seed, a.cache_dir, a.new_tokens, a.prompt_len, ints(a.batches), ints(a.frontier_batches),
+                 tuple(float(t) for t in a.temperatures.split(",")), a.gamma, a.repeats, tuple(a.kinds.split(",")))
+    report["command"] = "python benchmarks/drafters_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

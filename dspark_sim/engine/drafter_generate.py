@@ -1,0 +1,196 @@
+"""Speculative decoding with the hidden-state drafters (`engine.drafters`): batched, ragged, lossless.
+
+Same step as `generate.speculative_generate` (whose helpers and rejection step it reuses), with one
+difference: the target's verify pass also returns its final-norm hidden states, which are written into a
+per-sequence buffer `hbuf` at the verified positions (like the static KV cache: entries of rejected
+tokens lie past the sequence's position, are never read, and are overwritten later). The drafter reads
+the window of hidden states that ends at each row's last accepted token, so it needs no cache of its own
+and no catch-up pass.
+
+One host sync per step: positions after the previous step plus this step's confidences, as in
+`speculative_generate`; the policy (fixed gamma, confidence threshold, DSpark's prefix scheduler) then
+decides each row's verify length from draft-side information only, which keeps decoding lossless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dspark_sim.engine.drafters import Drafter
+from dspark_sim.engine.generate import (
+    Forward,
+    GenerationResult,
+    Sampling,
+    StepStats,
+    _Clock,
+    _prompt_tensor,
+    ensure_caches,
+    logits_to_probs,
+    next_token,
+    speculative_generate,
+    verify_drafts,
+    verify_greedy,
+)
+from dspark_sim.engine.model import Transformer
+from dspark_sim.policies import StepView, make_policy
+
+
+@torch.no_grad()
+def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None, prompts: Sequence[Sequence[int]],
+                     max_new_tokens: int, policy: object, sampling: Sampling = Sampling(), *,
+                     generator: torch.Generator | None = None, kv_dtype: str | None = None,
+                     target_forward: Forward | None = None, seq_ids: Sequence[int] | None = None) -> GenerationResult:
+    """Speculative decoding of a batch with any engine drafter.
+
+    `drafter`: a `Drafter` (mtp / parallel / dspark) or an autoregressive draft `Transformer` (handed to
+    `speculative_generate`). `policy`: a `dspark_sim.policies` policy or a schema policy spec.
+    """
+    if drafter is None or isinstance(drafter, Transformer):
+        return speculative_generate(target, drafter, prompts, max_new_tokens, policy, sampling, generator=generator,
+                                    kv_dtype=kv_dtype, target_forward=target_forward, seq_ids=seq_ids)
+    if not hasattr(policy, "draft_lengths"):
+        policy = make_policy(policy)
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    gamma = int(policy.gamma_max)  # type: ignore[attr-defined]
+    if drafter.args.parallel and gamma > drafter.args.block_size:
+        raise ValueError(f"gamma_max {gamma} exceeds the {drafter.kind} drafter's block of {drafter.args.block_size}")
+    dev = target.device
+    tfwd = target_forward or target
+    bsz, width = len(prompts), max(len(p) for p in prompts)
+    cap = width + max_new_tokens + 2 * gamma + 2
+    ensure_caches(target, bsz, cap, kv_dtype)
+    ids = np.asarray(seq_ids if seq_ids is not None else range(bsz), dtype=np.int64)
+    clock = _Clock(dev)
+
+    t0 = clock.mark()
+    prompt_buf, lens_t = _prompt_tensor(prompts, width, dev)
+    buf = torch.zeros(bsz, cap + gamma + 2, dtype=torch.long, device=dev)
+    buf[:, :width] = prompt_buf
+    logits, hidden = tfwd(buf[:, :width], torch.zeros_like(lens_t), return_hidden=True)
+    rows = torch.arange(bsz, device=dev)
+    first = next_token(logits[rows, lens_t - 1], sampling, generator)
+    buf[rows, lens_t] = first
+    hbuf = torch.zeros(bsz, cap + gamma + 2, hidden.shape[-1], dtype=hidden.dtype, device=dev)
+    hbuf[:, :width] = hidden  # padding rows' entries lie past each prompt: overwritten before being read
+    pend = lens_t.clone()  # position of each sequence's newest token (not yet run through the target)
+    t1 = clock.mark()
+
+    lens = np.array([len(p) for p in prompts], dtype=np.int64)
+    host_pend = lens.copy()
+    steps: list[StepStats] = []
+    marks: list[tuple[object, object, object, object]] = []
+    passes, step = 0, 0
+    while True:
+        least = host_pend - lens + 1 + (1 if steps else 0)
+        t_s = clock.mark()
+        if gamma > 0 and bool((least + 1 < max_new_tokens).any()):
+            drafts, q, conf = drafter.propose(hbuf, buf, pend, gamma, sampling, generator)
+            buf[rows[:, None], pend[:, None] + 1 + torch.arange(gamma, device=dev)] = drafts
+            payload = torch.cat([pend[:, None].double(), conf.double()], dim=1)
+        else:
+            drafts = q = conf = None
+            payload = pend[:, None].double()
+        t_d = clock.mark()
+        host = payload.cpu().numpy()  # the one host sync of the step
+        new_pend = host[:, 0].astype(np.int64)
+        if steps:  # finish the previous step's record now that its outcome is known
+            prev = steps[-1]
+            prev.accepted = np.where(prev.active, new_pend - prev.context_lens - 1, 0)
+            a, b, c, d = marks[-1]
+            prev.draft_time_s, prev.verify_time_s = clock.seconds(a, b), clock.seconds(c, d)
+            policy.observe(StepView(prev.context_lens, prev.step, ids), verified=prev.verified,  # type: ignore[attr-defined]
+                           accepted=prev.accepted, step_time_s=clock.seconds(a, d))
+        host_pend = new_pend
+        generated = host_pend - lens + 1
+        active = generated < max_new_tokens
+        if not active.any():
+            break
+        view = StepView(context_lens=host_pend.copy(), step=step, seq_ids=ids)
+        drafted = np.zeros(bsz, dtype=np.int64)
+        conf_np = None
+        if conf is not None:
+            drafted = np.asarray(policy.draft_lengths(view), dtype=np.int64)  # type: ignore[attr-defined]
+            drafted = np.clip(np.minimum(drafted, max_new_tokens - generated - 1), 0, gamma) * active
+            conf_np = host[:, 1:].copy()
+            conf_np[np.arange(gamma)[None, :] >= drafted[:, None]] = np.nan
+        verified = np.asarray(policy.verify_lengths(view, drafted, conf_np), dtype=np.int64)  # type: ignore[attr-defined]
+        verified = np.clip(verified, 0, drafted) * active
+        t_v = clock.mark()
+        g = int(verified.max(initial=0))
+        v_dev = torch.from_numpy(verified).to(dev, non_blocking=True)
+        act_dev = torch.from_numpy(active).to(dev, non_blocking=True)
+        positions = pend[:, None] + torch.arange(g + 1, device=dev)
+        logits, hidden = tfwd(buf.gather(1, positions), positions, return_hidden=True)
+        hbuf[rows[:, None], positions] = hidden
+        if drafts is None or g == 0:
+            acc = torch.zeros_like(pend)
+            nxt = next_token(logits[:, 0], sampling, generator)
+        elif sampling.greedy:
+            acc, nxt = verify_greedy(logits, drafts, v_dev)
+        else:
+            acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, v_dev, False, generator)
+        acc = acc * act_dev
+        buf[rows, pend + acc + 1] = nxt
+        pend = pend + (acc + 1) * act_dev
+        passes += 1
+        t_e = clock.mark()
+        steps.append(StepStats(step, host_pend.copy(), active, drafted, verified, np.zeros(bsz, np.int64), conf_np))
+        marks.append((t_s, t_d, t_v, t_e))
+        step += 1
+    t2 = clock.mark()
+    out = buf.cpu()
+    clock.sync()
+    tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
+    return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps)
+
+
+@torch.no_grad()
+def measure_step_sps(target: Transformer, drafter: Drafter | Transformer | None, batch: int, gamma_max: int, *,
+                     context: int = 64, repeats: int = 5) -> dict[int, float]:
+    """A measured SPS(B) table for DSpark's prefix scheduler: {B = batch x (g+1): 1 / (t_draft + t_verify)}.
+
+    t_verify(g): the target's verify pass over batch x (g+1) tokens (hidden states returned, as the
+    drafter loop runs it); t_draft: one proposal of gamma_max tokens (paid whatever gets verified, so it
+    belongs in the price of every step). Medians of `repeats` timings after a warm-up.
+    """
+    import time
+
+    from dspark_sim.engine.generate import _draft
+
+    dev = target.device
+    cap = context + 2 * gamma_max + 4
+    ensure_caches(target, batch, cap, None)
+    buf = torch.zeros(batch, cap + gamma_max + 2, dtype=torch.long, device=dev)
+    pend = torch.full((batch,), context, dtype=torch.long, device=dev)
+
+    def timed(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - t0)
+        return float(np.median(out))
+
+    t_draft = 0.0
+    if isinstance(drafter, Drafter) and gamma_max > 0:
+        hbuf = torch.zeros(batch, cap + gamma_max + 2, target.args.dim, dtype=target.dtype, device=dev)
+        t_draft = timed(lambda: drafter.propose(hbuf, buf, pend, gamma_max, Sampling()))
+    elif isinstance(drafter, Transformer) and gamma_max > 0:
+        ensure_caches(drafter, batch, cap, None)
+        t_draft = timed(lambda: _draft(drafter, buf, pend, gamma_max, Sampling(), None))
+    table = {}
+    for g in range(gamma_max + 1):
+        positions = pend[:, None] + torch.arange(g + 1, device=dev)
+        toks = buf.gather(1, positions)
+        t_verify = timed(lambda p=positions, t=toks: target(t, p, return_hidden=True))
+        table[batch * (g + 1)] = 1.0 / max(t_draft + t_verify, 1e-9)
+    return table

@@ -1,0 +1,470 @@
+"""Drafters that read the target's hidden states: an MTP-style chained head, a parallel block drafter
+(DFlash-like) and DSpark (the parallel block + a low-rank Markov head + a calibrated confidence head).
+
+Notation: x_0..x_n are a sequence's tokens and h_t the target's final-norm hidden state after x_t (the
+state that predicts x_{t+1}). At a decode step the newest token x_{t+1} (the "pending" token, the
+bonus/correction token of the previous step) has not been through the target yet; h_t has. Every
+drafter here proposes d_k for x_{t+1+k}, k = 1..gamma, from:
+
+- the context window: fused features f_s = fuse(h_s, emb(x_{s+1})) for the last `window` positions
+  s = t-window+1..t (stateless: no drafter KV cache, so nothing to catch up after a rejection);
+  every layer projects them to keys and values (KV injection, as DFlash does);
+- block tokens that attend to the whole window and to each other:
+  * mtp: token k is fuse(g_{k-1}, emb(x_{t+k})) with g_0 = h_t and g_k the head's own output hidden
+    state (DeepSeek MTP chained; causal inside the block): one pass per draft token;
+  * parallel: token k is f_t + mask + pos_k, bidirectional inside the block: ONE pass for the block;
+  * dspark: parallel, then logits_k += U[prev_k] @ V (rank r), prev_1 = x_{t+1} and prev_k = d_{k-1},
+    applied sequentially (cheap: one r x V product per position), and a confidence head estimating
+    P(d_k accepted | d_<k accepted), calibrated per position by temperature scaling.
+
+Positions use RoPE on absolute positions (so attention scores depend only on offsets) plus a learned
+embedding of the block slot. The drafter shares the target's token embedding and output head (frozen
+copies, saved with it so a checkpoint is self-contained).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dspark_sim.config.errors import InputError
+
+KINDS = ("mtp", "parallel", "dspark")
+#: confidence temperature rows: 0 = sampled decoding (acceptance 1 - TV), 1 = greedy (argmax match)
+MODE_SAMPLED, MODE_GREEDY = 0, 1
+
+
+@dataclass
+class DrafterArgs:
+    kind: str
+    dim: int  # the target's hidden width (the drafter works at the same width)
+    vocab_size: int
+    n_layers: int = 1
+    n_heads: int = 4
+    ffn_hidden: int = 512
+    block_size: int = 6  # draft tokens per block (parallel/dspark) and unrolled training depth (mtp)
+    window: int = 32  # context positions read from the target's hidden states
+    markov_rank: int = 64
+    conf_hidden: int = 64
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown drafter kind {self.kind!r}; known: {KINDS}")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError("dim must split into n_heads even-sized heads")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def parallel(self) -> bool:
+        return self.kind in ("parallel", "dspark")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrafterArgs:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class DraftLayer(nn.Module):
+    """Pre-norm block whose queries (block tokens) attend to injected context K/V and to the block."""
+
+    def __init__(self, a: DrafterArgs):
+        super().__init__()
+        self.n_heads, self.head_dim = a.n_heads, a.head_dim
+        self.attn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.ctx_norm = RMSNorm(a.dim, a.norm_eps)
+        self.wq = nn.Linear(a.dim, a.dim, bias=False)
+        self.wk = nn.Linear(a.dim, a.dim, bias=False)
+        self.wv = nn.Linear(a.dim, a.dim, bias=False)
+        self.wo = nn.Linear(a.dim, a.dim, bias=False)
+        self.ffn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.w1 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(a.ffn_hidden, a.dim, bias=False)
+
+    def ctx_kv(self, ctx: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """ctx [N, L, D], cos/sin [N, L, hd] -> keys, values [N, L, H, hd]."""
+        n, length, _ = ctx.shape
+        c = self.ctx_norm(ctx)
+        k = self.wk(c).view(n, length, self.n_heads, self.head_dim)
+        v = self.wv(c).view(n, length, self.n_heads, self.head_dim)
+        return _rotate(k, cos[:, :, None], sin[:, :, None]), v
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_k: Tensor, ctx_v: Tensor, ctx_mask: Tensor,
+                past: tuple[Tensor, Tensor] | None = None, causal: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, A, G, D] block tokens of A anchors; cos/sin [N, A, G, hd]; ctx_mask bool [N, A, L].
+
+        past: block keys/values [N, A, P, H, hd] of earlier block tokens (chained drafting); causal:
+        token i of this call sees block tokens <= P + i, else the whole block. Returns x and the block
+        keys/values including this call's.
+        """
+        n, a, g, d = x.shape
+        xn = self.attn_norm(x)
+        shape = (n, a, g, self.n_heads, self.head_dim)
+        cs, sn = cos[:, :, :, None], sin[:, :, :, None]
+        q = _rotate(self.wq(xn).view(shape), cs, sn)
+        k = _rotate(self.wk(xn).view(shape), cs, sn)
+        v = self.wv(xn).view(shape)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        s_ctx = torch.einsum("naghd,nlhd->nahgl", q, ctx_k) * scale
+        s_ctx = s_ctx.masked_fill(~ctx_mask[:, :, None, None, :], float("-inf"))
+        s_blk = torch.einsum("naghd,nabhd->nahgb", q, k) * scale
+        if causal:
+            p = k.shape[2] - g
+            allowed = torch.arange(k.shape[2], device=x.device)[None, :] <= (p + torch.arange(g, device=x.device))[:, None]
+            s_blk = s_blk.masked_fill(~allowed, float("-inf"))
+        length = ctx_k.shape[1]
+        att = torch.softmax(torch.cat([s_ctx, s_blk], dim=-1), dim=-1)
+        out = torch.einsum("nahgl,nlhd->naghd", att[..., :length], ctx_v) + \
+            torch.einsum("nahgb,nabhd->naghd", att[..., length:], v)
+        x = x + self.wo(out.reshape(n, a, g, d))
+        h = self.ffn_norm(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h)), k, v
+
+
+class Drafter(nn.Module):
+    """One of the three hidden-state drafters (`args.kind`); see the module docstring."""
+
+    def __init__(self, args: DrafterArgs):
+        super().__init__()
+        self.args = a = args
+        self.tok_embeddings = nn.Embedding(a.vocab_size, a.dim)  # frozen copy of the target's
+        self.output = nn.Linear(a.dim, a.vocab_size, bias=False)  # frozen copy of the target's
+        self.h_norm = RMSNorm(a.dim, a.norm_eps)
+        self.e_norm = RMSNorm(a.dim, a.norm_eps)
+        self.fuse = nn.Linear(2 * a.dim, a.dim, bias=False)
+        self.layers = nn.ModuleList(DraftLayer(a) for _ in range(a.n_layers))
+        self.norm = RMSNorm(a.dim, a.norm_eps)
+        self.block_pos = nn.Parameter(torch.zeros(a.block_size, a.dim))
+        if a.parallel:
+            self.mask_emb = nn.Parameter(torch.zeros(a.dim))
+        if a.kind == "dspark":
+            self.markov_u = nn.Embedding(a.vocab_size, a.markov_rank)
+            self.markov_v = nn.Linear(a.markov_rank, a.vocab_size, bias=False)
+            self.conf = nn.Sequential(nn.Linear(a.dim + a.markov_rank + 2, a.conf_hidden), nn.SiLU(),
+                                      nn.Linear(a.conf_hidden, 1))
+            # per-position temperatures of the confidence logit (row MODE_SAMPLED / MODE_GREEDY)
+            self.register_buffer("conf_temperature", torch.ones(2, a.block_size))
+        self._build_rope(a.max_seq_len + 2 * a.block_size + 2)
+
+    def _build_rope(self, length: int, device: torch.device | str | None = None) -> None:
+        hd = self.args.head_dim
+        inv = 1.0 / (self.args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+        freqs = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("rope_cos", emb.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", emb.sin().float(), persistent=False)
+
+    @property
+    def kind(self) -> str:
+        return self.args.kind
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fuse.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.fuse.weight.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = {id(self.tok_embeddings.weight), id(self.output.weight)}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def num_params(self) -> int:
+        """Trainable parameters (the shared embedding and output head not counted)."""
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # ------------------------------------------------------------------ pieces shared by train and infer
+
+    def rope(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        return self.rope_cos[pos].to(self.dtype), self.rope_sin[pos].to(self.dtype)
+
+    def features(self, h: Tensor, nxt: Tensor, emb: Tensor | None = None) -> Tensor:
+        """fuse(h_s, emb(x_{s+1})): target (or own) hidden states [..., D] with the next tokens [...]."""
+        e = self.tok_embeddings(nxt) if emb is None else emb
+        return self.fuse(torch.cat([self.h_norm(h.to(self.dtype)), self.e_norm(e)], dim=-1))
+
+    def context(self, ctx: Tensor, ctx_pos: Tensor) -> list[tuple[Tensor, Tensor]]:
+        cos, sin = self.rope(ctx_pos)
+        return [layer.ctx_kv(ctx, cos, sin) for layer in self.layers]
+
+    def run_layers(self, x: Tensor, pos: Tensor, kvs: list[tuple[Tensor, Tensor]], ctx_mask: Tensor,
+                   past: list[tuple[Tensor, Tensor]] | None = None, causal: bool = False
+                   ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        cos, sin = self.rope(pos)
+        new_past = []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, kvs[i][0], kvs[i][1], ctx_mask, past[i] if past else None, causal)
+            new_past.append((k, v))
+        return x, new_past
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        out = self.output(self.norm(hidden))
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+    def parallel_block(self, anchor: Tensor, anchor_pos: Tensor, kvs: list[tuple[Tensor, Tensor]],
+                       ctx_mask: Tensor) -> Tensor:
+        """Hidden states [N, A, G, D] of the whole block in one pass (anchor [N, A, D], pos [N, A])."""
+        g = self.args.block_size
+        x = anchor[:, :, None, :] + self.mask_emb + self.block_pos
+        pos = anchor_pos[:, :, None] + torch.arange(1, g + 1, device=anchor.device)
+        out, _ = self.run_layers(x, pos, kvs, ctx_mask)
+        return out
+
+    def mtp_depth(self, feat: Tensor, pos: Tensor, depth: int, kvs: list[tuple[Tensor, Tensor]], ctx_mask: Tensor,
+                  past: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """One chained MTP step: feat [N, A, D] at depth `depth` (0-based) -> hidden [N, A, D]."""
+        x = (feat + self.block_pos[min(depth, self.args.block_size - 1)])[:, :, None, :]
+        out, past = self.run_layers(x, pos[:, :, None], kvs, ctx_mask, past, causal=True)
+        return out[:, :, 0], past
+
+    def markov_bias(self, prev: Tensor) -> Tensor:
+        return self.markov_v(self.markov_u(prev))
+
+    def confidence_logit(self, hidden: Tensor, prev: Tensor, logits: Tensor) -> Tensor:
+        """Uncalibrated logit of P(token accepted | earlier ones were), from the position's hidden state,
+        the Markov embedding of the previous token and the draft distribution's sharpness."""
+        logq = torch.log_softmax(logits.float(), -1)
+        stats = torch.stack([logq.max(-1).values, -(logq.exp() * logq).sum(-1)], dim=-1).to(self.dtype)
+        feats = torch.cat([hidden.detach(), self.markov_u(prev).detach(), stats.detach()], dim=-1)
+        return self.conf(feats)[..., 0]
+
+    # ------------------------------------------------------------------ training forward (teacher forced)
+
+    def train_forward(self, h: Tensor, tokens: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced block logits for every anchor.
+
+        h [N, L, D]: target hidden states of tokens [N, L]; anchors [N, A] (t <= L-1-G). Block token k
+        of anchor t predicts x_{t+1+k}; its "previous token" (Markov head, MTP input) is x_{t+k}.
+        Returns logits [N, A, G, V] and, for dspark, confidence logits [N, A, G].
+        """
+        a = self.args
+        n, length = tokens.shape
+        g, w = a.block_size, a.window
+        dev = tokens.device
+        ctx = self.features(h[:, :-1], tokens[:, 1:])  # s = 0..L-2
+        ctx_pos = torch.arange(length - 1, device=dev).expand(n, -1)
+        s = torch.arange(length - 1, device=dev)
+        ctx_mask = (s[None, None, :] <= anchors[:, :, None]) & (s[None, None, :] > anchors[:, :, None] - w)
+        kvs = self.context(ctx, ctx_pos)
+        steps = torch.arange(1, g + 1, device=dev)
+        prev = tokens.gather(1, (anchors[:, :, None] + steps).flatten(1)).view(n, -1, g)  # x_{t+k}
+        anchor_feat = ctx.gather(1, anchors[:, :, None].expand(-1, -1, ctx.shape[-1]))
+        if a.parallel:
+            hidden = self.parallel_block(anchor_feat, anchors, kvs, ctx_mask)
+        else:
+            outs, past, feat = [], None, anchor_feat
+            for k in range(g):
+                out, past = self.mtp_depth(feat, anchors + k + 1, k, kvs, ctx_mask, past)
+                outs.append(out)
+                if k + 1 < g:
+                    feat = self.features(out, prev[:, :, k + 1])
+            hidden = torch.stack(outs, dim=2)
+        logits = self.logits(hidden)
+        if a.kind != "dspark":
+            return logits, None
+        logits = logits + self.markov_bias(prev)
+        return logits, self.confidence_logit(hidden, prev, logits)
+
+    # ------------------------------------------------------------------ inference
+
+    def window_context(self, hbuf: Tensor, buf: Tensor, pend: Tensor
+                       ) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor]:
+        """Context of each row's step: features of positions pend-window..pend-1 (those >= 0)."""
+        w = self.args.window
+        b = pend.shape[0]
+        s = pend[:, None] - w + torch.arange(w, device=pend.device)
+        valid = s >= 0
+        sc = s.clamp_min(0)
+        h = hbuf.gather(1, sc[..., None].expand(b, w, hbuf.shape[-1]))
+        ctx = self.features(h, buf.gather(1, sc + 1))
+        return ctx, self.context(ctx, sc), valid[:, None, :]
+
+    @torch.no_grad()
+    def propose(self, hbuf: Tensor, buf: Tensor, pend: Tensor, gamma: int, sampling: Any,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Draft `gamma` tokens after each row's pending token buf[pend] (h at pend-1 is in hbuf).
+
+        Returns drafts [B, gamma], the distributions they were drawn from q [B, gamma, V] (None when
+        greedy; with the Markov head q_k is AFTER the bias for the drawn d_{k-1}) and confidences
+        [B, gamma]: the calibrated head (dspark) or the drafter's probability of its token (others).
+        No host sync.
+        """
+        from dspark_sim.engine.generate import logits_to_probs, sample
+
+        a = self.args
+        if a.parallel and gamma > a.block_size:
+            raise ValueError(f"a {a.kind} drafter trained on blocks of {a.block_size} cannot draft {gamma}")
+        ctx, kvs, mask = self.window_context(hbuf, buf, pend)
+        anchor_pos = (pend - 1)[:, None]
+        greedy = sampling.greedy
+        q = None
+        if a.parallel:  # one pass for the whole block (always the trained block size; keep gamma)
+            hidden = self.parallel_block(ctx[:, -1:], anchor_pos, kvs, mask)[:, 0, :gamma]  # [B, gamma, D]
+            logits = self.logits(hidden)
+            if a.kind == "dspark":  # the Markov head: sequential over the block, one r x V product each
+                prev = buf.gather(1, pend[:, None])[:, 0]  # x_{t+1}
+                prevs, rows, picks, probs = [], [], [], []
+                for k in range(gamma):
+                    lk = logits[:, k] + self.markov_bias(prev)
+                    if greedy:
+                        d = lk.argmax(-1)
+                    else:
+                        qk = logits_to_probs(lk, sampling)
+                        d = sample(qk, False, generator)
+                        probs.append(qk)
+                    prevs.append(prev)
+                    rows.append(lk)
+                    picks.append(d)
+                    prev = d
+                drafts, logits = torch.stack(picks, 1), torch.stack(rows, 1)
+                q = torch.stack(probs, 1) if probs else None
+                mode = MODE_GREEDY if greedy else MODE_SAMPLED
+                z = self.confidence_logit(hidden, torch.stack(prevs, 1), logits)
+                return drafts, q, torch.sigmoid(z / self.conf_temperature[mode, :gamma]).to(hbuf.dtype)
+            if greedy:
+                drafts = logits.argmax(-1)
+            else:
+                q = logits_to_probs(logits, sampling)
+                drafts = sample(q, False, generator)
+        else:  # MTP: chained, one pass per draft token, its own hidden state fed forward
+            feat, past, picks, rows, probs = ctx[:, -1:], None, [], [], []
+            for k in range(gamma):
+                out, past = self.mtp_depth(feat, anchor_pos + k + 1, k, kvs, mask, past)
+                lk = self.logits(out[:, 0])
+                if greedy:
+                    d = lk.argmax(-1)
+                else:
+                    qk = logits_to_probs(lk, sampling)
+                    d = sample(qk, False, generator)
+                    probs.append(qk)
+                picks.append(d)
+                rows.append(lk)
+                if k + 1 < gamma:
+                    feat = self.features(out[:, 0], d)[:, None]
+            drafts, logits = torch.stack(picks, 1), torch.stack(rows, 1)
+            q = torch.stack(probs, 1) if probs else None
+        # generic confidence: the drafter's probability of its token (raw softmax when greedy)
+        dist = torch.softmax(logits.float(), -1) if greedy else q
+        return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(hbuf.dtype)  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------------
+# Construction and checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def init_drafter(drafter: Drafter, target: nn.Module, std: float = 0.02) -> Drafter:
+    """N(0, std) weights (residual outputs scaled), zero Markov output (starts as the plain block),
+    and the target's embedding and output head copied in, frozen."""
+    resid = std / math.sqrt(2 * max(1, drafter.args.n_layers))
+    for name, p in drafter.named_parameters():
+        if name.endswith("norm.weight"):
+            nn.init.ones_(p)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            nn.init.normal_(p, 0.0, resid)
+        elif name == "markov_v.weight" or name.startswith("conf.") and name.endswith("bias"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.normal_(p, 0.0, std)
+    with torch.no_grad():
+        drafter.tok_embeddings.weight.copy_(target.tok_embeddings.weight)
+        drafter.output.weight.copy_(target.output.weight)
+    drafter.tok_embeddings.weight.requires_grad_(False)
+    drafter.output.weight.requires_grad_(False)
+    return drafter
+
+
+def build_drafter(target: nn.Module, kind: str, *, seed: int | None = None, **overrides: Any) -> Drafter:
+    """A randomly initialised drafter for `target` (same width, vocabulary, dtype and device)."""
+    ta = target.args
+    defaults = {"n_heads": max(1, ta.n_heads // 2) if (ta.dim // max(1, ta.n_heads // 2)) % 2 == 0 else ta.n_heads,
+                "ffn_hidden": ta.ffn_hidden, "max_seq_len": ta.max_seq_len}
+    args = DrafterArgs(kind=kind, dim=ta.dim, vocab_size=ta.vocab_size, **{**defaults, **overrides})
+    if seed is not None:
+        torch.manual_seed(seed)
+    drafter = Drafter(args)
+    init_drafter(drafter, target)
+    return drafter.to(device=target.device, dtype=target.dtype).eval()
+
+
+def drafter_dir(pair_folder: str | Path) -> Path:
+    return Path(pair_folder) / "drafters"
+
+
+def save_drafter(drafter: Drafter, folder: str | Path, name: str | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """`<folder>/<name>.safetensors` (weights + calibration temperatures) and `<name>.json`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = name or drafter.kind
+    sd = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    save_file(sd, tmp, metadata={"format": "pt"})
+    path = folder / f"{name}.safetensors"
+    os.replace(tmp, path)
+    meta = {"drafter_args": drafter.args.to_dict(), **(extra or {})}
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_drafter(folder: str | Path, name: str, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[Drafter, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path, weights = folder / f"{name}.json", folder / f"{name}.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise InputError(str(folder), name, "drafter checkpoint not found (train it with `dspark-sim engine drafters "
+                                            "train`)")
+    meta = json.loads(meta_path.read_text())
+    drafter = Drafter(DrafterArgs.from_dict(meta["drafter_args"])).to(device=device, dtype=dtype)
+    sd = load_file(str(weights))
+    missing, unexpected = drafter.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise InputError(str(weights), None, f"weights do not match the config (missing {missing[:3]}, "
+                                             f"unexpected {unexpected[:3]})")
+    drafter.tok_embeddings.weight.requires_grad_(False)
+    drafter.output.weight.requires_grad_(False)
+    drafter._build_rope(drafter.args.max_seq_len + 2 * drafter.args.block_size + 2, device)
+    return drafter.eval(), meta
