@@ -1,11 +1,11 @@
 """Speculative decoding with the hidden-state drafters (`engine.drafters`): batched, ragged, lossless.
 
 Same step as `generate.speculative_generate` (whose helpers and rejection step it reuses), with one
-difference: the target's verify pass also returns its final-norm hidden states, which are written into a
-per-sequence buffer `hbuf` at the verified positions (like the static KV cache: entries of rejected
-tokens lie past the sequence's position, are never read, and are overwritten later). The drafter reads
-the window of hidden states that ends at each row's last accepted token, so it needs no cache of its own
-and no catch-up pass.
+difference: the target's verify pass also returns its final-norm hidden states, from which the drafter's
+context cache (`drafters.DrafterState`: fused features and per-layer keys/values, by absolute position)
+is updated at the verified positions once the token after them is known. As with the static KV cache,
+entries of rejected tokens lie past the sequence's position, are never read, and are overwritten later.
+The drafter reads the window of context that ends at each row's last accepted token: no catch-up pass.
 
 One host sync per step: positions after the previous step plus this step's confidences, as in
 `speculative_generate`; the policy (fixed gamma, confidence threshold, DSpark's prefix scheduler) then
@@ -74,8 +74,9 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     rows = torch.arange(bsz, device=dev)
     first = next_token(logits[rows, lens_t - 1], sampling, generator)
     buf[rows, lens_t] = first
-    hbuf = torch.zeros(bsz, cap + gamma + 2, hidden.shape[-1], dtype=hidden.dtype, device=dev)
-    hbuf[:, :width] = hidden  # padding rows' entries lie past each prompt: overwritten before being read
+    state = drafter.new_state(bsz, cap + gamma + 2)
+    # the prompt's context (padding entries lie past each prompt: overwritten before being read)
+    state.update(hidden, buf, torch.arange(width, device=dev).expand(bsz, width))
     pend = lens_t.clone()  # position of each sequence's newest token (not yet run through the target)
     t1 = clock.mark()
 
@@ -88,7 +89,7 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
         least = host_pend - lens + 1 + (1 if steps else 0)
         t_s = clock.mark()
         if gamma > 0 and bool((least + 1 < max_new_tokens).any()):
-            drafts, q, conf = drafter.propose(hbuf, buf, pend, gamma, sampling, generator)
+            drafts, q, conf = drafter.propose(state, buf, pend, gamma, sampling, generator)
             buf[rows[:, None], pend[:, None] + 1 + torch.arange(gamma, device=dev)] = drafts
             payload = torch.cat([pend[:, None].double(), conf.double()], dim=1)
         else:
@@ -125,7 +126,6 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
         act_dev = torch.from_numpy(active).to(dev, non_blocking=True)
         positions = pend[:, None] + torch.arange(g + 1, device=dev)
         logits, hidden = tfwd(buf.gather(1, positions), positions, return_hidden=True)
-        hbuf[rows[:, None], positions] = hidden
         if drafts is None or g == 0:
             acc = torch.zeros_like(pend)
             nxt = next_token(logits[:, 0], sampling, generator)
@@ -135,6 +135,7 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
             acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, v_dev, False, generator)
         acc = acc * act_dev
         buf[rows, pend + acc + 1] = nxt
+        state.update(hidden, buf, positions)  # context of the verified positions, now that x_{s+1} is known
         pend = pend + (acc + 1) * act_dev
         passes += 1
         t_e = clock.mark()
@@ -181,9 +182,10 @@ def measure_step_sps(target: Transformer, drafter: Drafter | Transformer | None,
         return float(np.median(out))
 
     t_draft = 0.0
+    state = None
     if isinstance(drafter, Drafter) and gamma_max > 0:
-        hbuf = torch.zeros(batch, cap + gamma_max + 2, target.args.dim, dtype=target.dtype, device=dev)
-        t_draft = timed(lambda: drafter.propose(hbuf, buf, pend, gamma_max, Sampling()))
+        state = drafter.new_state(batch, cap + gamma_max + 2)
+        t_draft = timed(lambda: drafter.propose(state, buf, pend, gamma_max, Sampling()))
     elif isinstance(drafter, Transformer) and gamma_max > 0:
         ensure_caches(drafter, batch, cap, None)
         t_draft = timed(lambda: _draft(drafter, buf, pend, gamma_max, Sampling(), None))
@@ -191,6 +193,12 @@ def measure_step_sps(target: Transformer, drafter: Drafter | Transformer | None,
     for g in range(gamma_max + 1):
         positions = pend[:, None] + torch.arange(g + 1, device=dev)
         toks = buf.gather(1, positions)
-        t_verify = timed(lambda p=positions, t=toks: target(t, p, return_hidden=True))
+
+        def verify(p: torch.Tensor = positions, t: torch.Tensor = toks) -> None:
+            _, hidden = target(t, p, return_hidden=True)
+            if state is not None:  # the drafter's context update belongs to the verify phase
+                state.update(hidden, buf, p)
+
+        t_verify = timed(verify)
         table[batch * (g + 1)] = 1.0 / max(t_draft + t_verify, 1e-9)
     return table

@@ -7,8 +7,9 @@ bonus/correction token of the previous step) has not been through the target yet
 drafter here proposes d_k for x_{t+1+k}, k = 1..gamma, from:
 
 - the context window: fused features f_s = fuse(h_s, emb(x_{s+1})) for the last `window` positions
-  s = t-window+1..t (stateless: no drafter KV cache, so nothing to catch up after a rejection);
-  every layer projects them to keys and values (KV injection, as DFlash does);
+  s = t-window+1..t, which every layer projects to keys and values (KV injection, as DFlash does).
+  In the engine they are cached by position (`DrafterState`, updated from each verify pass's hidden
+  states), so a step computes the context of only the tokens it verified and needs no catch-up pass;
 - block tokens that attend to the whole window and to each other:
   * mtp: token k is fuse(g_{k-1}, emb(x_{t+k})) with g_0 = h_t and g_k the head's own output hidden
     state (DeepSeek MTP chained; causal inside the block): one pass per draft token;
@@ -305,22 +306,28 @@ class Drafter(nn.Module):
 
     # ------------------------------------------------------------------ inference
 
-    def window_context(self, hbuf: Tensor, buf: Tensor, pend: Tensor
+    def new_state(self, batch: int, length: int) -> DrafterState:
+        return DrafterState(self, batch, length)
+
+    def window_context(self, state: DrafterState, pend: Tensor
                        ) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor]:
-        """Context of each row's step: features of positions pend-window..pend-1 (those >= 0)."""
+        """Each row's context: the cached features (anchor) and per-layer keys/values of positions
+        pend-window..pend-1 (those >= 0)."""
         w = self.args.window
         b = pend.shape[0]
         s = pend[:, None] - w + torch.arange(w, device=pend.device)
         valid = s >= 0
         sc = s.clamp_min(0)
-        h = hbuf.gather(1, sc[..., None].expand(b, w, hbuf.shape[-1]))
-        ctx = self.features(h, buf.gather(1, sc + 1))
-        return ctx, self.context(ctx, sc), valid[:, None, :]
+        anchor = state.feat.gather(1, (pend - 1)[:, None, None].expand(b, 1, state.feat.shape[-1]))
+        idx = sc[:, :, None, None].expand(b, w, self.args.n_heads, self.args.head_dim)
+        kvs = [(k.gather(1, idx), v.gather(1, idx)) for k, v in zip(state.k, state.v, strict=True)]
+        return anchor, kvs, valid[:, None, :]
 
     @torch.no_grad()
-    def propose(self, hbuf: Tensor, buf: Tensor, pend: Tensor, gamma: int, sampling: Any,
+    def propose(self, state: DrafterState, buf: Tensor, pend: Tensor, gamma: int, sampling: Any,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Draft `gamma` tokens after each row's pending token buf[pend] (h at pend-1 is in hbuf).
+        """Draft `gamma` tokens after each row's pending token buf[pend] (context: `state`, which holds
+        positions < pend).
 
         Returns drafts [B, gamma], the distributions they were drawn from q [B, gamma, V] (None when
         greedy; with the Markov head q_k is AFTER the bias for the drawn d_{k-1}) and confidences
@@ -332,12 +339,12 @@ class Drafter(nn.Module):
         a = self.args
         if a.parallel and gamma > a.block_size:
             raise ValueError(f"a {a.kind} drafter trained on blocks of {a.block_size} cannot draft {gamma}")
-        ctx, kvs, mask = self.window_context(hbuf, buf, pend)
+        anchor, kvs, mask = self.window_context(state, pend)
         anchor_pos = (pend - 1)[:, None]
         greedy = sampling.greedy
         q = None
         if a.parallel:  # one pass for the whole block (always the trained block size; keep gamma)
-            hidden = self.parallel_block(ctx[:, -1:], anchor_pos, kvs, mask)[:, 0, :gamma]  # [B, gamma, D]
+            hidden = self.parallel_block(anchor, anchor_pos, kvs, mask)[:, 0, :gamma]  # [B, gamma, D]
             logits = self.logits(hidden)
             if a.kind == "dspark":  # the Markov head: sequential over the block, one r x V product each
                 prev = buf.gather(1, pend[:, None])[:, 0]  # x_{t+1}
@@ -358,14 +365,14 @@ class Drafter(nn.Module):
                 q = torch.stack(probs, 1) if probs else None
                 mode = MODE_GREEDY if greedy else MODE_SAMPLED
                 z = self.confidence_logit(hidden, torch.stack(prevs, 1), logits)
-                return drafts, q, torch.sigmoid(z / self.conf_temperature[mode, :gamma]).to(hbuf.dtype)
+                return drafts, q, torch.sigmoid(z / self.conf_temperature[mode, :gamma]).to(self.dtype)
             if greedy:
                 drafts = logits.argmax(-1)
             else:
                 q = logits_to_probs(logits, sampling)
                 drafts = sample(q, False, generator)
         else:  # MTP: chained, one pass per draft token, its own hidden state fed forward
-            feat, past, picks, rows, probs = ctx[:, -1:], None, [], [], []
+            feat, past, picks, rows, probs = anchor, None, [], [], []
             for k in range(gamma):
                 out, past = self.mtp_depth(feat, anchor_pos + k + 1, k, kvs, mask, past)
                 lk = self.logits(out[:, 0])
@@ -383,7 +390,37 @@ class Drafter(nn.Module):
             q = torch.stack(probs, 1) if probs else None
         # generic confidence: the drafter's probability of its token (raw softmax when greedy)
         dist = torch.softmax(logits.float(), -1) if greedy else q
-        return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(hbuf.dtype)  # type: ignore[union-attr]
+        return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(self.dtype)  # type: ignore[union-attr]
+
+
+class DrafterState:
+    """A batch's drafter context, cached by absolute position like the target's KV cache: the fused
+    feature f_s = fuse(h_s, emb(x_{s+1})) and every layer's context key/value of position s.
+
+    `update` runs once per target pass over the positions it verified, after the token that follows
+    the last of them (the bonus/correction token) is in `buf`; entries past a row's accepted tokens are
+    wrong but lie past its position, are never read, and are overwritten by the next update. So a step
+    computes the context of (verified + 1) tokens per row, never the whole window again.
+    """
+
+    def __init__(self, drafter: Drafter, batch: int, length: int):
+        a = drafter.args
+        kw = {"dtype": drafter.dtype, "device": drafter.device}
+        self.feat = torch.zeros(batch, length, a.dim, **kw)
+        self.k = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
+        self.v = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
+        self.drafter = drafter
+
+    @torch.no_grad()
+    def update(self, hidden: Tensor, buf: Tensor, positions: Tensor) -> None:
+        """hidden [B, T, D]: the target's hidden states at positions [B, T]; buf holds x_{s+1}."""
+        d = self.drafter
+        feat = d.features(hidden, buf.gather(1, positions + 1))
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        self.feat[rows, positions] = feat
+        for i, (k, v) in enumerate(d.context(feat, positions)):
+            self.k[i][rows, positions] = k
+            self.v[i][rows, positions] = v
 
 
 # ------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_trained_drafters_beat_untrained(trained):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_inference_path_equals_training_path(trained, kind):
-    """What `propose` drafts from the cached engine state (hidden-state buffer, window gather, chained or
+    """What `propose` drafts from the cached engine state (context cache, window gather, chained or
     parallel block, sequential Markov bias) is what `train_forward` computes teacher-forced on the same
     tokens: same argmax, same distributions, same (calibrated) confidences."""
     target, drafters, _ = trained
@@ -143,11 +143,11 @@ def test_inference_path_equals_training_path(trained, kind):
         lens = torch.tensor([len(p) for p in prompts])
         target.setup_caches(bsz, width + g + 2)
         _, hidden = target(buf[:, :width], torch.zeros_like(lens), return_hidden=True)
-        hbuf = torch.zeros(bsz, width + g + 2, hidden.shape[-1], dtype=hidden.dtype)
-        hbuf[:, :width] = hidden
+        state = d.new_state(bsz, width + g + 2)
+        state.update(hidden, buf, torch.arange(width).expand(bsz, width))
         pend = lens - 1  # the last prompt token is the pending one
         gen = torch.Generator().manual_seed(0)
-        drafts, q, conf = d.propose(hbuf, buf, pend, g, sampling, gen)
+        drafts, q, conf = d.propose(state, buf, pend, g, sampling, gen)
         for i, p in enumerate(prompts):
             seq = torch.tensor([list(p) + drafts[i].tolist()])
             _, h = target(seq, return_hidden=True)

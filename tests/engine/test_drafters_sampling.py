@@ -82,9 +82,9 @@ def test_markov_q_is_conditional_on_the_drawn_token():
     target.setup_caches(b, 16)
     buf = torch.tensor([PROMPT + [0] * 9] * b)
     _, hidden = target(buf[:, :3], torch.zeros(b, dtype=torch.long), return_hidden=True)
-    hbuf = torch.zeros(b, 12, hidden.shape[-1], dtype=hidden.dtype)
-    hbuf[:, :3] = hidden
-    drafts, q, _ = d.propose(hbuf, buf, torch.full((b,), 2), 2, Sampling(1.0), torch.Generator().manual_seed(0))
+    state = d.new_state(b, 12)
+    state.update(hidden, buf, torch.arange(3).expand(b, 3))
+    drafts, q, _ = d.propose(state, buf, torch.full((b,), 2), 2, Sampling(1.0), torch.Generator().manual_seed(0))
     first = drafts[:, 0]
     groups = [q[first == v, 1] for v in first.unique()]
     assert len(groups) > 1
