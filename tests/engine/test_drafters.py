@@ -228,3 +228,32 @@ def test_ece_and_temperature_scaling():
     assert abs(t - 3.0) < 0.05
     assert ece(1 / (1 + np.exp(-z / t)), p) < 0.005
 
+
+
+def test_greedy_trace_predicts_engine_tau_exactly(trained, tmp_path):
+    """Teacher-forced block acceptance at every output position is what a greedy speculative step there
+    yields: walking the trace at gamma reproduces the engine's tau (batch 1), for every drafter."""
+    import json
+
+    from dspark_sim.acceptance import load_acceptance_trace, trace_tau
+    from dspark_sim.engine.drafter_trace import drafter_acceptance_records
+
+    target, drafters, _ = trained
+    prompts = prompts_for(3, VOCAB, seed=61, min_len=1, max_len=10)
+    for kind, d in drafters.items():
+        recs = drafter_acceptance_records(target, d, prompts, 30, Sampling())
+        path = tmp_path / f"{kind}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        trace = load_acceptance_trace(str(path), "accept_len", None, "confidence")
+        shifted = trace.__class__(trace.path, trace.prompt_lens, trace.output_lens,
+                                  tuple(y[1:] for y in trace.yields), None)
+        for gamma in (1, 3, 6):
+            gained = steps = 0
+            for p in prompts:
+                res = drafter_generate(target, d, [p], 30, FixedGamma(gamma=gamma))
+                gained += sum(int((s.accepted + 1)[s.active].sum()) for s in res.steps)
+                steps += sum(int(s.active.sum()) for s in res.steps)
+            assert trace_tau(shifted, gamma) == pytest.approx(gained / steps, rel=0.02), (kind, gamma)
+        sampled = drafter_acceptance_records(target, d, prompts, 30, Sampling(temperature=1.0), seed=3)
+        assert all(len(r["accept_len"]) == r["output_len"] == len(r["block_confidence"]) for r in sampled)
+        assert all(1 <= a <= d.args.block_size + 1 for r in sampled for a in r["accept_len"])
