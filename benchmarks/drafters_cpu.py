@@ -83,10 +83,22 @@ def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
     return out
 
 
+def rate(res: GenerationResult) -> float:
+    """Decode tokens per second of the whole batch: plain decoding's, or a speculative run's while every
+    sequence was still generating (`DrafterGenerationResult.steady_state_tokens_per_s`: the static
+    batch's tail, where the slowest sequences step alone, is left out as a serving engine refills it)."""
+    if hasattr(res, "steady_state_tokens_per_s"):
+        return res.steady_state_tokens_per_s()
+    return res.decode_tokens_per_s
+
+
 def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_tokens: int = 128,
         prompt_len: int = 64, batches: tuple[int, ...] = (1, 4, 16, 64),
         frontier_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), temperatures: tuple[float, ...] = (0.0, 1.0),
-        gamma: int = 5, repeats: int = 3, kinds: tuple[str, ...] = ALL, log: Any = _log) -> dict[str, Any]:
+        gamma: int = 5, repeats: int = 3, kinds: tuple[str, ...] = ALL, log: Any = _log,
+        threads: int | None = None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
     t_start = time.perf_counter()
     pair = train_pair(preset, seed, cache_dir, log=lambda m: log(f"pair: {m}"))
     trained = train_drafters(preset, seed, cache_dir, [k for k in kinds if k != "draft_model"],
@@ -140,19 +152,22 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
             for _ in range(repeats):
                 for name, kind, policy in cfgs:
                     res = once(name, kind, policy)
-                    if name not in best or res.decode_time_s < best[name].decode_time_s:
+                    if name not in best or rate(res) > rate(best[name]):
                         best[name] = res
             base = best["baseline"]
             for name, _kind, _ in cfgs:
                 res = best[name]
-                per_user = (new_tokens - 1) / res.decode_time_s
+                per_user = rate(res) / b
                 steps = [s for s in res.steps if s.active.any()]
+                full = [w for s, w in zip(res.steps, getattr(res, "step_wall_s", []), strict=False) if s.active.all()]
                 row = {
                     "temperature": temp, "batch": b, "config": name,
                     "tau": round(res.tau, 3),
                     "acceptance_by_position": [round(a, 3) for a in res.acceptance_by_position()],
                     "per_user_tok_s": round(per_user, 1), "throughput_tok_s": round(per_user * b, 1),
-                    "speedup": round(base.decode_time_s / res.decode_time_s, 3),
+                    "speedup": round(rate(res) / rate(base), 3),
+                    "batch_completion_per_user_tok_s": round((new_tokens - 1) / res.decode_time_s, 1),
+                    "step_ms": round(1e3 * float(np.mean(full)), 3) if full else None,
                     "verified_per_seq_step": round(float(np.mean([s.verified[s.active].mean() for s in steps])), 3)
                     if steps else 0.0,
                     "draft_ms_per_step": round(1e3 * float(np.mean([s.draft_time_s for s in steps])), 3) if steps else 0,
@@ -205,8 +220,10 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
                                "alpha_t1": dm.get("alpha_t1")}
     return {
         "preset": preset, "seed": seed, "threads": torch.get_num_threads(), "new_tokens": new_tokens,
-        "prompt_len": prompt_len, "gamma": gamma, "repeats": repeats, "timing": "best decode time of `repeats` "
-        "interleaved runs; tok/s exclude prefill; the machine's 2 cores may be shared (noisy)",
+        "prompt_len": prompt_len, "gamma": gamma, "repeats": repeats,
+        "timing": "best of `repeats` interleaved runs; decode only (prefill excluded); speculative runs over the "
+                  "steps in which every sequence was still generating (batch_completion_* include the static "
+                  "batch's straggler tail); the machine's 2 cores may be shared with other jobs (noisy)",
         "drafters": {k: _describe(v) for k, v in drafters.items()},
         "training": training, "rows": rows, "live_calibration": live, "comparison": comparison,
         "sps_tables": {f"{k}@{b}": {str(x): round(y, 1) for x, y in t.items()} for (k, b), t in sps.items()},
@@ -234,6 +251,83 @@ def _describe(d: Any) -> dict[str, Any]:
     return {"kind": "draft_model", "layers": d.args.n_layers, "dim": d.args.dim, "params": d.args.num_params()}
 
 
+def _f(values: list | None, digits: int = 2) -> str:
+    return "-" if values is None else " / ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables as markdown (what validation/drafters/README.md shows)."""
+    out = []
+    tr = report["training"]
+    out.append("| drafter | params | train s (own + shared target passes) | alpha T=1 by position (teacher-forced) "
+               "| greedy match by position |")
+    out.append("|---|---|---|---|---|")
+    for kind, t in tr.items():
+        if kind == "draft_model":
+            out.append(f"| draft_model | {t['params']:,} | {t['train_time_s']} | {t['alpha_t1']:.2f} (all positions) | - |")
+            continue
+        out.append(f"| {kind} | {t['params']:,} | {t['train_time_s']} + {t['shared_target_time_s']} | "
+                   f"{_f(t['alpha_t1_by_position_teacher_forced'])} | {_f(t['greedy_match_by_position_teacher_forced'])} |")
+    out.append("")
+    out.append("| drafter | mode | ECE, teacher-forced held-out half: before -> after per-position temperature | "
+               "live ECE in the engine (fixed gamma, largest batch) | live ECE, head uncalibrated |")
+    out.append("|---|---|---|---|---|")
+    for kind, t in tr.items():
+        if kind == "draft_model":
+            continue
+        for mode, key in (("sampled", "T=1"), ("greedy", "T=0")):
+            cal = t["calibration_teacher_forced"].get(mode, {})
+            if "ece_before_all" in cal:
+                tf = f"head: {cal['ece_before_all']:.3f} -> {cal['ece_after_all']:.3f} (T_k {_f(cal['temperature'])})"
+            else:
+                tf = (f"q(token): {cal.get('token_conf_ece_before_all', float('nan')):.3f} -> "
+                      f"{cal.get('token_conf_ece_after_all', float('nan')):.3f}")
+            live = report["live_calibration"].get(kind, {})
+            raw = live.get(f"{key} uncalibrated", {}).get("ece_all")
+            out.append(f"| {kind} | {mode} | {tf} | {live.get(key, {}).get('ece_all', float('nan')):.3f} | "
+                       f"{'-' if raw is None else f'{raw:.3f}'} |")
+    for kind in ("draft_model",):
+        live = report["live_calibration"].get(kind, {})
+        for key in ("T=1", "T=0"):
+            if key in live:
+                out.append(f"| {kind} | {'sampled' if key == 'T=1' else 'greedy'} | - | {live[key]['ece_all']:.3f} | - |")
+    out.append("")
+    for temp in sorted({r["temperature"] for r in report["rows"]}):
+        rows = [r for r in report["rows"] if r["temperature"] == temp]
+        batches = sorted({r["batch"] for r in rows if r["config"].endswith("fixed-" + str(report["gamma"]))})
+        out.append(f"T={temp:g}: tau / tok/s per user / throughput tok/s (speed-up vs plain decoding, same run)")
+        out.append("")
+        out.append("| config | acceptance by position (largest batch) | " + " | ".join(f"B={b}" for b in batches) + " |")
+        out.append("|---|---|" + "---|" * len(batches))
+        for name in dict.fromkeys(r["config"] for r in rows):
+            cells = []
+            acc = None
+            for b in batches:
+                r = next((x for x in rows if x["config"] == name and x["batch"] == b), None)
+                if r is None:
+                    cells.append("-")
+                    continue
+                acc = r["acceptance_by_position"]
+                cells.append(f"{r['tau']:.2f} / {r['per_user_tok_s']:.0f} / {r['throughput_tok_s']:.0f} "
+                             f"({r['speedup']:.2f}x)")
+            out.append(f"| {name} | {_f(acc)} | " + " | ".join(cells) + " |")
+        out.append("")
+    for key, comp in report["comparison"].items():
+        out.append(f"{key}: DSpark (prefix scheduler, gamma_max {report['gamma']}) against MTP-1 at matched throughput")
+        out.append("")
+        out.append("| batch | DSpark tok/s | DSpark tok/s/user | verified/seq/step | MTP-1 tok/s/user at that throughput "
+                   "| gain |")
+        out.append("|---|---|---|---|---|---|")
+        ver = {r["batch"]: r["verified_per_seq_step"] for r in comp["dspark"]}
+        for r in comp["dspark_vs_mtp1_at_matched_throughput"]:
+            other = r["baseline_per_user_at_same_throughput"]
+            gain = r["per_user_gain_pct"]
+            out.append(f"| {r['batch']} | {r['throughput_tok_s']:.0f} | {r['per_user_tok_s']:.0f} | {ver[r['batch']]:.2f} | "
+                       f"{'-' if other is None else f'{other:.0f}'} | {'-' if gain is None else f'{gain:+.0f}%'} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
@@ -247,20 +341,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kinds", default=",".join(ALL))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--markdown", default=None, help="also write the tables (markdown) here")
+    ap.add_argument("--from-json", default=None, help="only turn a saved report into --markdown tables")
     a = ap.parse_args(argv)
 
     def ints(s: str) -> tuple[int, ...]:
         return tuple(int(x) for x in s.split(",") if x)
 
+    if a.from_json:
+        report = json.loads(Path(a.from_json).read_text())
+        text = markdown(report)
+        if a.markdown:
+            Path(a.markdown).write_text(text + "\n")
+        print(text)
+        return report
     report = run(a.preset, a.seed, a.cache_dir, a.new_tokens, a.prompt_len, ints(a.batches), ints(a.frontier_batches),
-                 tuple(float(t) for t in a.temperatures.split(",")), a.gamma, a.repeats, tuple(a.kinds.split(",")))
+                 tuple(float(t) for t in a.temperatures.split(",")), a.gamma, a.repeats, tuple(a.kinds.split(",")),
+                 threads=a.threads)
     report["command"] = "python benchmarks/drafters_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(report) + "\n")
     return report
 
 

@@ -15,9 +15,12 @@ decides each row's verify length from draft-side information only, which keeps d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from dspark_sim.engine.drafters import Drafter
 from dspark_sim.engine.generate import (
@@ -26,16 +29,63 @@ from dspark_sim.engine.generate import (
     Sampling,
     StepStats,
     _Clock,
+    _draft,
+    _prefill,
     _prompt_tensor,
     ensure_caches,
     logits_to_probs,
     next_token,
-    speculative_generate,
     verify_drafts,
     verify_greedy,
 )
 from dspark_sim.engine.model import Transformer
 from dspark_sim.policies import StepView, make_policy
+
+
+class DraftModelDrafter:
+    """The autoregressive draft model (`generate._draft`: its own KV cache, a 2-token catch-up first
+    pass, one pass per draft token) behind the drafters' interface, so every kind runs the same loop."""
+
+    kind = "draft_model"
+    max_gamma = None
+
+    def __init__(self, model: Transformer, forward: Forward | None = None):
+        self.model, self.forward = model, forward or model
+
+    def new_state(self, batch: int, length: int) -> _DraftModelState:
+        ensure_caches(self.model, batch, length, None)
+        return _DraftModelState(self.model)
+
+    def propose(self, state: Any, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+        return _draft(self.forward, buf, pend, gamma, sampling, generator)
+
+
+class _DraftModelState:
+    def __init__(self, model: Transformer):
+        self.model = model
+
+    def init(self, hidden: Tensor, buf: Tensor, lens: Tensor, width: int) -> None:
+        _prefill(self.model, buf, lens, width)
+
+    def update(self, hidden: Tensor, buf: Tensor, positions: Tensor) -> None:
+        return None  # the draft model catches up in its own first pass
+
+
+@dataclass
+class DrafterGenerationResult(GenerationResult):
+    """GenerationResult plus each step's wall time (from its start to the next step's start)."""
+
+    step_wall_s: list[float] = field(default_factory=list)
+
+    def steady_state_tokens_per_s(self) -> float:
+        """Tokens per second of the steps in which every sequence was still generating (a static batch
+        ends with a tail where the slowest sequences step alone; a serving engine would refill it)."""
+        full = [(s, w) for s, w in zip(self.steps, self.step_wall_s, strict=False) if s.active.all()]
+        if not full:
+            return self.decode_tokens_per_s
+        tokens = sum(int((s.accepted + 1).sum()) for s, _ in full)
+        return tokens / max(sum(w for _, w in full), 1e-12)
 
 
 @torch.no_grad()
@@ -45,19 +95,22 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
                      target_forward: Forward | None = None, seq_ids: Sequence[int] | None = None) -> GenerationResult:
     """Speculative decoding of a batch with any engine drafter.
 
-    `drafter`: a `Drafter` (mtp / parallel / dspark) or an autoregressive draft `Transformer` (handed to
-    `speculative_generate`). `policy`: a `dspark_sim.policies` policy or a schema policy spec.
+    `drafter`: a `Drafter` (mtp / parallel / dspark), an autoregressive draft `Transformer` (run through
+    `DraftModelDrafter`, the same step as `generate.speculative_generate`) or None (plain decoding with
+    a policy that never speculates). `policy`: a `dspark_sim.policies` policy or a schema policy spec.
     """
-    if drafter is None or isinstance(drafter, Transformer):
-        return speculative_generate(target, drafter, prompts, max_new_tokens, policy, sampling, generator=generator,
-                                    kv_dtype=kv_dtype, target_forward=target_forward, seq_ids=seq_ids)
     if not hasattr(policy, "draft_lengths"):
         policy = make_policy(policy)
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     gamma = int(policy.gamma_max)  # type: ignore[attr-defined]
-    if drafter.args.parallel and gamma > drafter.args.block_size:
-        raise ValueError(f"gamma_max {gamma} exceeds the {drafter.kind} drafter's block of {drafter.args.block_size}")
+    if isinstance(drafter, Transformer):
+        drafter = DraftModelDrafter(drafter)
+    if drafter is None and gamma > 0:
+        raise ValueError("a policy that speculates needs a drafter")
+    limit = getattr(drafter, "max_gamma", None)
+    if limit is not None and gamma > limit:
+        raise ValueError(f"gamma_max {gamma} exceeds the {drafter.kind} drafter's block of {limit}")
     dev = target.device
     tfwd = target_forward or target
     bsz, width = len(prompts), max(len(p) for p in prompts)
@@ -74,9 +127,9 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     rows = torch.arange(bsz, device=dev)
     first = next_token(logits[rows, lens_t - 1], sampling, generator)
     buf[rows, lens_t] = first
-    state = drafter.new_state(bsz, cap + gamma + 2)
-    # the prompt's context (padding entries lie past each prompt: overwritten before being read)
-    state.update(hidden, buf, torch.arange(width, device=dev).expand(bsz, width))
+    state = drafter.new_state(bsz, cap + gamma + 2) if drafter is not None else None
+    if state is not None:  # the prompt's context (padding entries lie past each prompt: overwritten first)
+        state.init(hidden, buf, lens_t, width)
     pend = lens_t.clone()  # position of each sequence's newest token (not yet run through the target)
     t1 = clock.mark()
 
@@ -88,7 +141,7 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     while True:
         least = host_pend - lens + 1 + (1 if steps else 0)
         t_s = clock.mark()
-        if gamma > 0 and bool((least + 1 < max_new_tokens).any()):
+        if drafter is not None and gamma > 0 and bool((least + 1 < max_new_tokens).any()):
             drafts, q, conf = drafter.propose(state, buf, pend, gamma, sampling, generator)
             buf[rows[:, None], pend[:, None] + 1 + torch.arange(gamma, device=dev)] = drafts
             payload = torch.cat([pend[:, None].double(), conf.double()], dim=1)
@@ -135,7 +188,8 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
             acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, v_dev, False, generator)
         acc = acc * act_dev
         buf[rows, pend + acc + 1] = nxt
-        state.update(hidden, buf, positions)  # context of the verified positions, now that x_{s+1} is known
+        if state is not None:  # context of the verified positions, now that x_{s+1} is known
+            state.update(hidden, buf, positions)
         pend = pend + (acc + 1) * act_dev
         passes += 1
         t_e = clock.mark()
@@ -146,7 +200,10 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     out = buf.cpu()
     clock.sync()
     tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
-    return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps)
+    starts = [m[0] for m in marks] + [t2]
+    walls = [clock.seconds(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return DrafterGenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps,
+                                   step_wall_s=walls)
 
 
 @torch.no_grad()
@@ -159,8 +216,6 @@ def measure_step_sps(target: Transformer, drafter: Drafter | Transformer | None,
     belongs in the price of every step). Medians of `repeats` timings after a warm-up.
     """
     import time
-
-    from dspark_sim.engine.generate import _draft
 
     dev = target.device
     cap = context + 2 * gamma_max + 4
@@ -183,12 +238,11 @@ def measure_step_sps(target: Transformer, drafter: Drafter | Transformer | None,
 
     t_draft = 0.0
     state = None
-    if isinstance(drafter, Drafter) and gamma_max > 0:
+    if isinstance(drafter, Transformer):
+        drafter = DraftModelDrafter(drafter)
+    if drafter is not None and gamma_max > 0:
         state = drafter.new_state(batch, cap + gamma_max + 2)
         t_draft = timed(lambda: drafter.propose(state, buf, pend, gamma_max, Sampling()))
-    elif isinstance(drafter, Transformer) and gamma_max > 0:
-        ensure_caches(drafter, batch, cap, None)
-        t_draft = timed(lambda: _draft(drafter, buf, pend, gamma_max, Sampling(), None))
     table = {}
     for g in range(gamma_max + 1):
         positions = pend[:, None] + torch.arange(g + 1, device=dev)

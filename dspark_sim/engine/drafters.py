@@ -197,6 +197,11 @@ class Drafter(nn.Module):
         return self.args.kind
 
     @property
+    def max_gamma(self) -> int | None:
+        """Parallel drafters draft at most their trained block; the MTP chain has no limit."""
+        return self.args.block_size if self.args.parallel else None
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.fuse.weight.dtype
 
@@ -410,6 +415,10 @@ class DrafterState:
         self.k = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
         self.v = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
         self.drafter = drafter
+
+    def init(self, hidden: Tensor, buf: Tensor, lens: Tensor, width: int) -> None:
+        """The prompts' context, from the prefill's hidden states [B, width, D]."""
+        self.update(hidden, buf, torch.arange(width, device=buf.device).expand(buf.shape[0], width))
 
     @torch.no_grad()
     def update(self, hidden: Tensor, buf: Tensor, positions: Tensor) -> None:

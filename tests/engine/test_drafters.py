@@ -103,11 +103,21 @@ def test_ragged_batch_matches_single_sequences(trained):
         assert any(len(set(s.accepted[s.active].tolist())) > 1 for s in batched.steps), "acceptance never ragged"
 
 
-def test_draft_model_goes_through_the_same_entry_point(pair):
+def test_draft_model_goes_through_the_same_loop(pair):
+    """The draft model behind the drafters' interface: the very steps of speculative_generate."""
+    from dspark_sim.config.schema import NoSpeculation
+    from dspark_sim.engine.generate import speculative_generate
+
     target, draft = pair
     prompts = prompts_for(3, seed=2)
     res = drafter_generate(target, draft, prompts, 20, FixedGamma(gamma=3))
-    assert res.tokens == generate_baseline(target, prompts, 20).tokens
+    ref = speculative_generate(target, draft, prompts, 20, FixedGamma(gamma=3))
+    assert res.tokens == ref.tokens == generate_baseline(target, prompts, 20).tokens
+    assert [s.accepted.tolist() for s in res.steps] == [s.accepted.tolist() for s in ref.steps]
+    plain = drafter_generate(target, None, prompts, 20, NoSpeculation())
+    assert plain.tokens == ref.tokens and plain.tau == 1.0
+    assert len(res.step_wall_s) == len(res.steps) and all(w > 0 for w in res.step_wall_s)
+    assert res.steady_state_tokens_per_s() > 0
 
 
 def test_trained_drafters_beat_untrained(trained):
