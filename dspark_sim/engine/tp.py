@@ -1087,4 +1087,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if under_torchrun():
+        # Every rank's work is done and rank 0's document written: leave without the interpreter's
+        # native teardown, which has aborted a gloo rank at exit (SIGABRT) on some machines and made
+        # torchrun kill the other ranks. Errors before this point still raise with their traceback.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
