@@ -85,11 +85,9 @@ def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
 
 def rate(res: GenerationResult) -> float:
     """Decode tokens per second of the whole batch: plain decoding's, or a speculative run's while every
-    sequence was still generating (`DrafterGenerationResult.steady_state_tokens_per_s`: the static
-    batch's tail, where the slowest sequences step alone, is left out as a serving engine refills it)."""
-    if hasattr(res, "steady_state_tokens_per_s"):
-        return res.steady_state_tokens_per_s()
-    return res.decode_tokens_per_s
+    sequence was still generating (`GenerationResult.full_batch_tokens_per_s`: the static batch's tail,
+    where the slowest sequences step alone, is left out as a serving engine refills it)."""
+    return res.full_batch_tokens_per_s()
 
 
 def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_tokens: int = 128,

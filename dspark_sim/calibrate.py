@@ -31,7 +31,9 @@ PARAMS = (
     ("per_layer_us", "us"),
     ("per_step_us", "us"),
     ("per_baseline_step_us", "us"),
+    ("compute_memory_overlap", "fraction"),
 )
+_OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,20 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
                          per_step_us: float | None = None) -> HardwareProfile:
     """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0).
 
-    x = (bandwidth GB/s, on-chip GB/s, TFLOP/s, per-pass us, per-layer us[, per-step us, per-baseline-step us]).
+    x = (bandwidth GB/s, on-chip GB/s, TFLOP/s, per-pass us, per-layer us[, per-step us, per-baseline-step us
+    [, compute/memory overlap]]).
     """
     vals = [float(v) for v in x]
     bw, onchip_bw, tflops, per_pass, per_layer = vals[:5]
     step = vals[5] if len(vals) > 5 else (per_step_us if per_step_us is not None else base.overheads.per_step_us)
     base_step = vals[6] if len(vals) > 6 else None
+    overlap = min(max(vals[7], 0.0), 1.0) if len(vals) > 7 else base.compute_memory_overlap
     return base.model_copy(
         update={
             "name": name,
             "memory_bandwidth_gbps": bw,
             "onchip_bandwidth_gbps": onchip_bw,
+            "compute_memory_overlap": overlap,
             "peak_tflops": {**{k: v for k, v in base.peak_tflops.items()}, weight_dtype: tflops},
             "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
                                      interconnect=base.efficiency.interconnect),
@@ -164,11 +169,18 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     x0 = np.array([
         base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
         base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
-        base.overheads.per_step_us,
+        base.overheads.per_step_us, base.compute_memory_overlap,
     ])
 
-    def residuals(logx: np.ndarray) -> np.ndarray:
-        x = np.exp(np.clip(logx, -30.0, 30.0))
+    def to_params(z: np.ndarray) -> np.ndarray:
+        """Fit coordinates -> parameters: logs for the rates and overheads, a logit for the overlap."""
+        z = np.clip(z, -30.0, 30.0)
+        x = np.exp(z)
+        x[_OVERLAP] = 1.0 / (1.0 + np.exp(-z[_OVERLAP]))
+        return x
+
+    def residuals(z: np.ndarray) -> np.ndarray:
+        x = to_params(z)
         hw = hardware_from_params(base, x, name, dtype)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             r = np.log(predict_samples(samples, hw) / measured)
@@ -178,23 +190,35 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
 
     # A roofline's max() gives zero gradient to whichever term does not bind, so one start can stall
     # in the wrong regime: start from a spread of bandwidth/FLOP scales and overhead shares, keep the best.
-    x0 = np.maximum(x0, [1e-3, 1e-3, 1e-6, 0.1, 0.01, 0.1, 0.1])
+    x0[:_OVERLAP] = np.maximum(x0[:_OVERLAP], [1e-3, 1e-3, 1e-6, 0.1, 0.01, 0.1, 0.1])
     layers = max(profile.target.num_layers, 1)
     floor_us = float(np.min(measured)) * 1e6
     step_floor_us = float(np.min(step_measured)) * 1e6 if steps else x0[5]
     best = None
+    # overlap starts near each end: mostly overlapped (GPU-like) and mostly serial (CPU-like)
     for scale in (0.01, 0.1, 1.0, 10.0, 100.0):
         for share in (0.05, 0.5, 0.9):
-            start = np.array([x0[0] * scale, x0[1] * scale, x0[2] * scale,
-                              max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
-                              max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1)])
-            fit = least_squares(residuals, np.log(start), method="trf", x_scale="jac", max_nfev=400)
-            if best is None or fit.cost < best.cost:
-                best = fit
+            for overlap_logit in (3.0, -3.0):
+                start = np.log([x0[0] * scale, x0[1] * scale, x0[2] * scale,
+                                max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
+                                max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0])
+                start[_OVERLAP] = overlap_logit
+                fit = least_squares(residuals, start, method="trf", x_scale="jac", max_nfev=400)
+                if best is None or fit.cost < best.cost:
+                    best = fit
     fit = best
-    x = np.exp(fit.x)
-    # sensitivity: rms change of log-predictions when a parameter doubles
+    x = to_params(fit.x)
+    # sensitivity: rms change of log-predictions when a parameter doubles (the overlap: from 0 to 1)
     sens = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
+    n_pass = len(measured)
+
+    def log_preds(z: np.ndarray) -> np.ndarray:
+        r = residuals(z)
+        return np.concatenate([r[:n_pass], r[n_pass:] / w_steps])
+
+    lo, hi = fit.x.copy(), fit.x.copy()
+    lo[_OVERLAP], hi[_OVERLAP] = -30.0, 30.0
+    sens[_OVERLAP] = float(np.sqrt(np.mean((log_preds(hi) - log_preds(lo)) ** 2)))
     identified = sens >= _IDENTIFY_THRESHOLD
     # fixed costs may rightly fit to ~0, where doubling them changes nothing: they are identified
     # whenever the samples that carry them exist
@@ -216,7 +240,8 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
         note = "" if ok else (
             f"not identified: {notes[i]}" if i in notes and not (has_spec if i == 5 else has_plain) else
-            f"not identified: no profiled shape depends on it (doubling it moves predictions {100 * s:.2f}% rms); "
+            f"not identified: no profiled shape depends on it ({'0 -> 1' if i == _OVERLAP else 'doubling it'} moves "
+            f"predictions {100 * s:.2f}% rms); "
             f"kept the base value"
         )
         params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=bool(ok), note=note))

@@ -227,7 +227,9 @@ def forward_cost(
 
     overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
     memory_s = hbm_s + onchip_s
-    time_s = np.maximum(compute_s, memory_s) + comm_s + overhead_s
+    # the larger of compute and memory time, plus the part of the smaller one that does not overlap
+    serial = 1.0 - hw.compute_memory_overlap
+    time_s = np.maximum(compute_s, memory_s) + serial * np.minimum(compute_s, memory_s) + comm_s + overhead_s
     total_flops = matmul_flops + attn_flops
     return PassCost(
         time_s=time_s,

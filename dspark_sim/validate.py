@@ -90,8 +90,9 @@ FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 
 
 @dataclass
 class Measured:
-    tokens_per_s: float
+    tokens_per_s: float  # while every sequence of the batch is generating (plain decoding: all along)
     tau: float
+    batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
 
 
 @dataclass
@@ -140,9 +141,27 @@ def _sampling(t: float):
     return Sampling(temperature=t)
 
 
-def measure_case(eng: Engine, case: Case, sps_table: dict[int, float], seed: int,
-                 repeats: int = 3) -> tuple[Measured, Measured, int, int]:
-    """Run the engine: baseline and speculative over `rounds` batches of fresh prompts.
+@dataclass
+class CaseRun:
+    """One repetition of a case: per round, the baseline's and the speculative run's decode times."""
+
+    base_s: list[float]
+    spec_s: list[float]
+    spec_full_s: list[float]  # wall time of the steps with every sequence generating
+    spec_full_tokens: list[int]
+    spec_tokens: int
+    base_tokens: int
+    gained: int
+    passes: int
+
+
+def case_cache_tokens(case: Case) -> int:
+    return case.prompt_tokens + case.new_tokens + 2 * case.gamma_max + 2
+
+
+def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_table: dict[int, float],
+                  seed: int, warm: bool) -> CaseRun:
+    """Run the engine once over the case's rounds: baseline and speculative decoding of the same prompts.
 
     Both loops share one static cache (sized for the speculative run) so that, on a GPU, the graphs
     captured in an untimed warm-up pass are the ones the timed runs replay.
@@ -153,41 +172,67 @@ def measure_case(eng: Engine, case: Case, sps_table: dict[int, float], seed: int
 
     sampling = _sampling(case.temperature)
     policy = _policy_spec(case.policy, sps_table)
-    cap = case.prompt_tokens + case.new_tokens + 2 * case.gamma_max + 2
+    cap = case_cache_tokens(case)
     eng.target.setup_caches(case.batch_size, cap)
     eng.draft.setup_caches(case.batch_size, cap)
 
-    def runs(prompts, r):
+    def runs(batch, r):
         gen = torch.Generator(device=eng.device).manual_seed(seed + r)
-        base = generate_baseline(eng.target, prompts, case.new_tokens, sampling, forward=eng.target_forward,
+        base = generate_baseline(eng.target, batch, case.new_tokens, sampling, forward=eng.target_forward,
                                  generator=gen)
         gen = torch.Generator(device=eng.device).manual_seed(seed + 1000 + r)
-        spec = speculative_generate(eng.target, eng.draft, prompts, case.new_tokens, policy, sampling,
+        spec = speculative_generate(eng.target, eng.draft, batch, case.new_tokens, policy, sampling,
                                     generator=gen, target_forward=eng.target_forward,
                                     draft_forward=eng.draft_forward)
         return base, spec
 
-    if eng.device.type == "cuda":  # capture every shape outside the timed runs
-        from dspark_sim.engine.cudagraphs import precapture
+    if warm:
+        if eng.device.type == "cuda":  # capture every shape outside the timed runs
+            from dspark_sim.engine.cudagraphs import precapture
 
-        precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
-        runs(eng.take(case.batch_size, case.prompt_tokens), -1)
-    spec_tokens = spec_time = base_tokens = base_time = 0.0
-    gained = passes = 0
-    for r in range(case.rounds):
-        prompts = eng.take(case.batch_size, case.prompt_tokens)
-        # the same prompts `repeats` times; each loop's median time keeps one disturbed run (a busy
-        # shared machine) from deciding the point
-        reps = [runs(prompts, r) for _ in range(repeats)]
-        base_time += statistics.median(b.decode_time_s for b, _ in reps)
-        spec_time += statistics.median(s.decode_time_s for _, s in reps)
-        base, res = reps[0]
-        base_tokens += base.new_tokens - len(prompts)
-        spec_tokens += res.new_tokens - len(prompts)
-        gained += sum(int((s.accepted + 1)[s.active].sum()) for s in res.steps)
-        passes += sum(int(s.active.sum()) for s in res.steps)
-    return (Measured(spec_tokens / spec_time, gained / max(passes, 1)), Measured(base_tokens / base_time, 1.0),
-            cap, cap)
+            precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
+        runs(prompts[0], -1)
+    out = CaseRun([], [], [], [], 0, 0, 0, 0)
+    for r, batch in enumerate(prompts):
+        base, spec = runs(batch, r)
+        out.base_s.append(base.decode_time_s)
+        out.spec_s.append(spec.decode_time_s)
+        full = [(s, w) for s, w in zip(spec.steps, spec.step_wall_s, strict=True) if s.active.all()]
+        out.spec_full_s.append(sum(w for _, w in full))
+        out.spec_full_tokens.append(sum(int((s.accepted + 1).sum()) for s, _ in full))
+        out.base_tokens += base.new_tokens - len(batch)
+        out.spec_tokens += spec.new_tokens - len(batch)
+        out.gained += sum(int((s.accepted + 1)[s.active].sum()) for s in spec.steps)
+        out.passes += sum(int(s.active.sum()) for s in spec.steps)
+    return out
+
+
+def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], seed: int,
+                  repeats: int = 3) -> list[tuple[Measured, Measured]]:
+    """Every case `repeats` times; per round the median time counts (one disturbed run of a busy
+    machine does not decide a point). On a CPU the repeats go in rounds over all cases, so that a slow
+    spell of a shared machine touches one repeat of many cases rather than every repeat of one; on a
+    GPU a case's repeats run back to back (its graphs are captured once)."""
+    prompts = [[eng.take(c.batch_size, c.prompt_tokens) for _ in range(c.rounds)] for c in cases]
+    runs: list[list[CaseRun]] = [[] for _ in cases]
+    if eng.device.type == "cuda":
+        order = [i for i in range(len(cases)) for _ in range(repeats)]
+    else:
+        order = [i for _ in range(repeats) for i in range(len(cases))]
+    for i in order:
+        runs[i].append(run_case_once(eng, cases[i], prompts[i], sps_table, seed, warm=not runs[i]))
+    out = []
+    for rs in runs:
+        rounds = len(rs[0].spec_s)
+        spec_time = sum(statistics.median(r.spec_s[k] for r in rs) for k in range(rounds))
+        full_time = sum(statistics.median(r.spec_full_s[k] for r in rs) for k in range(rounds))
+        base_time = sum(statistics.median(r.base_s[k] for r in rs) for k in range(rounds))
+        first = rs[0]
+        base_rate = first.base_tokens / base_time
+        out.append((Measured(sum(first.spec_full_tokens) / full_time, first.gained / max(first.passes, 1),
+                             first.spec_tokens / spec_time),
+                    Measured(base_rate, 1.0, base_rate)))
+    return out
 
 
 def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
@@ -208,6 +253,7 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
             "max_batched_tokens": 1 << 20,
             "prefill_chunk_tokens": 1 << 20,
             "verify_padding": "pad_to_max",
+            "batching": "static",
             "static_kv_cache_tokens": cache_tokens,
             "memory_utilisation": 1.0,
             "activation_reserve_gb": 0.0,
@@ -228,23 +274,30 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
 
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
                  cap_spec: int, cap_base: int, seed: int, repeats: int) -> tuple[Measured, Measured]:
-    """Simulated decode tokens/s of the engine's run (spec and baseline), averaged over seeds."""
-    from dspark_sim.sim.run import simulate_config
+    """Simulated decode tokens/s of the engine's run (spec and baseline), over `repeats` x rounds seeds:
+    while the whole batch generates (the steps the simulator ran with every request decoding), and for
+    the whole static batch (first token to last finish)."""
+    from dspark_sim.sim.metrics import summarize
+    from dspark_sim.sim.replica import STEP_COLUMNS
+    from dspark_sim.sim.run import Simulation
 
+    col = {name: i for i, name in enumerate(STEP_COLUMNS)}
     out = []
     for speculative, cap in ((True, cap_spec), (False, cap_base)):
-        tokens = span = 0.0
+        full_tokens = full_s = tokens = span = 0.0
         taus = []
         for r in range(repeats * case.rounds):
             sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative)
-            run = simulate_config(sc, "main", None, "validate", with_records=True)
-            recs = run.records or []
-            first = min(x["first_token_s"] for x in recs)
-            last = max(x["finish_s"] for x in recs)
-            tokens += sum(x["output_tokens"] - 1 for x in recs)
-            span += last - first
-            taus.append(run.summary.tau)
-        out.append(Measured(tokens / span, statistics.mean(taus)))
+            sim = Simulation(sc, "validate").run()
+            log = np.array(sim.replicas[0].log, dtype=float)
+            full = (log[:, col["decoders"]] == case.batch_size) & (log[:, col["prefill_tokens"]] == 0)
+            full_tokens += float(log[full, col["tokens"]].sum())
+            full_s += float(log[full, col["dt"]].sum())
+            first = float(np.nanmin(sim.out.first_token))
+            tokens += float((sim.out.gen - 1).sum())
+            span += float(np.nanmax(sim.out.finish)) - first
+            taus.append(summarize(sim, "main", None, None)[0].tau)
+        out.append(Measured(full_tokens / full_s, statistics.mean(taus), tokens / span))
     return out[0], out[1]
 
 
@@ -362,10 +415,11 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     # measure everything first, then predict: the GPU stays busy (and its clocks up) while measuring
     t0 = time.perf_counter()
     _gpu_warm(dev)
-    measured = [measure_case(eng, case, cal.sps_table, seed) for case in grid.cases()]
+    measured = measure_cases(eng, grid.cases(), cal.sps_table, seed)
     t_measure = time.perf_counter() - t0
     t_predict = 0.0
-    for case, (spec_m, base_m, cap_spec, cap_base) in zip(grid.cases(), measured, strict=True):
+    for case, (spec_m, base_m) in zip(grid.cases(), measured, strict=True):
+        cap_spec = cap_base = case_cache_tokens(case)
         t0 = time.perf_counter()
         use_hw = cross_by_temp.get(case.temperature) if case.cross else hw_by_temp[case.temperature]
         use_hw = use_hw or hw_by_temp[case.temperature]
@@ -385,6 +439,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
             speedup_error_pct=_err(spec_p.tokens_per_s / base_p.tokens_per_s, spec_m.tokens_per_s / base_m.tokens_per_s),
             baseline_error_pct=_err(base_p.tokens_per_s, base_m.tokens_per_s),
             cross_prediction=case.cross,
+            measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
         )
         points.append(pt)
         log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "

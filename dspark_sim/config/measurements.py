@@ -100,7 +100,9 @@ class ValidationPoint(Doc):
     policy: str
     gamma_max: int
     rounds: int = Field(description="batches of fresh prompts measured (and simulated) per point")
-    measured_tokens_per_s: float = Field(description="decode tokens per second, all sequences")
+    measured_tokens_per_s: float = Field(
+        description="decode tokens per second of the whole batch while every sequence generates (the steady "
+        "state of a server that refills its batch; plain decoding: all along)")
     predicted_tokens_per_s: float
     measured_baseline_tokens_per_s: float
     predicted_baseline_tokens_per_s: float
@@ -112,6 +114,10 @@ class ValidationPoint(Doc):
     speedup_error_pct: float
     baseline_error_pct: float
     cross_prediction: bool = Field(False, description="batch beyond what calibration saw")
+    measured_batch_tokens_per_s: float | None = Field(
+        None, description="speculative decode tokens per second of the whole static batch, first token to last "
+        "finish: its drain tail (the unluckiest sequences stepping the full batch) included")
+    predicted_batch_tokens_per_s: float | None = None
 
 
 class ErrorSummary(Doc):

@@ -86,6 +86,12 @@ class HardwareProfile(Strict):
         0.0, description="device-to-device bandwidth per direction per device (NVLink/xGMI), GB/s"
     )
     interconnect_latency_us: NonNegFloat = Field(5.0, description="latency of one collective hop, microseconds")
+    compute_memory_overlap: Probability = Field(
+        1.0,
+        description="how far a pass's compute and memory traffic overlap: 1 = its time is the larger of the "
+        "two (GPU kernels stream operands while they compute), 0 = their sum (small CPU kernels mostly do one "
+        "then the other); `calibrate` fits it",
+    )
     max_devices_per_node: PositiveInt = Field(8, description="devices one node holds (largest TP degree)")
     price_per_hour_usd: NonNegFloat | None = Field(None, description="rental price per device-hour, USD")
     efficiency: Efficiency = Field(default_factory=Efficiency)
@@ -521,6 +527,12 @@ class DeploymentSpec(Strict):
         "ragged",
         description="ragged: each sequence verifies its own length (vLLM); pad_to_max: every sequence "
         "is padded to the batch's longest verify block (the bundled engine, gpt-fast)",
+    )
+    batching: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: finished sequences leave the batch at once and waiting ones join (vLLM, "
+        "SGLang); static: a batch runs until its last sequence finishes, finished rows still ride along in "
+        "every pass, and new requests wait for the next batch (the bundled engine, gpt-fast)",
     )
     static_kv_cache_tokens: PositiveInt | None = Field(
         None,

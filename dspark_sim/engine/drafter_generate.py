@@ -15,7 +15,6 @@ decides each row's verify length from draft-side information only, which keeps d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,22 +69,6 @@ class _DraftModelState:
 
     def update(self, hidden: Tensor, buf: Tensor, positions: Tensor) -> None:
         return None  # the draft model catches up in its own first pass
-
-
-@dataclass
-class DrafterGenerationResult(GenerationResult):
-    """GenerationResult plus each step's wall time (from its start to the next step's start)."""
-
-    step_wall_s: list[float] = field(default_factory=list)
-
-    def steady_state_tokens_per_s(self) -> float:
-        """Tokens per second of the steps in which every sequence was still generating (a static batch
-        ends with a tail where the slowest sequences step alone; a serving engine would refill it)."""
-        full = [(s, w) for s, w in zip(self.steps, self.step_wall_s, strict=False) if s.active.all()]
-        if not full:
-            return self.decode_tokens_per_s
-        tokens = sum(int((s.accepted + 1).sum()) for s, _ in full)
-        return tokens / max(sum(w for _, w in full), 1e-12)
 
 
 @torch.no_grad()
@@ -202,8 +185,8 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
     starts = [m[0] for m in marks] + [t2]
     walls = [clock.seconds(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-    return DrafterGenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps,
-                                   step_wall_s=walls)
+    return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps,
+                            step_wall_s=walls)
 
 
 @torch.no_grad()

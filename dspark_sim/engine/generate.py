@@ -159,6 +159,20 @@ class GenerationResult:
     decode_time_s: float
     target_passes: int  # forward passes of the target after prefill
     steps: list[StepStats] = field(default_factory=list)
+    step_wall_s: list[float] = field(default_factory=list)  # speculative steps: start to next start
+
+    def full_batch_tokens_per_s(self) -> float:
+        """Decode tokens per second over the steps in which every sequence was still generating: the
+        steady state of a server that refills its batch. A static batch's drain tail (a few slow
+        sequences stepping the whole batch) is left out; plain decoding has none (all finish together)."""
+        if not self.steps or len(self.step_wall_s) != len(self.steps):
+            return self.decode_tokens_per_s
+        gained = wall = 0.0
+        for s, w in zip(self.steps, self.step_wall_s, strict=True):
+            if s.active.all():
+                gained += float((s.accepted + 1).sum())
+                wall += w
+        return gained / wall if wall > 0 else self.decode_tokens_per_s
 
     @property
     def new_tokens(self) -> int:
@@ -437,6 +451,7 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         generated = host_pend - lens + 1
         active = generated < max_new_tokens
         if not active.any():
+            t_last = t_s
             break
         view = StepView(context_lens=host_pend.copy(), step=step, seq_ids=ids)
         drafted = np.zeros(bsz, dtype=np.int64)
@@ -473,7 +488,9 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     out = buf.cpu()
     clock.sync()
     tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
-    return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps)
+    starts = [m[0] for m in marks] + [t_last]
+    walls = [clock.seconds(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return GenerationResult(tokens, lens.tolist(), clock.seconds(t0, t1), clock.seconds(t1, t2), passes, steps, walls)
 
 
 @torch.no_grad()

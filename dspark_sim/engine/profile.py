@@ -122,32 +122,49 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
 
     `cache_len_for(context, q)` gives the static cache length the engine would allocate, which is what
     attention reads (the engine masks, it does not slice).
+
+    On a CPU the repeats are taken in rounds over the whole grid (every shape once per round, after a
+    warm-up call) rather than back to back: a shared machine's slow spells last tens of milliseconds,
+    long enough to spoil every repeat of one shape, but not one repeat of every shape. On a GPU the
+    repeats stay back to back (each new cache would mean a new CUDA-graph capture).
     """
     dev = model.device
     fwd = forward or model
-    out: list[PassSample] = []
     vocab = model.args.vocab_size
-    for kv in kv_dtypes:
-        for ctx in contexts:
-            for b in batch_sizes:
-                for q in query_tokens:
-                    cache_len = cache_len_for(ctx, q)
-                    model.setup_caches(b, cache_len, kv)
-                    tokens = torch.randint(0, vocab, (b, q), device=dev)
-                    pos = torch.full((b,), ctx, dtype=torch.long, device=dev)
-                    positions = pos[:, None] + torch.arange(q, device=dev)
+    shapes = [(kv, ctx, b, q) for kv in kv_dtypes for ctx in contexts for b in batch_sizes for q in query_tokens]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    inputs = {}
+    for kv, ctx, b, q in shapes:
+        tokens = torch.randint(0, vocab, (b, q), generator=gen).to(dev)
+        positions = torch.full((b, 1), ctx, dtype=torch.long, device=dev) + torch.arange(q, device=dev)
+        inputs[(kv, ctx, b, q)] = (tokens, positions)
+    times: dict[tuple, list[float]] = {k: [] for k in shapes}
 
-                    def call(tokens=tokens, positions=positions):
-                        return fwd(tokens, positions)
+    def visit(key, n_warm: int, n_time: int) -> None:
+        kv, ctx, b, q = key
+        model.setup_caches(b, cache_len_for(ctx, q), kv)
+        tokens, positions = inputs[key]
+        times[key].extend(time_call(lambda: fwd(tokens, positions), dev, n_warm, n_time))
 
-                    times = time_call(call, dev, warmup, repeats)
-                    med, spread = _summary(times)
-                    out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
-                                          attended_tokens=cache_len,
-                                          kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
-                                          times_s=[round(t, 9) for t in times], median_s=med, spread=spread))
-                    if progress is not None:
-                        progress()
+    if dev.type == "cuda":
+        for key in shapes:
+            visit(key, warmup, repeats)
+            if progress is not None:
+                progress()
+    else:
+        for r in range(repeats):
+            for key in shapes:
+                visit(key, max(warmup, 1) if r == 0 else 1, 1)
+                if progress is not None and r == repeats - 1:  # a shape is done with its last round
+                    progress()
+    out: list[PassSample] = []
+    for key in shapes:
+        kv, ctx, b, q = key
+        med, spread = _summary(times[key])
+        out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
+                              attended_tokens=cache_len_for(ctx, q),
+                              kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
+                              times_s=[round(t, 9) for t in times[key]], median_s=med, spread=spread))
     return out
 
 
@@ -183,62 +200,73 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
 @torch.no_grad()
 def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int], gammas: list[int],
                   prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
-                  target_forward=None, draft_forward=None, seed: int = 0, progress=None) -> list[StepSample]:
-    """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out."""
-    out: list[StepSample] = []
-    for temp in temperatures:
-        for prompt_len in prompt_lens:
-            out += _profile_steps_at(target, draft, batch_sizes, gammas, prompt_len, new_tokens, temp,
-                                     target_forward, draft_forward, seed, progress)
+                  target_forward=None, draft_forward=None, seed: int = 0, progress=None,
+                  repeats: int = 1) -> list[StepSample]:
+    """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out.
+
+    Each configuration runs `repeats` times and keeps the median; on a CPU in rounds over all
+    configurations (see profile_passes for why), on a GPU back to back after capturing its graphs.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    prompts = {(p, b): torch.randint(0, target.args.vocab_size, (b, p), generator=gen).tolist()
+               for p in prompt_lens for b in batch_sizes}
+    configs = [(t, p, b, g) for t in temperatures for p in prompt_lens for b in batch_sizes for g in gammas]
+    runs: dict[tuple, list[StepSample]] = {c: [] for c in configs}
+    on_gpu = target.device.type == "cuda"
+    order = ([c for c in configs for _ in range(repeats)] if on_gpu
+             else [c for _ in range(repeats) for c in configs])
+    for i, c in enumerate(order):
+        t, p, b, g = c
+        first = not runs[c]
+        runs[c].append(_step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
+                                 warm=first and (on_gpu or i < len(configs))))
+        if progress is not None and len(runs[c]) == repeats:
+            progress()
+    out = []
+    for c in configs:
+        rs = runs[c]
+        pick = sorted(rs, key=lambda s: s.step_s)[(len(rs) - 1) // 2]  # the median run (lower middle)
+        out.append(pick)
     return out
 
 
-def _profile_steps_at(target, draft, batch_sizes, gammas, prompt_len, new_tokens, temperature, target_forward,
-                      draft_forward, seed, progress) -> list[StepSample]:
-    from dspark_sim.config.schema import FixedGamma, NoSpeculation
+def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_forward, draft_forward,
+              warm: bool) -> StepSample:
+    """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
+    configuration's graphs captured)."""
+    from dspark_sim.config.schema import FixedGamma
     from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
 
-    dev = target.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     sampling = Sampling(temperature=temperature)
-    out: list[StepSample] = []
-    for b in batch_sizes:
-        prompts = torch.randint(0, target.args.vocab_size, (b, prompt_len), generator=gen).tolist()
-        for g in gammas:
-            if dev.type == "cuda":  # capture this configuration's graphs before the timed run
-                from dspark_sim.engine.cudagraphs import precapture
+    prompt_len, b = len(prompts[0]), len(prompts)
 
-                if g > 0:
-                    cap = prompt_len + new_tokens + 2 * g + 2
-                    target.setup_caches(b, cap)
-                    draft.setup_caches(b, cap)
-                    precapture(target_forward, draft_forward, b, g)
-                if g == 0:
-                    generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
-                else:
-                    speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=g), sampling,
-                                         target_forward=target_forward, draft_forward=draft_forward)
-            if g == 0:
-                res = generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
-                steps = max(res.target_passes, 1)
-                out.append(StepSample(batch_size=b, gamma=0, step_s=res.decode_time_s / steps,
-                                      draft_s=0.0, verify_s=0.0, context_tokens=prompt_len + new_tokens // 2,
-                                      attended_tokens=target.cache_len, baseline_loop=True, temperature=temperature))
-            else:
-                policy = FixedGamma(gamma=g) if g > 0 else NoSpeculation()
-                res = speculative_generate(target, draft, prompts, new_tokens, policy, sampling,
-                                           target_forward=target_forward, draft_forward=draft_forward)
-                n = max(len(res.steps), 1)
-                out.append(StepSample(
-                    batch_size=b, gamma=g, step_s=res.decode_time_s / n,
-                    draft_s=sum(s.draft_time_s for s in res.steps) / n,
-                    verify_s=sum(s.verify_time_s for s in res.steps) / n,
-                    context_tokens=prompt_len + new_tokens // 2, attended_tokens=target.cache_len,
-                    temperature=temperature,
-                ))
-            if progress is not None:
-                progress()
-    return out
+    def run():
+        if gamma == 0:
+            return generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
+        return speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=gamma), sampling,
+                                    target_forward=target_forward, draft_forward=draft_forward)
+
+    if warm:
+        if target.device.type == "cuda" and gamma > 0:
+            from dspark_sim.engine.cudagraphs import precapture
+
+            cap = prompt_len + new_tokens + 2 * gamma + 2
+            target.setup_caches(b, cap)
+            draft.setup_caches(b, cap)
+            precapture(target_forward, draft_forward, b, gamma)
+        run()
+    res = run()
+    ctx = prompt_len + new_tokens // 2
+    if gamma == 0:
+        steps = max(res.target_passes, 1)
+        return StepSample(batch_size=b, gamma=0, step_s=res.decode_time_s / steps, draft_s=0.0, verify_s=0.0,
+                          context_tokens=ctx, attended_tokens=target.cache_len, baseline_loop=True,
+                          temperature=temperature)
+    n = max(len(res.steps), 1)
+    return StepSample(batch_size=b, gamma=gamma, step_s=res.decode_time_s / n,
+                      draft_s=sum(s.draft_time_s for s in res.steps) / n,
+                      verify_s=sum(s.verify_time_s for s in res.steps) / n,
+                      context_tokens=ctx, attended_tokens=target.cache_len, temperature=temperature)
 
 
 @dataclass(frozen=True)
@@ -254,11 +282,13 @@ class ProfileGrid:
     step_new_tokens: int = 48
     repeats: int = 5
     warmup: int = 2
+    step_repeats: int = 3
 
     @classmethod
     def quick(cls) -> ProfileGrid:
         return cls(batch_sizes=(1, 4, 16), query_tokens=(1, 3, 5), contexts=(64, 384), step_batch_sizes=(1, 4),
-                   step_gammas=(0, 3, 5), step_prompt_tokens=(64,), step_new_tokens=32, repeats=3, warmup=1)
+                   step_gammas=(0, 3, 5), step_prompt_tokens=(64,), step_new_tokens=32, repeats=3, warmup=1,
+                   step_repeats=2)
 
 
 def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
@@ -301,7 +331,7 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
     df = GraphedForward(draft) if dev.type == "cuda" else None
     steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas),
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
-                          target_forward=tf, draft_forward=df, progress=progress)
+                          target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by)
 
 

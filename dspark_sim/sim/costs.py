@@ -259,6 +259,7 @@ class _FastPass:
             self.comm_fixed = n_ar * 2 * (tp - 1) * hw.interconnect_latency_us * 1e-6
             self.comm_per_tok = n_ar * 2 * (tp - 1) / tp * msg_per_tok / link
         self.overhead = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
+        self.serial = 1.0 - hw.compute_memory_overlap
 
     def __call__(self, t: float, kv: float, kvw: float, pairs: float, pairs_w: float) -> Cost:
         weight_params = self.w_fixed
@@ -280,7 +281,8 @@ class _FastPass:
         compute = t * self.mm * self.inv_peak_w + self.att * (self.att_full * pairs + self.att_win * pairs_w) * self.inv_peak_a
         memory = hbm / self.eff_bw + onchip / self.onchip_div
         comm = self.comm_fixed + self.comm_per_tok * t if self.tp > 1 else 0.0
-        return Cost((compute if compute > memory else memory) + comm + self.overhead, hbm, onchip)
+        longer, shorter = (compute, memory) if compute > memory else (memory, compute)
+        return Cost(longer + self.serial * shorter + comm + self.overhead, hbm, onchip)
 
 
 class CostModelSPS:

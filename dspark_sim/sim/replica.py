@@ -60,6 +60,8 @@ class Replica:
         self.max_seqs = min(dep.max_batch_size, dep.max_batched_tokens)
         self.max_tokens = dep.max_batched_tokens
         self.chunk_tokens = dep.prefill_chunk_tokens
+        self.static = dep.batching == "static"
+        self.static_rows = 0  # static batching: the rows of the running batch, finished ones included
         self.disaggregated = sim.scenario.simulation.disaggregated_prefill
         self.gamma = sim.gamma_max
         self.speculative = not isinstance(policy, NoSpecPolicy) and sim.gamma_max > 0
@@ -218,7 +220,8 @@ class Replica:
             gd = int(draft.max())
             draft_sum = int(draft.sum())
             if gd > 0:
-                draft_cost = self.costs.draft(nd, gd, float(c_d.mean()), float(self.last_yield[di].mean()))
+                draft_cost = self.costs.draft(nd + self._ghost_rows(), gd, float(c_d.mean()),
+                                              float(self.last_yield[di].mean()))
                 if self.sps is not None:
                     self.sps.set_batch(c_d, float(draft_cost.time_s), self._prefill_estimate(dec))
                 conf = self._confidences(di, nd) if self.wants_conf else None
@@ -247,7 +250,8 @@ class Replica:
                 chunk_idx.append(i)
                 chunk_len.append(chunk)
         reqs = self.reqs
-        while self.waiting and budget > 0 and self.n < self.max_seqs and not self.disaggregated:
+        forming = not self.static or self.static_rows == 0  # a static batch admits only while it forms
+        while forming and self.waiting and budget > 0 and self.n < self.max_seqs and not self.disaggregated:
             r = self.waiting[0]
             chunk = min(int(reqs.prompt[r] + self.out.gen[r]), budget)
             blocks = (chunk + bs - 1) // bs
@@ -260,6 +264,8 @@ class Replica:
             free -= blocks
         if nd == 0 and not chunk_idx:
             return None
+        if self.static and forming:
+            self.static_rows = self.n
 
         # ---- 4. price the iteration
         if chunk_idx:
@@ -273,6 +279,10 @@ class Replica:
             q = (verify + 1).astype(float)
             c = c_d.astype(float)
             dprefill = None
+        ghosts = self._ghost_rows()
+        if ghosts and nd:  # finished rows of a static batch: one padded token each, at a typical context
+            q = np.concatenate([q, np.ones(ghosts)])
+            c = np.concatenate([c, np.full(ghosts, float(c_d.mean()))])
         target = self.costs.target(q, c)
         target_s = float(target.time_s)
         hbm = float(target.hbm_bytes)
@@ -347,6 +357,10 @@ class Replica:
         self.step_no += 1
         return dt
 
+    def _ghost_rows(self) -> int:
+        """Static batching: rows of finished sequences that the passes still compute."""
+        return max(self.static_rows - self.n, 0) if self.static else 0
+
     def _prefill_estimate(self, dec: np.ndarray) -> tuple:
         """Aggregates of the prefill chunks this pass will likely carry (for SPS): running prefills."""
         if dec.all():
@@ -405,6 +419,8 @@ class Replica:
                     self.seed, self.toff, self.tlen, self.cond):
             arr[:k] = arr[:n][keep]
         self.n = k
+        if k == 0:
+            self.static_rows = 0  # the static batch has drained: the next one may form
         if isinstance(self.policy, DSparkPolicy) and self.policy.lag:
             for r in rids.tolist():
                 self.policy.forget(r)
