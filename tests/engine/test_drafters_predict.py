@@ -1,0 +1,135 @@
+"""benchmarks/drafters_predict.py on a tiny synthetic measured table: structure, sane values, and a
+prediction that follows the acceptance it is given."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dspark_sim.engine.data import Corpus, held_out_prompts  # noqa: E402
+from dspark_sim.engine.generate import Sampling, generate_baseline  # noqa: E402
+from dspark_sim.engine.train_drafters import DRAFTER_TRAIN_PRESETS, train_drafter_models  # noqa: E402
+
+from .engine_helpers import perturbed, prompts_for, random_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+VOCAB, PROMPT, NEW, GAMMA, BATCH = 16, 8, 24, 3, 2
+
+
+def _module() -> Any:
+    spec = importlib.util.spec_from_file_location("drafters_predict", ROOT / "benchmarks" / "drafters_predict.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def dp() -> Any:
+    return _module()
+
+
+@pytest.fixture(scope="module")
+def world(dp, tmp_path_factory):
+    """Briefly trained test drafters, the committed CPU profile calibrated at T=0, traces at T=0."""
+    from dspark_sim.calibrate import load_profile
+
+    target = random_model(VOCAB, seed=3, sharpness=6.0, dim=32, layers=2)
+    target.requires_grad_(False)
+    res = generate_baseline(target, prompts_for(16, VOCAB, seed=5, min_len=2, max_len=4), 32, Sampling(1.0),
+                            generator=torch.Generator().manual_seed(0))
+    data = torch.tensor([t for row in res.tokens for t in row])
+    spec = replace(DRAFTER_TRAIN_PRESETS["test"], steps=20, batch_size=8, seq_len=32, anchors=8, lr=5e-3)
+    out = train_drafter_models(target, ["mtp", "dspark"], Corpus(data, data, 1, 1), spec, seed=0)
+    drafters = {"draft_model": perturbed(target, noise=0.35), **{k: v["drafter"] for k, v in out.items()}}
+    profile = load_profile(ROOT / "validation" / "reports" / "cpu" / "profile.json")
+    setup = dp.Setup(profile, dp.calibrated(profile, (0.0,)), PROMPT, NEW, dp.cache_tokens(PROMPT, NEW, GAMMA), (0, 1))
+    prompts = prompts_for(4, VOCAB, seed=7, min_len=PROMPT, max_len=PROMPT)
+    tmp = tmp_path_factory.mktemp("traces")
+    traces = dp.write_traces(target, drafters, prompts, NEW, (0.0,), 0, tmp)
+    args = {k: (None if k == "draft_model" else d.args.to_dict()) for k, d in drafters.items()}
+    return setup, traces, args, tmp
+
+
+def _row(config: str, tok_s: float, speedup: float, tau: float) -> dict[str, Any]:
+    return {"temperature": 0.0, "batch": BATCH, "config": config, "throughput_tok_s": tok_s,
+            "per_user_tok_s": tok_s / BATCH, "speedup": speedup, "tau": tau}
+
+
+MEASURED = {
+    "rows": [_row("baseline", 2000.0, 1.0, 1.0), _row("mtp/fixed-1", 1800.0, 0.9, 1.7),
+             _row(f"dspark/fixed-{GAMMA}", 2400.0, 1.2, 2.5), _row(f"dspark/dspark-{GAMMA}", 2300.0, 1.15, 2.3),
+             _row(f"draft_model/fixed-{GAMMA}", 2200.0, 1.1, 2.4)],
+    "sps_tables": {f"dspark@{BATCH}": {str(BATCH * (g + 1)): 400.0 - 20.0 * g for g in range(GAMMA + 1)}},
+}
+
+
+def test_predicts_every_row(dp, world):
+    setup, traces, args, _ = world
+    rows = dp.predict_rows(MEASURED, setup, traces, args)
+    assert [r["config"] for r in rows] == [r["config"] for r in MEASURED["rows"]]
+    for r in rows:
+        for key in ("predicted_throughput_tok_s", "predicted_per_user_tok_s", "predicted_speedup", "predicted_tau"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["config"], key)
+        assert r["tok_s_error_pct"] == pytest.approx(100 * (r["predicted_throughput_tok_s"] /
+                                                            r["measured_throughput_tok_s"] - 1), abs=0.1)
+    assert rows[0]["predicted_speedup"] == 1.0 and rows[0]["predicted_tau"] == 1.0
+    assert rows[1]["predicted_tau"] <= 2.0 + 1e-9  # gamma 1: at most 2 tokens a step
+    report = dp.assemble(rows, GAMMA, {})
+    kinds = {e["drafter"] for e in report["errors"]}
+    assert kinds == {"baseline", "mtp", "dspark", "draft_model"}
+    side = report["comparison"]["T=0"]
+    assert set(side) == {"measured", "predicted"} and side["predicted"][0]["batch"] == BATCH
+    report["command"] = "test"
+    text = dp.markdown(report)
+    assert "dspark/dspark-3" in text and "Command:" in text
+    # deterministic: the same inputs give the same numbers
+    assert dp.predict_rows(MEASURED, setup, traces, args) == rows
+
+
+def test_better_acceptance_predicts_a_larger_speedup(dp, world):
+    setup, traces, args, tmp = world
+    speedups = []
+    for accept in (1, 2, GAMMA + 1):  # nothing accepted, one draft, the whole block
+        path = tmp / f"synthetic-{accept}.jsonl"
+        rec = {"prompt_len": PROMPT, "output_len": NEW, "accept_len": [accept] * NEW, "confidence": [0.5] * NEW}
+        path.write_text("".join(json.dumps(rec) + "\n" for _ in range(4)))
+        rows = dp.predict_rows({**MEASURED, "rows": MEASURED["rows"][2:3]}, setup, {("dspark", 0.0): path}, args)
+        speedups.append(rows[0]["predicted_speedup"])
+        assert rows[0]["predicted_tau"] == pytest.approx(min(accept, GAMMA + 1), rel=0.05)
+    assert speedups[0] < speedups[1] < speedups[2]
+    assert speedups[0] < 1.0 < speedups[2]
+
+
+def test_drafter_specs_follow_the_engine(dp, world):
+    setup, _, args, _ = world
+    from dspark_sim.config.schema import DrafterSpec
+
+    block = args["dspark"]["block_size"]
+    d = DrafterSpec.model_validate(dp.drafter_spec("dspark", args["dspark"], setup.profile, GAMMA))
+    assert (d.kind, d.first_pass_tokens, d.sliding_window_tokens) == ("dspark", block - GAMMA, args["dspark"]["window"])
+    assert d.markov_rank == args["dspark"]["markov_rank"]
+    m = DrafterSpec.model_validate(dp.drafter_spec("mtp", args["mtp"], setup.profile, 1))
+    assert (m.kind, m.first_pass_tokens, m.num_layers) == ("mtp", 1.0, args["mtp"]["n_layers"])
+    assert DrafterSpec.model_validate(dp.drafter_spec("draft_model", None, setup.profile, GAMMA)).first_pass_tokens == 2
+    with pytest.raises(ValueError):
+        dp.drafter_spec("parallel", args["dspark"], setup.profile, block)
+
+
+def test_trace_prompts_avoid_the_measured_ones(dp):
+    data = torch.arange(5000)
+    measured = held_out_prompts(Corpus(data, data, 1, 1), 8, 32)
+    ours = dp.unmeasured_prompts(data.tolist(), 8, 32, 5)
+    assert len(ours) == 5 and all(len(p) == 32 for p in ours)
+    for p in ours:
+        assert all(abs(p[0] - m[0]) >= 32 for m in measured)
