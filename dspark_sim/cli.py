@@ -113,10 +113,10 @@ def profile(
     cache_dir: Annotated[Path | None, typer.Option(help="where trained pairs live")] = None,
     random_weights: Annotated[bool, typer.Option(help="time randomly initialised models of the preset's shapes")] = False,
     dtype: Annotated[str, typer.Option(help="weights dtype: fp32 | bf16 | fp16")] = "fp32",
-    batch_sizes: Annotated[str | None, typer.Option(help="e.g. 1,2,4,8,16")] = None,
+    batch_sizes: Annotated[str | None, typer.Option(help="batch sizes of the passes and whole steps, e.g. 1,2,4,8,16")] = None,
     query_tokens: Annotated[str | None, typer.Option(help="tokens per sequence per pass, e.g. 1,2,3,5,9")] = None,
     contexts: Annotated[str | None, typer.Option(help="cached tokens per sequence, e.g. 64,256,512")] = None,
-    repeats: Annotated[int | None, typer.Option(help="timed repeats per shape")] = None,
+    repeats: Annotated[int | None, typer.Option(help="timed repeats per pass shape and per step configuration")] = None,
     quick: Annotated[bool, typer.Option(help="a small grid (about a minute on 2 CPU cores)")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")] = Path("profile.json"),
 ) -> None:
@@ -137,14 +137,14 @@ def profile(
         raise InputError("--dtype", None, f"got {dtype!r}, allowed: {', '.join(dtypes)}")
     grid = ProfileGrid.quick() if quick else ProfileGrid()
     updates = {}
-    if batch_sizes:
-        updates["batch_sizes"] = _csv_ints(batch_sizes, "--batch-sizes")
+    if batch_sizes:  # passes and whole steps alike
+        updates["batch_sizes"] = updates["step_batch_sizes"] = _csv_ints(batch_sizes, "--batch-sizes")
     if query_tokens:
         updates["query_tokens"] = _csv_ints(query_tokens, "--query-tokens")
     if contexts:
         updates["contexts"] = _csv_ints(contexts, "--contexts")
     if repeats:
-        updates["repeats"] = repeats
+        updates["repeats"] = updates["step_repeats"] = repeats
     grid = dataclasses.replace(grid, **updates)
     dev = torch.device(device)
     target, draft, what = load_engine_models(preset, seed, cache_dir, dev, dtypes[dtype], random_weights)
