@@ -1,7 +1,8 @@
 """Decode speed of the engine vs HF transformers (static cache) on Llama-shaped random bf16 weights.
 
 Batch 1, greedy, 128-token prompt, 256 new tokens (the FACTS.md section 3 setup). Our side runs the
-decode step as a captured CUDA graph (torch.compile mode="reduce-overhead"). Targets on one H200:
+decode step as a captured CUDA graph (torch.compile mode="reduce-overhead") with fused q/k/v and
+gate/up projections, and once unfused for comparison. Targets on one H200:
 >= 215 tok/s for the Llama-3.1-8B shape and >= 900 tok/s for Llama-3.2-1B (weight streaming limits
 at 4.8 TB/s are about 299 and 1602 tok/s). Prints one JSON document.
 
@@ -42,10 +43,13 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
-               use_graphs: bool, repeats: int, manual_graphs: bool = False) -> dict[str, Any]:
+               use_graphs: bool, repeats: int, manual_graphs: bool = False, fused: bool = True) -> dict[str, Any]:
     """compile: torch.compile(mode="reduce-overhead"); manual_graphs: eager kernels captured per shape
-    (dspark_sim.engine.cudagraphs.GraphedForward, what `profile` and `validate` use)."""
+    (dspark_sim.engine.cudagraphs.GraphedForward, what `profile` and `validate` use); fused: one q/k/v
+    and one gate/up matmul per layer (`Transformer.fuse_projections`)."""
     model = build_model(args, device=device, dtype=dtype, seed=0).eval()
+    if fused:
+        model.fuse_projections()
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     if manual_graphs:
         from dspark_sim.engine.cudagraphs import GraphedForward
@@ -73,6 +77,7 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         "weight_gb": wbytes / 1e9,
         "weight_stream_gbps": wbytes * best.decode_tokens_per_s / 1e9,
         "cuda_graphs": use_graphs or manual_graphs,
+        "fused_projections": fused,
         "forward": "manual CUDA graphs" if manual_graphs else ("torch.compile reduce-overhead" if use_graphs else "eager"),
         "warmup_s": warmup_s,
         "first_tokens": best.tokens[0][:8],
@@ -137,6 +142,9 @@ def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int 
         args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
         row: dict[str, Any] = {"params": args.num_params()}
         row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
+        # the same run without the fused projections: what fusing gains, measured side by side
+        row["ours_unfused"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+                                         fused=False)
         if device.startswith("cuda") and manual_graphs:
             row["ours_manual_graphs"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, False,
                                                    repeats, manual_graphs=True)

@@ -140,6 +140,9 @@ def main() -> None:
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     target = pair.target.to(device=a.device, dtype=dtype).eval()
     draft = pair.draft.to(device=a.device, dtype=dtype).eval()
+    if a.device.startswith("cuda"):  # the GPU engine's inference layout, as `validate` runs it
+        target.fuse_projections()
+        draft.fuse_projections()
     prompts = _prompts(a.prompts + 1, a.prompt_len)
     for gamma in (int(g) for g in a.gammas.split(",")):
         for temp in (0.0, 1.0):

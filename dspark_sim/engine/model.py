@@ -206,13 +206,23 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
+        self.wqkv: Tensor | None = None  # fused q/k/v weight after fuse(): one matmul instead of three
+
+    def fuse(self) -> None:
+        """One [q; k; v] weight; wq/wk/wv become views of it (same memory, same state dict)."""
+        self.wqkv = _fuse_linears(self.wq, self.wk, self.wv)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None,
                 mask: Tensor | None) -> Tensor:
         bsz, t, _ = x.shape
-        q = self.wq(x).view(bsz, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.wqkv is not None:
+            nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.wqkv).split((nq, nkv, nkv), dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(bsz, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None and positions is not None:
             k, v = self.kv_cache.update(positions, k, v)
@@ -236,9 +246,29 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # gate
         self.w3 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # up
         self.w2 = nn.Linear(args.ffn_hidden, args.dim, bias=False)  # down
+        self.w13: Tensor | None = None  # fused [gate; up] weight after fuse()
+
+    def fuse(self) -> None:
+        self.w13 = _fuse_linears(self.w1, self.w3)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13 is not None:
+            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def _fuse_linears(*linears: nn.Linear) -> Tensor:
+    """Concatenate bias-free Linear weights along the output dim and make each weight a view of the
+    result: the fused matmul streams one larger weight (small GEMVs reach a fraction of a GPU's
+    bandwidth), and the modules, their state dict and their memory stay as they were."""
+    fused = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[start: start + rows], requires_grad=False)
+        start += rows
+    return fused
 
 
 class Block(nn.Module):
@@ -306,6 +336,16 @@ class Transformer(nn.Module):
                                                kv_dtype, self.dtype, self.device)
         self.cache_batch, self.cache_len = max_batch_size, max_seq_len
         self.buffers_version += 1  # captured CUDA graphs of older buffers must not run again
+
+    def fuse_projections(self) -> Transformer:
+        """Inference layout: fused q/k/v and gate/up matmuls (as gpt-fast fuses wqkv). Call after the
+        model is on its device and dtype (moving it afterwards would un-share the views); training and
+        loading are unaffected (the parameters keep their names and shapes)."""
+        for layer in self.layers:
+            layer.attention.fuse()
+            layer.feed_forward.fuse()
+        self.buffers_version += 1  # graphs captured before must not replay
+        return self
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, *, return_hidden: bool = False,
                 logit_index: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:

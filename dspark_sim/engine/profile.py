@@ -302,11 +302,17 @@ def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, 
     folder = pair_dir(preset, seed, cache_dir)
     if not random_weights and (folder / "metrics.json").is_file():
         pair = load_pair(folder, device=device, dtype=dtype)
-        return pair.target.eval(), pair.draft.eval(), f"trained pair {folder}"
-    t = build_model(ModelArgs.from_preset(spec.target, vocab_size=VOCAB_SIZE), device=device, dtype=dtype, seed=seed)
-    d = build_model(ModelArgs.from_preset(spec.draft, vocab_size=VOCAB_SIZE), device=device, dtype=dtype,
-                    seed=seed + 1)
-    return t.eval(), d.eval(), f"random weights of preset {preset!r}"
+        t, d, what = pair.target.eval(), pair.draft.eval(), f"trained pair {folder}"
+    else:
+        t = build_model(ModelArgs.from_preset(spec.target, vocab_size=VOCAB_SIZE), device=device, dtype=dtype,
+                        seed=seed).eval()
+        d = build_model(ModelArgs.from_preset(spec.draft, vocab_size=VOCAB_SIZE), device=device, dtype=dtype,
+                        seed=seed + 1).eval()
+        what = f"random weights of preset {preset!r}"
+    if device.type == "cuda":  # as `validate` runs them on a GPU
+        t.fuse_projections()
+        d.fuse_projections()
+    return t, d, what
 
 
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,

@@ -85,3 +85,28 @@ def test_tied_embeddings_and_presets():
     assert 1.2e9 <= PRESETS["llama-3.2-1b"].num_params() <= 1.3e9
     with pytest.raises(KeyError):
         ModelArgs.from_preset("nope")
+
+
+def test_fused_projections_same_outputs_state_and_memory():
+    """fuse_projections: one q/k/v and one gate/up matmul, the same logits (fp64), the same state dict,
+    and wq/wk/wv/w1/w3 become views of the fused weights (no second copy)."""
+    m = build_model(ModelArgs(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96),
+                    dtype=torch.float64, seed=3)
+    tokens = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor([0, 5, 11])
+    ref_plain = m(tokens)
+    m.setup_caches(3, 40)
+    ref_cached = m(tokens, pos)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    version = m.buffers_version
+    m.fuse_projections()
+    assert m.buffers_version > version  # graphs captured before fusing must not replay
+    m.setup_caches(3, 40)
+    torch.testing.assert_close(m(tokens), ref_plain, rtol=0, atol=1e-12)
+    torch.testing.assert_close(m(tokens, pos), ref_cached, rtol=0, atol=1e-12)
+    after = m.state_dict()
+    assert sorted(after) == sorted(state) and all(torch.equal(after[k], state[k]) for k in state)
+    att, ffn = m.layers[0].attention, m.layers[0].feed_forward
+    assert att.wqkv is not None and ffn.w13 is not None
+    assert att.wq.weight.data_ptr() == att.wqkv.data_ptr()
+    assert ffn.w3.weight.data_ptr() == ffn.w13[ffn.w1.weight.shape[0]:].data_ptr()
