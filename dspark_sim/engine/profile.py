@@ -123,8 +123,8 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
     `cache_len_for(context, q)` gives the static cache length the engine would allocate, which is what
     attention reads (the engine masks, it does not slice).
 
-    On a CPU the repeats are taken in rounds over the whole grid (every shape once per round, after a
-    warm-up call) rather than back to back: a shared machine's slow spells last tens of milliseconds,
+    On a CPU the repeats are taken in rounds over the whole grid (every shape once per round, after
+    untimed calls that bring it back to its in-loop speed) rather than back to back: a shared machine's slow spells last tens of milliseconds,
     long enough to spoil every repeat of one shape, but not one repeat of every shape. On a GPU the
     repeats stay back to back (each new cache would mean a new CUDA-graph capture).
     """
@@ -140,10 +140,13 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
         inputs[(kv, ctx, b, q)] = (tokens, positions)
     times: dict[tuple, list[float]] = {k: [] for k in shapes}
 
-    def visit(key, n_warm: int, n_time: int) -> None:
+    def visit(key, n_warm: int, n_time: int, warm_s: float = 0.0) -> None:
         kv, ctx, b, q = key
         model.setup_caches(b, cache_len_for(ctx, q), kv)
         tokens, positions = inputs[key]
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < warm_s:  # untimed calls until this shape runs as in a loop
+            fwd(tokens, positions)
         times[key].extend(time_call(lambda: fwd(tokens, positions), dev, n_warm, n_time))
 
     if dev.type == "cuda":
@@ -154,7 +157,9 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
     else:
         for r in range(repeats):
             for key in shapes:
-                visit(key, max(warmup, 1) if r == 0 else 1, 1)
+                # untimed calls first, for at least 20 ms: after a larger shape, a small one needs
+                # several calls (about 5 for a 1 ms pass) before it runs as fast as in the engine's loop
+                visit(key, max(warmup, 2), 1, warm_s=0.02)
                 if progress is not None and r == repeats - 1:  # a shape is done with its last round
                     progress()
     out: list[PassSample] = []
@@ -215,11 +220,11 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     on_gpu = target.device.type == "cuda"
     order = ([c for c in configs for _ in range(repeats)] if on_gpu
              else [c for _ in range(repeats) for c in configs])
-    for i, c in enumerate(order):
+    for c in order:
         t, p, b, g = c
         first = not runs[c]
         runs[c].append(_step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
-                                 warm=first and (on_gpu or i < len(configs))))
+                                 warm=first or not on_gpu))
         if progress is not None and len(runs[c]) == repeats:
             progress()
     out = []
@@ -240,10 +245,10 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     sampling = Sampling(temperature=temperature)
     prompt_len, b = len(prompts[0]), len(prompts)
 
-    def run():
+    def run(n=new_tokens):
         if gamma == 0:
-            return generate_baseline(target, prompts, new_tokens, sampling, forward=target_forward)
-        return speculative_generate(target, draft, prompts, new_tokens, FixedGamma(gamma=gamma), sampling,
+            return generate_baseline(target, prompts, n, sampling, forward=target_forward)
+        return speculative_generate(target, draft, prompts, n, FixedGamma(gamma=gamma), sampling,
                                     target_forward=target_forward, draft_forward=draft_forward)
 
     if warm:
@@ -254,7 +259,9 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
             target.setup_caches(b, cap)
             draft.setup_caches(b, cap)
             precapture(target_forward, draft_forward, b, gamma)
-        run()
+            run()
+        else:  # a CPU: a few untimed steps after other configurations' shapes (see profile_passes)
+            run(min(new_tokens, 8))
     res = run()
     ctx = prompt_len + new_tokens // 2
     if gamma == 0:
