@@ -1,4 +1,4 @@
-"""The engine's drafters on this CPU: tau, per-position acceptance, confidence calibration, speed, and
+"""The engine's drafters on this CPU (or a GPU, --device cuda): tau, per-position acceptance, confidence calibration, speed, and
 DSpark against an MTP-1 baseline at matched throughput.
 
 Drafters (trained against the `tiny` target if the cache lacks them, `engine.train_drafters`): the
@@ -8,7 +8,9 @@ prefix scheduler fed by the drafter's confidences (DSpark: its calibrated head; 
 token) over an SPS(B) table measured here (draft + verify step time), and MTP-1 (the MTP head, gamma 1).
 
 Timing: the 2 cores may be shared, so every configuration runs `repeats` times, interleaved (all
-configurations once, then again), and the fastest decode time counts. Prints one JSON document.
+configurations once, then again), and the fastest decode time counts. Batches smaller than
+`min_sequences` run several batches of distinct prompts (batch 1: 8 prompts), pooled, so that no
+point rests on one prompt. Prints one JSON document.
 
     python benchmarks/drafters_cpu.py [--preset tiny] [--batches 1,4,16,64] [--new-tokens 128]
                                       [--repeats 3] [--out validation/drafters/cpu.json]
@@ -83,6 +85,18 @@ def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
     return out
 
 
+def merge_results(results: list[GenerationResult]) -> GenerationResult:
+    """Several runs of the same batch size as one: their steps, tokens and times side by side (tau,
+    acceptance and tokens/s then pool all of them)."""
+    if len(results) == 1:
+        return results[0]
+    return GenerationResult(
+        tokens=[t for r in results for t in r.tokens], prompt_lens=[n for r in results for n in r.prompt_lens],
+        prefill_time_s=sum(r.prefill_time_s for r in results), decode_time_s=sum(r.decode_time_s for r in results),
+        target_passes=sum(r.target_passes for r in results), steps=[s for r in results for s in r.steps],
+        step_wall_s=[w for r in results for w in r.step_wall_s])
+
+
 def rate(res: GenerationResult) -> float:
     """Decode tokens per second of the whole batch: plain decoding's, or a speculative run's while every
     sequence was still generating (`GenerationResult.full_batch_tokens_per_s`: the static batch's tail,
@@ -94,17 +108,20 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
         prompt_len: int = 64, batches: tuple[int, ...] = (1, 4, 16, 64),
         frontier_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), temperatures: tuple[float, ...] = (0.0, 1.0),
         gamma: int = 5, repeats: int = 3, kinds: tuple[str, ...] = ALL, log: Any = _log,
-        threads: int | None = None) -> dict[str, Any]:
+        threads: int | None = None, min_sequences: int = 8, device: str = "cpu") -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     pair = train_pair(preset, seed, cache_dir, log=lambda m: log(f"pair: {m}"))
     trained = train_drafters(preset, seed, cache_dir, [k for k in kinds if k != "draft_model"],
                              log=lambda m: log(f"drafters: {m}"))
-    target = pair.target.eval()
-    drafters: dict[str, Any] = {"draft_model": pair.draft.eval(), **{k: v.drafter for k, v in trained.items()}}
+    # fp32 on every device: the tiny models are host-bound on a GPU, and the trained weights are fp32
+    target = pair.target.to(device).eval()
+    drafters: dict[str, Any] = {"draft_model": pair.draft.to(device).eval(),
+                                **{k: v.drafter.to(device).eval() for k, v in trained.items()}}
     drafters = {k: drafters[k] for k in kinds}
-    prompts_all = held_out_prompts(load_corpus(get_preset(preset).max_corpus_bytes), max(batches + frontier_batches),
+    prompts_all = held_out_prompts(load_corpus(get_preset(preset).max_corpus_bytes),
+                                   max(*batches, *frontier_batches, min_sequences),
                                    prompt_len)
     all_batches = sorted(set(batches) | set(frontier_batches))
 
@@ -134,16 +151,22 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
     for temp in temperatures:
         sampling = Sampling(temperature=temp)
         for b in all_batches:
-            prompts = prompts_all[:b]
+            # small batches run several batches of distinct prompts, so that no point rests on one prompt
+            rounds = max(1, min_sequences // b)
+            batches_of_prompts = [prompts_all[r * b: (r + 1) * b] for r in range(rounds)]
             best: dict[str, GenerationResult] = {}
             cfgs = configs(b)
 
             def once(name: str, kind: str | None, policy: Any, n: int = new_tokens,
-                     _p: list = prompts, _s: Sampling = sampling) -> GenerationResult:
-                gen = torch.Generator().manual_seed(seed + 17)
-                if kind is None:
-                    return generate_baseline(target, _p, n, _s, generator=gen)
-                return drafter_generate(target, drafters[kind], _p, n, policy(), _s, generator=gen)
+                     _batches: list = batches_of_prompts, _s: Sampling = sampling) -> GenerationResult:
+                out = []
+                for r, p in enumerate(_batches):
+                    gen = torch.Generator(device=device).manual_seed(seed + 17 + r)
+                    if kind is None:
+                        out.append(generate_baseline(target, p, n, _s, generator=gen))
+                    else:
+                        out.append(drafter_generate(target, drafters[kind], p, n, policy(), _s, generator=gen))
+                return merge_results(out)
 
             for name, kind, policy in cfgs:  # warm-up
                 once(name, kind, policy, 8)
@@ -164,7 +187,8 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
                     "acceptance_by_position": [round(a, 3) for a in res.acceptance_by_position()],
                     "per_user_tok_s": round(per_user, 1), "throughput_tok_s": round(per_user * b, 1),
                     "speedup": round(rate(res) / rate(base), 3),
-                    "batch_completion_per_user_tok_s": round((new_tokens - 1) / res.decode_time_s, 1),
+                    "batch_completion_per_user_tok_s": round(rounds * (new_tokens - 1) / res.decode_time_s, 1),
+                    "prompt_batches": rounds,
                     "step_ms": round(1e3 * float(np.mean(full)), 3) if full else None,
                     "verified_per_seq_step": round(float(np.mean([s.verified[s.active].mean() for s in steps])), 3)
                     if steps else 0.0,
@@ -340,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kinds", default=",".join(ALL))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the drafters trained on the CPU, carried in the cache)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--markdown", default=None, help="also write the tables (markdown) here")
     ap.add_argument("--from-json", default=None, help="only turn a saved report into --markdown tables")
@@ -357,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     report = run(a.preset, a.seed, a.cache_dir, a.new_tokens, a.prompt_len, ints(a.batches), ints(a.frontier_batches),
                  tuple(float(t) for t in a.temperatures.split(",")), a.gamma, a.repeats, tuple(a.kinds.split(",")),
-                 threads=a.threads)
+                 threads=a.threads, device=a.device)
     report["command"] = "python benchmarks/drafters_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(report, indent=1)
     print(text)

@@ -88,8 +88,11 @@ def test_benchmark_cpu_path(cache, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     report = mod.run("test", 2, str(cache), new_tokens=10, prompt_len=8, batches=(1, 2), frontier_batches=(1, 2),
-                     temperatures=(0.0, 1.0), gamma=3, repeats=1, log=lambda _m: None)
+                     temperatures=(0.0, 1.0), gamma=3, repeats=1, log=lambda _m: None, min_sequences=2)
     rows = report["rows"]
+    # batch 1 pools two batches of distinct prompts (no point rests on one prompt)
+    assert {r["prompt_batches"] for r in rows if r["batch"] == 1} == {2}
+    assert {r["prompt_batches"] for r in rows if r["batch"] == 2} == {1}
     names = {r["config"] for r in rows}
     assert {"baseline", "mtp/fixed-1", "dspark/dspark-3", "parallel/fixed-3", "draft_model/fixed-3"} <= names
     assert all(r["per_user_tok_s"] > 0 and r["tau"] >= 1 for r in rows)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU measurements, in stages that each fit one call on the lent H200 machine (10 minutes a call).
+# Run from the repository root on the device with the cp312 wheels carried in .whl/ and the trained
+# tiny pair + drafters carried in .carry/engine/ (see validation/README.md); results go under $OUT.
+#
+#   bash benchmarks/device_session.sh engine      # Llama-shaped decode speed, ours (fused/unfused) vs HF
+#   bash benchmarks/device_session.sh validate    # predict-then-measure on the GPU (tiny pair, bf16)
+#   bash benchmarks/device_session.sh drafters    # the drafter table on the GPU
+#   bash benchmarks/device_session.sh pair        # train the gpu pair, then tau / speed-up vs ours and HF
+#   bash benchmarks/device_session.sh tp          # on nvidia-h200-x2: TP=2 checks, all-reduce fit, TP table
+set -euo pipefail
+: "${OUT:?set OUT to the folder that comes back}"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$OUT/gpu.csv" || true
+
+case "${1:-}" in
+  engine)
+    python3 benchmarks/engine_gpu.py --out "$OUT/engine_gpu.json" ;;
+  validate)
+    python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine -o "$OUT/validation-cuda" ;;
+  drafters)
+    python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 --repeats 2 \
+      --out "$OUT/drafters_cuda.json" --markdown "$OUT/drafters_cuda.md" ;;
+  pair)
+    # not .carry/: carried paths are replaced on every call, while /tmp survives between calls on a warm
+    # machine, so a second call can finish what a first one (training: about 7 minutes) started
+    python3 benchmarks/engine_gpu_pair.py --cache-dir /tmp/dspark-engine --out "$OUT/engine_gpu_pair.json"
+    cp -r /tmp/dspark-engine "$OUT/gpu-pair" ;;
+  tp)
+    torchrun --standalone --nproc-per-node 2 -m dspark_sim.engine.tp generate --device cuda --dtype fp64 --check \
+      --json -o "$OUT/tp_check_fp64.json"
+    python3 -m dspark_sim.engine.tp allreduce --device cuda --tp 2 --shape llama-3.1-8b --dtype bf16 \
+      --hardware h200-sxm --hardware-out "$OUT/h200-sxm-tp2.yaml" -o "$OUT/allreduce_tp2.json"
+    python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b --dtype bf16 \
+      --tp 1,2 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 -o "$OUT/tp_engine_h200x2.json" ;;
+  *)
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp" >&2; exit 2 ;;
+esac
