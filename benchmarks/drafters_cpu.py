@@ -36,6 +36,7 @@ from dspark_sim.engine.generate import GenerationResult, Sampling, generate_base
 from dspark_sim.engine.train import get_preset, train_pair
 from dspark_sim.engine.train_drafters import ece, train_drafters
 from dspark_sim.policies import make_policy
+from dspark_sim.validate_drafters import matched
 
 ALL = ("draft_model", "mtp", "parallel", "dspark")
 
@@ -66,23 +67,6 @@ def live_calibration(results: list[GenerationResult], gamma: int, bins: int = 10
         "accept_rate_by_position": [round(float(np.mean(o)), 4) if o else None for o in out],
         "samples_by_position": [len(c) for c in conf],
     }
-
-
-def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
-    """For each point of curve A (throughput, per-user tok/s), B's per-user tok/s at the same throughput
-    (linear interpolation in log throughput over B's points; None outside B's range)."""
-    b = sorted(curve_b, key=lambda r: r["throughput_tok_s"])
-    bx = np.log([r["throughput_tok_s"] for r in b])
-    by = np.array([r["per_user_tok_s"] for r in b])
-    out = []
-    for r in sorted(curve_a, key=lambda r: r["throughput_tok_s"]):
-        x = np.log(r["throughput_tok_s"])
-        inside = bx.min() <= x <= bx.max()
-        other = float(np.interp(x, bx, by)) if inside else None
-        out.append({"batch": r["batch"], "throughput_tok_s": r["throughput_tok_s"], "per_user_tok_s": r["per_user_tok_s"],
-                    "baseline_per_user_at_same_throughput": None if other is None else round(other, 1),
-                    "per_user_gain_pct": None if other is None else round(100 * (r["per_user_tok_s"] / other - 1), 1)})
-    return out
 
 
 def merge_results(results: list[GenerationResult]) -> GenerationResult:

@@ -197,9 +197,16 @@ def validate(
     tolerance: Annotated[float | None, typer.Option(help="max median |error| in % (default 5, 15 with --quick)")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder (default validation/reports/<device>)")] = None,
     dtype: Annotated[str | None, typer.Option(help="engine weights dtype: fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)")] = None,
+    drafters: Annotated[Path | None, typer.Option(
+        "--drafters", help="instead: predict a measured drafter table (benchmarks/drafters_cpu.py --out) with the "
+                           "--profile of the same device; writes <out>/<table>_predicted.json and .md")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
+
+    if drafters is not None:
+        _validate_drafters(drafters, profile_path, out_dir, device, cache_dir, tolerance)
+        return
 
     from dspark_sim.calibrate import check_profile_matches, load_profile
     from dspark_sim.engine.profile import engine_version
@@ -231,6 +238,33 @@ def validate(
                       f"{s.median_abs_tokens_per_s_error_pct:5.1f}% worst {s.worst_abs_tokens_per_s_error_pct:5.1f}%")
     console.print(f"{'PASSED' if report.passed else 'FAILED'} (tolerance {tol:g}% median) -> {folder}/report.html")
     if not report.passed:
+        raise typer.Exit(1)
+
+
+def _validate_drafters(table: Path, profile_path: Path | None, out_dir: Path | None, device: str,
+                       cache_dir: Path | None, tolerance: float | None) -> None:
+    """`validate --drafters`: the simulator's prediction of a measured drafter table, with its error."""
+    import statistics
+
+    from dspark_sim.calibrate import check_profile_matches, load_profile
+    from dspark_sim.validate_drafters import markdown, validate_drafters
+
+    if profile_path is None:
+        raise InputError("--drafters", None, "needs --profile: the engine profile of the device that measured the table")
+    check_profile_matches(load_profile(profile_path), device_kind=device, source=str(profile_path))
+    folder = out_dir or table.parent
+    console = _console()
+    report = validate_drafters(table, profile_path, folder, cache_dir=str(cache_dir) if cache_dir else None,
+                               command="dspark-sim " + " ".join(sys.argv[1:]), log=console.print)
+    console.print(markdown(report).split("\n\nEvery row")[0])
+    spec = [r for r in report["rows"] if r["config"] != "baseline"]
+    med_tok = statistics.median(abs(r["tok_s_error_pct"]) for r in spec)
+    med_speed = statistics.median(abs(r["speedup_error_pct"]) for r in spec)
+    tol = 5.0 if tolerance is None else tolerance
+    ok = max(med_tok, med_speed) <= tol
+    console.print(f"speculative rows: tok/s error median {med_tok:.1f}%, speed-up {med_speed:.1f}% -> "
+                  f"{'PASSED' if ok else 'FAILED'} (tolerance {tol:g}% median); {folder}/{table.stem}_predicted.md")
+    if not ok:
         raise typer.Exit(1)
 
 

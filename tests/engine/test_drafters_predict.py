@@ -1,12 +1,10 @@
-"""benchmarks/drafters_predict.py on a tiny synthetic measured table: structure, sane values, and a
+"""dspark_sim.validate_drafters (`dspark-sim validate --drafters`) on a tiny synthetic measured table: structure, sane values, and a
 prediction that follows the acceptance it is given."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,9 @@ VOCAB, PROMPT, NEW, GAMMA, BATCH = 16, 8, 24, 3, 2
 
 
 def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("drafters_predict", ROOT / "benchmarks" / "drafters_predict.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    from dspark_sim import validate_drafters
+
+    return validate_drafters
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +128,22 @@ def test_trace_prompts_avoid_the_measured_ones(dp):
     assert len(ours) == 5 and all(len(p) == 32 for p in ours)
     for p in ours:
         assert all(abs(p[0] - m[0]) >= 32 for m in measured)
+
+
+def test_validate_drafters_bad_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dspark_sim.cli", "validate", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+
+    profile = str(ROOT / "validation" / "reports" / "cpu" / "profile.json")
+    out = cli("--drafters", str(tmp_path / "nope.json"), "--profile", profile)
+    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"preset": "tiny"}')
+    out = cli("--drafters", str(bad), "--profile", profile)
+    assert out.returncode == 2 and "seed" in out.stderr and "Traceback" not in out.stderr
+    out = cli("--drafters", str(bad))
+    assert out.returncode == 2 and "--profile" in out.stderr and "Traceback" not in out.stderr

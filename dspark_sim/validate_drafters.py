@@ -1,4 +1,7 @@
-"""The simulator's prediction of the CPU drafter table (validation/drafters/cpu.json), with its error.
+"""The simulator's prediction of the measured drafter table (`dspark-sim validate --drafters`), with its error.
+
+The table comes from benchmarks/drafters_cpu.py (the engine's drafters, measured); this module
+predicts every row of it and reports the error.
 
 For every measured row (temperature x batch x drafter config, and plain decoding):
 1. hardware: the committed CPU engine profile (target + draft model timings), calibrated per
@@ -11,18 +14,14 @@ For every measured row (temperature x batch x drafter config, and plain decoding
    DrafterSpec, the same policy (FixedGamma, or DSpark's prefix scheduler over the very SPS(B) table
    the engine used), full-batch decode tokens/s exactly as `validate.predict_case` takes it.
 
-    python benchmarks/drafters_predict.py --measured validation/drafters/cpu.json \
-        --profile validation/reports/cpu/profile.json --out validation/drafters/cpu_predicted.json \
-        --markdown validation/drafters/cpu_predicted.md
+    dspark-sim validate --drafters validation/drafters/cpu.json \
+        --profile validation/reports/cpu/profile.json --out validation/drafters
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,16 +35,6 @@ from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfil
 from dspark_sim.io import write_atomic
 
 FIELDS = {"field": "accept_len", "confidence_field": "confidence"}  # what drafter_trace.py writes
-
-
-def _benchmarks_module(name: str) -> Any:
-    """A sibling script as a module (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +274,24 @@ def error_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def comparison(rows: list[dict[str, Any]], gamma: int, matched: Callable[[list, list], list]) -> dict[str, Any]:
+def matched(curve_a: list[dict], curve_b: list[dict]) -> list[dict]:
+    """For each point of curve A (throughput, per-user tok/s), B's per-user tok/s at the same throughput
+    (linear interpolation in log throughput over B's points; None outside B's range)."""
+    b = sorted(curve_b, key=lambda r: r["throughput_tok_s"])
+    bx = np.log([r["throughput_tok_s"] for r in b])
+    by = np.array([r["per_user_tok_s"] for r in b])
+    out = []
+    for r in sorted(curve_a, key=lambda r: r["throughput_tok_s"]):
+        x = np.log(r["throughput_tok_s"])
+        inside = bx.min() <= x <= bx.max()
+        other = float(np.interp(x, bx, by)) if inside else None
+        out.append({"batch": r["batch"], "throughput_tok_s": r["throughput_tok_s"], "per_user_tok_s": r["per_user_tok_s"],
+                    "baseline_per_user_at_same_throughput": None if other is None else round(other, 1),
+                    "per_user_gain_pct": None if other is None else round(100 * (r["per_user_tok_s"] / other - 1), 1)})
+    return out
+
+
+def comparison(rows: list[dict[str, Any]], gamma: int) -> dict[str, Any]:
     """DSpark (prefix scheduler) against MTP-1 at matched throughput, measured and predicted."""
     out: dict[str, Any] = {}
     for temp in sorted({r["temperature"] for r in rows}):
@@ -397,36 +403,36 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
 
 
 def assemble(rows: list[dict[str, Any]], gamma: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """The report: rows, error table, DSpark-vs-MTP-1 comparison (benchmarks/drafters_cpu.py's matched)."""
-    matched = _benchmarks_module("drafters_cpu").matched
-    return {**meta, "gamma": gamma, "errors": error_table(rows), "comparison": comparison(rows, gamma, matched),
+    """The report: rows, error table, DSpark-vs-MTP-1 comparison at matched throughput."""
+    return {**meta, "gamma": gamma, "errors": error_table(rows), "comparison": comparison(rows, gamma),
             "rows": rows}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--measured", default="validation/drafters/cpu.json")
-    ap.add_argument("--profile", default="validation/reports/cpu/profile.json")
-    ap.add_argument("--seeds", type=int, default=3, help="simulator seeds averaged per row")
-    ap.add_argument("--trace-prompts", type=int, default=24)
-    ap.add_argument("--trace-dir", default=None, help="keep the acceptance traces here (default: a temp dir)")
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--markdown", default=None)
-    a = ap.parse_args(argv)
-    report = run(Path(a.measured), Path(a.profile), a.seeds, a.trace_prompts,
-                 Path(a.trace_dir) if a.trace_dir else None, a.cache_dir,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
-    report["command"] = "python benchmarks/drafters_predict.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = json.dumps(report, indent=1)
-    if a.out:
-        write_atomic(a.out, text + "\n")
-    md = markdown(report)
-    if a.markdown:
-        write_atomic(a.markdown, md + "\n")
-    print(md)
+def load_measured(path: Path) -> dict[str, Any]:
+    """The measured drafter table (benchmarks/drafters_cpu.py --out); anything else is one InputError."""
+    from dspark_sim.config.errors import InputError
+
+    if not path.is_file():
+        raise InputError(str(path), None, "measured drafter table not found (make one with benchmarks/drafters_cpu.py --out)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(str(path), None, f"not a JSON drafter table ({exc})") from None
+    need = ("preset", "seed", "drafters", "rows", "prompt_len", "new_tokens", "gamma", "sps_tables")
+    missing = [k for k in need if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        raise InputError(str(path), missing[0], f"missing; a drafter table from benchmarks/drafters_cpu.py has {', '.join(need)}")
+    return doc
+
+
+def validate_drafters(measured_path: Path, profile_path: Path, out_dir: Path, *, seeds: int = 3,
+                      trace_prompts: int = 24, cache_dir: str | None = None, command: str = "",
+                      log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Predict the measured table, write <out>/<name>_predicted.json and .md; returns the report."""
+    load_measured(measured_path)
+    report = run(measured_path, profile_path, seeds, trace_prompts, None, cache_dir, log)
+    report["command"] = command
+    stem = measured_path.stem
+    write_atomic(out_dir / f"{stem}_predicted.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(out_dir / f"{stem}_predicted.md", markdown(report) + "\n")
     return report
-
-
-if __name__ == "__main__":
-    main()
