@@ -17,7 +17,15 @@ import numpy as np
 from dspark_sim.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import DTYPE_BYTES, Scenario
-from dspark_sim.costmodel import BatchShape, PassCost, StepCoster, forward_cost, stats_of, uniform_batch
+from dspark_sim.costmodel import (
+    MARKOV_STEP_LAYER_FRACTION,
+    BatchShape,
+    PassCost,
+    StepCoster,
+    forward_cost,
+    stats_of,
+    uniform_batch,
+)
 
 
 class Cost(NamedTuple):
@@ -143,7 +151,7 @@ class Costs:
         off = bytes_ - on
         mem = off / eff_bw + on / onchip_bw
         comp = flops / (hw.matmul_tflops(arch.weight_dtype) * 1e12 * hw.efficiency.compute)
-        ovh = 3.0 * hw.overheads.per_layer_us * 1e-6
+        ovh = MARKOV_STEP_LAYER_FRACTION * hw.overheads.per_layer_us * 1e-6
         return max(comp, mem) + ovh, off, on
 
     def draft_prefill(self, q: np.ndarray, c: np.ndarray) -> Cost | None:
