@@ -23,7 +23,9 @@ BOUNDS = ("compute", "memory", "communication", "overhead")
 
 #: Fixed cost of one position of DSpark's Markov head as a fraction of a decode layer's (per_layer_us):
 #: measured with torch.profiler on the bundled engine, a decode layer runs 48 top-level aten ops and a
-#: Markov position 4 (greedy: gather, matmul, add, argmax) to 10 (sampled: + softmax and a draw).
+#: Markov position 4 (greedy: gather, matmul, add, argmax) to 10 (sampled: + softmax and a draw). In
+#: the fused GPU runtimes the bundled profiles describe (about 10 kernels per layer) a position's 3-4
+#: kernels would be 0.3-0.4 of a layer: at DeepSeek-V4 scale either is well under 1% of a step.
 MARKOV_STEP_LAYER_FRACTION = 10.0 / 48.0
 
 #: Activation traffic per token per layer, in units of hidden-size elements (residual read/write,
