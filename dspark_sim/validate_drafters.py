@@ -12,7 +12,10 @@ For every measured row (temperature x batch x drafter config, and plain decoding
 3. a closed static batch of B requests as the engine ran it (padded verify, attention over the static
    cache, the benchmark's prompt and output lengths), the drafter mapped to the simulator's
    DrafterSpec, the same policy (FixedGamma, or DSpark's prefix scheduler over the very SPS(B) table
-   the engine used), full-batch decode tokens/s exactly as `validate.predict_case` takes it.
+   the engine used), full-batch decode tokens/s exactly as `validate.predict_case` takes it;
+4. each drafter loop's own per-step overhead (what lies outside the priced passes: the context update
+   after verify, the confidence head, sampling), profiled on random-token prompts at the table's
+   gammas and fitted as `calibrate` fits the draft-model loop's, so the table's runs are never used.
 
     dspark-sim validate --drafters validation/drafters/cpu.json \
         --profile validation/reports/cpu/profile.json --out validation/drafters
@@ -24,7 +27,7 @@ import json
 import statistics
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +150,21 @@ class Setup:
     new_tokens: int
     cache_tokens: int
     seeds: tuple[int, ...]
+    #: per (drafter kind, temperature, gamma): the drafter loop's own per-step overhead, us (profiled)
+    loop_step_us: Mapping[tuple[str, float, int], float] = field(default_factory=dict)
+
+    def hardware(self, temperature: float, kind: str | None, gamma: int = 0) -> HardwareProfile:
+        """The calibrated profile, with this drafter loop's profiled per-step overhead when there is one."""
+        hw = self.hw[temperature]
+        us = self.loop_step_us.get((kind, temperature, gamma)) if kind else None
+        if us is None:
+            return hw
+        return hw.model_copy(update={"overheads": hw.overheads.model_copy(update={"per_step_us": us})})
 
 
 def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, Any] | None,
-             policy: dict[str, Any] | None, trace: Path, seed: int) -> Scenario:
+             policy: dict[str, Any] | None, trace: Path, seed: int, kind: str | None = None,
+             gamma: int = 0) -> Scenario:
     """A closed static batch of `batch` requests, as `validate.case_scenario` describes an engine run."""
     from dspark_sim.config.loader import scenario_from_dict
 
@@ -159,7 +173,7 @@ def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
         "name": f"drafters T={temperature:g} B={batch}",
         "seed": seed,
         "deployment": {
-            "hardware": setup.hw[temperature].model_dump(),
+            "hardware": setup.hardware(temperature, kind if speculative else None, gamma).model_dump(),
             "model": setup.profile.target.model_dump(),
             "drafter": drafter if speculative else {"kind": "none"},
             "max_batch_size": batch,
@@ -185,7 +199,8 @@ def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
 
 
 def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, Any] | None,
-             policy: dict[str, Any] | None, trace: Path) -> tuple[float, float]:
+             policy: dict[str, Any] | None, trace: Path, kind: str | None = None,
+             gamma: int = 0) -> tuple[float, float]:
     """(full-batch decode tokens/s, tau) over the seeds: the steps with every request decoding, as
     `validate.predict_case` and the benchmark's `full_batch_tokens_per_s` take them."""
     from dspark_sim.sim.metrics import summarize
@@ -196,7 +211,8 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
     tokens = seconds = 0.0
     taus = []
     for seed in setup.seeds:
-        sim = Simulation(scenario(setup, temperature, batch, drafter, policy, trace, seed), "drafters").run()
+        sc = scenario(setup, temperature, batch, drafter, policy, trace, seed, kind, gamma)
+        sim = Simulation(sc, "drafters").run()
         log = np.array(sim.replicas[0].log, dtype=float)
         full = (log[:, col["decoders"]] == batch) & (log[:, col["prefill_tokens"]] == 0)
         tokens += float(log[full, col["tokens"]].sum())
@@ -228,7 +244,7 @@ def predict_rows(measured: Mapping[str, Any], setup: Setup, traces: Mapping[tupl
             g = config_gamma(config)
             spec = drafter_spec(kind, drafter_args.get(kind), setup.profile, g)
             policy = policy_spec(config, measured.get("sps_tables", {}).get(f"{kind}@{b}"))
-            rate, tau = simulate(setup, t, b, spec, policy, traces[(kind, t)])
+            rate, tau = simulate(setup, t, b, spec, policy, traces[(kind, t)], kind, g)
         row = {
             "temperature": t, "batch": b, "config": config,
             "measured_throughput_tok_s": r["throughput_tok_s"], "predicted_throughput_tok_s": round(rate, 1),
@@ -244,6 +260,64 @@ def predict_rows(measured: Mapping[str, Any], setup: Setup, traces: Mapping[tupl
             f"predicted {rate:8.1f} x{rate / base:.2f} | err {row['tok_s_error_pct']:+.1f}% / "
             f"{row['speedup_error_pct']:+.1f}%")
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Each drafter loop's own per-step overhead (profiled, as `calibrate` fits the draft-model loop's)
+# ------------------------------------------------------------------------------------------------
+
+
+def profile_drafter_loops(target: Any, drafters: Mapping[str, Any], gammas: Mapping[str, tuple[int, ...]],
+                          temperatures: tuple[float, ...], batches: tuple[int, ...], prompt_len: int, cache: int, *,
+                          new_tokens: int = 32, repeats: int = 3,
+                          seed: int = 0) -> dict[tuple[str, float, int, int], float]:
+    """Median wall time of a full-batch step of each drafter's loop at fixed gamma, on random-token
+    prompts (not the table's prompts or runs), in rounds over the configurations (a shared machine's
+    slow spells then touch one repeat of many, not every repeat of one), after a few untimed steps."""
+    import torch
+
+    from dspark_sim.engine.drafter_generate import drafter_generate
+    from dspark_sim.engine.generate import Sampling
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = target.args.vocab_size
+    prompts = {b: torch.randint(0, vocab, (b, prompt_len), generator=gen).tolist() for b in batches}
+    configs = [(k, t, g, b) for k in drafters for t in temperatures for g in gammas[k] for b in batches]
+    times: dict[tuple[str, float, int, int], list[float]] = {c: [] for c in configs}
+    for _ in range(repeats):
+        for kind, t, gamma, b in configs:
+            target.setup_caches(b, cache)  # the table's static cache length (the loop keeps a larger one)
+
+            def run(n: int, kind: str = kind, t: float = t, gamma: int = gamma, b: int = b):
+                g = torch.Generator(device=target.device).manual_seed(seed + 1)
+                return drafter_generate(target, drafters[kind], prompts[b], n, FixedGamma(gamma=gamma),
+                                        Sampling(temperature=t), generator=g)
+
+            run(8)
+            res = run(new_tokens)
+            full = [w for s, w in zip(res.steps, res.step_wall_s, strict=True) if s.active.all()]
+            if full:
+                times[(kind, t, gamma, b)].append(statistics.median(full))
+    return {c: statistics.median(v) for c, v in times.items() if v}
+
+
+def fit_loop_overheads(setup: Setup, step_s: Mapping[tuple[str, float, int, int], float],
+                       drafter_args: Mapping[str, Mapping[str, Any] | None]) -> dict[tuple[str, float, int], float]:
+    """Per drafter, temperature and gamma: the per-step overhead (us) that makes the cost model's
+    draft + verify time of the profiled steps match them (median over batch sizes, at least 0)."""
+    from dspark_sim.config.schema import DrafterSpec
+    from dspark_sim.costmodel import StepCoster
+
+    ctx = float(setup.prompt_len + 16)
+    residual: dict[tuple[str, float, int], list[float]] = {}
+    for (kind, t, gamma, b), measured in step_s.items():
+        spec = DrafterSpec(**drafter_spec(kind, drafter_args.get(kind), setup.profile, gamma))
+        coster = StepCoster(setup.profile.target, spec, setup.hw[t], 1, pad_verify=True,
+                            static_kv_tokens=setup.cache_tokens)
+        passes = float(np.asarray(coster.draft(float(b), float(gamma), ctx).time_s)
+                       + np.asarray(coster.verify(float(b), float(gamma), ctx).time_s))
+        residual.setdefault((kind, t, gamma), []).append(measured - passes)
+    return {key: round(max(statistics.median(v), 0.0) * 1e6, 1) for key, v in residual.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,7 +438,7 @@ def calibrated(profile: EngineProfile, temperatures: tuple[float, ...]) -> dict[
 
 def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: int = 24,
         trace_dir: Path | None = None, cache_dir: str | None = None,
-        log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+        log: Callable[[str], None] = lambda _m: None, profile_loops: bool = True) -> dict[str, Any]:
     """Load the measured table, the profile, the pair and the drafters; trace; predict; summarise."""
     import torch
 
@@ -390,6 +464,18 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
     prompts = unmeasured_prompts(corpus.eval.tolist(), max(batches), prompt_len, trace_prompts)
     setup = Setup(profile, calibrated(profile, temps), prompt_len, new_tokens,
                   cache_tokens(prompt_len, new_tokens, gamma), tuple(seed + i for i in range(seeds)))
+    if profile_loops:
+        log("profiling each drafter loop's steps (random-token prompts) ...")
+        loop_batches = tuple(sorted({1, 4, 16} & set(batches))) or (min(batches),)
+        gammas: dict[str, set[int]] = {}
+        for r in measured["rows"]:
+            if r["config"] != "baseline":
+                gammas.setdefault(r["config"].split("/")[0], set()).add(config_gamma(r["config"]))
+        step_s = profile_drafter_loops(pair.target.eval(), drafters, {k: tuple(sorted(v)) for k, v in gammas.items()},
+                                       temps, loop_batches, prompt_len, setup.cache_tokens, seed=seed)
+        setup = replace(setup, loop_step_us=fit_loop_overheads(setup, step_s, args))
+        log("per-step overhead of each drafter loop (us): " + ", ".join(
+            f"{k}@T={t:g},g={g} {v:.0f}" for (k, t, g), v in sorted(setup.loop_step_us.items())))
     with tempfile.TemporaryDirectory() as tmp:
         traces = write_traces(pair.target.eval(), drafters, prompts, new_tokens, temps, seed,
                               trace_dir or Path(tmp), log)
@@ -397,6 +483,8 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
     return assemble(rows, gamma, {"preset": preset, "seed": seed, "seeds": list(setup.seeds),
                                   "trace_prompts": len(prompts), "prompt_len": prompt_len,
                                   "new_tokens": new_tokens, "static_kv_cache_tokens": setup.cache_tokens,
+                                  "drafter_loop_step_us": {f"{k}@T={t:g},gamma={g}": v
+                                                           for (k, t, g), v in sorted(setup.loop_step_us.items())},
                                   "drafter_specs": {k: drafter_spec(k, args[k], profile, gamma if k in
                                                                     ("parallel", "dspark") else 1)
                                                     for k in kinds}})

@@ -147,3 +147,24 @@ def test_validate_drafters_bad_input_is_one_line(tmp_path):
     assert out.returncode == 2 and "seed" in out.stderr and "Traceback" not in out.stderr
     out = cli("--drafters", str(bad))
     assert out.returncode == 2 and "--profile" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_drafter_loop_overhead_profile_and_fit(dp, world):
+    """Each drafter loop's per-step overhead: profiled step times are positive, and the fit returns the
+    measured step minus the priced draft + verify passes (1 ms more measured -> 1,000 us more overhead)."""
+    setup, _traces, args, _ = world
+    target = random_model(vocab=VOCAB, seed=11)
+    draft = perturbed(target, noise=0.3)
+    steps = dp.profile_drafter_loops(target, {"draft_model": draft}, {"draft_model": (2,)}, (0.0,), (1, 2), PROMPT,
+                                     setup.cache_tokens, new_tokens=8, repeats=1)
+    assert set(steps) == {("draft_model", 0.0, 2, 1), ("draft_model", 0.0, 2, 2)}
+    assert all(v > 0 for v in steps.values())
+    base = dp.fit_loop_overheads(setup, {("draft_model", 0.0, 2, 1): 0.05}, args)
+    more = dp.fit_loop_overheads(setup, {("draft_model", 0.0, 2, 1): 0.051}, args)
+    assert base[("draft_model", 0.0, 2)] > 0
+    assert abs(more[("draft_model", 0.0, 2)] - base[("draft_model", 0.0, 2)] - 1000.0) < 0.5
+    assert dp.fit_loop_overheads(setup, {("draft_model", 0.0, 2, 1): 1e-9}, args)[("draft_model", 0.0, 2)] == 0.0
+    # the fitted overhead reaches the simulator's hardware for that drafter only
+    tuned = replace(setup, loop_step_us={("draft_model", 0.0, 2): 1234.0})
+    assert tuned.hardware(0.0, "draft_model", 2).overheads.per_step_us == 1234.0
+    assert tuned.hardware(0.0, "mtp", 2).overheads.per_step_us == setup.hw[0.0].overheads.per_step_us
