@@ -32,6 +32,7 @@ PARAMS = (
     ("per_step_us", "us"),
     ("per_baseline_step_us", "us"),
     ("compute_memory_overlap", "fraction"),
+    ("multi_token_weight_reads", "x"),
 )
 _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
 
@@ -71,19 +72,21 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0).
 
     x = (bandwidth GB/s, on-chip GB/s, TFLOP/s, per-pass us, per-layer us[, per-step us, per-baseline-step us
-    [, compute/memory overlap]]).
+    [, compute/memory overlap[, multi-token weight reads]]]).
     """
     vals = [float(v) for v in x]
     bw, onchip_bw, tflops, per_pass, per_layer = vals[:5]
     step = vals[5] if len(vals) > 5 else (per_step_us if per_step_us is not None else base.overheads.per_step_us)
     base_step = vals[6] if len(vals) > 6 else None
     overlap = min(max(vals[7], 0.0), 1.0) if len(vals) > 7 else base.compute_memory_overlap
+    multi_reads = vals[8] if len(vals) > 8 else base.multi_token_weight_reads
     return base.model_copy(
         update={
             "name": name,
             "memory_bandwidth_gbps": bw,
             "onchip_bandwidth_gbps": onchip_bw,
             "compute_memory_overlap": overlap,
+            "multi_token_weight_reads": multi_reads,
             "peak_tflops": {**{k: v for k, v in base.peak_tflops.items()}, weight_dtype: tflops},
             "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
                                      interconnect=base.efficiency.interconnect),
@@ -169,7 +172,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     x0 = np.array([
         base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
         base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
-        base.overheads.per_step_us, base.compute_memory_overlap,
+        base.overheads.per_step_us, base.compute_memory_overlap, base.multi_token_weight_reads,
     ])
 
     def to_params(z: np.ndarray) -> np.ndarray:
@@ -201,7 +204,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
             for overlap_logit in (3.0, -3.0):
                 start = np.log([x0[0] * scale, x0[1] * scale, x0[2] * scale,
                                 max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
-                                max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0])
+                                max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5])
                 start[_OVERLAP] = overlap_logit
                 fit = least_squares(residuals, start, method="trf", x_scale="jac", max_nfev=400)
                 if best is None or fit.cost < best.cost:

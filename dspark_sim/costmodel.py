@@ -171,6 +171,8 @@ def forward_cost(
         )
         weight_params = weight_params + s.num_moe_layers * moe_layer
     weight_bytes = np.asarray(weight_params, dtype=float) * wb / tp
+    # matrix-matrix passes may stream the weights more than once (a CPU GEMM packs them first)
+    weight_bytes = weight_bytes * np.where(t > 1.0, hw.multi_token_weight_reads, 1.0)
     if include_embedding:
         weight_bytes = weight_bytes + t * h * wb  # embedding rows looked up
 

@@ -86,6 +86,13 @@ class HardwareProfile(Strict):
         0.0, description="device-to-device bandwidth per direction per device (NVLink/xGMI), GB/s"
     )
     interconnect_latency_us: NonNegFloat = Field(5.0, description="latency of one collective hop, microseconds")
+    multi_token_weight_reads: PositiveFloat = Field(
+        1.0,
+        description="times a pass carrying more than one token streams the matmul weights, relative to a "
+        "one-token pass: 1 on GPUs; CPU GEMM libraries pack the weight panel first (measured on this "
+        "project's EPYC: a Linear costs 1.7-2.1x more at 2 rows than at 1, then stays flat to 8); "
+        "`calibrate` fits it",
+    )
     compute_memory_overlap: Probability = Field(
         1.0,
         description="how far a pass's compute and memory traffic overlap: 1 = its time is the larger of the "

@@ -268,12 +268,13 @@ class _FastPass:
             self.comm_per_tok = n_ar * 2 * (tp - 1) / tp * msg_per_tok / link
         self.overhead = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
         self.serial = 1.0 - hw.compute_memory_overlap
+        self.multi_reads = hw.multi_token_weight_reads
 
     def __call__(self, t: float, kv: float, kvw: float, pairs: float, pairs_w: float) -> Cost:
         weight_params = self.w_fixed
         if self.moe is not None:
             weight_params += self.w_expert * self.n_exp * (1.0 - self.miss**t)
-        weight_bytes = weight_params * self.wb_tp + t * self.h_wb
+        weight_bytes = weight_params * self.wb_tp * (self.multi_reads if t > 1.0 else 1.0) + t * self.h_wb
         kv_read = self.kv_a * kv + self.kv_b * kvw
         other = t * (self.kv_write + self.act + self.logits)
         everything = weight_bytes + kv_read

@@ -4,6 +4,7 @@ overlap knob of the cost model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dspark_sim.config.loader import load_hardware_profile, load_model_preset
 from dspark_sim.costmodel import BatchShape, forward_cost
@@ -56,3 +57,21 @@ def test_overlap_interpolates_between_max_and_sum():
     np.testing.assert_allclose(np.asarray(costs[0.0].time_s), comp + mem + fixed, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(costs[0.5].time_s), np.maximum(comp, mem) + 0.5 * np.minimum(comp, mem) + fixed,
                                rtol=1e-12)
+
+
+def test_multi_token_passes_read_weights_multi_token_weight_reads_times():
+    """A CPU GEMM packs the weights before a matrix-matrix pass: one-token passes are unchanged, passes of
+    2+ tokens stream the matmul weights `multi_token_weight_reads` times (and the simulator's fast path
+    agrees with forward_cost)."""
+    hw = load_hardware_profile("cpu-generic")
+    model = load_model_preset("llama-3.2-1b")
+    b = np.array([1.0, 1.0, 4.0])
+    q = np.array([1.0, 2.0, 1.0])  # tokens per pass: 1, 2, 4
+    shape = BatchShape(b, b * q, b * 300, b * 300, b * q * 300, b * q * 300)
+    one = forward_cost(model, hw, shape)
+    two = forward_cost(model, hw.model_copy(update={"multi_token_weight_reads": 2.0}), shape)
+    assert float(np.asarray(two.hbm_bytes)[0] + np.asarray(two.onchip_bytes)[0]) == pytest.approx(
+        float(np.asarray(one.hbm_bytes)[0] + np.asarray(one.onchip_bytes)[0]))
+    extra = (np.asarray(two.hbm_bytes) + np.asarray(two.onchip_bytes)) - (np.asarray(one.hbm_bytes)
+                                                                           + np.asarray(one.onchip_bytes))
+    assert extra[0] == 0 and extra[1] > 0.9e9 and extra[2] == pytest.approx(extra[1], rel=1e-3)
