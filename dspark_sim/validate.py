@@ -237,21 +237,23 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     return out
 
 
-def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
-                  cache_tokens: int, seed: int, speculative: bool) -> Scenario:
-    """The simulator's description of one engine run (a closed batch of `batch_size` requests)."""
+def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, drafter: dict | None,
+                        policy: dict | None, batch: int, prompt_tokens: int, new_tokens: int, cache_tokens: int,
+                        trace_path: Path, source: str = "validate") -> Scenario:
+    """The simulator's description of one run of the bundled engine: a closed static batch of `batch`
+    requests, verify blocks padded to the longest, attention over the whole static cache, acceptance
+    (and the drafter's confidences) replayed from a trace. drafter None: plain decoding."""
     from dspark_sim.config.loader import scenario_from_dict
 
-    drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
-    policy = _policy_spec(case.policy, sps_table).model_dump() if speculative else {"kind": "none"}
+    speculative = drafter is not None
     raw = {
-        "name": f"validate {case.label}",
+        "name": name,
         "seed": seed,
         "deployment": {
             "hardware": hw.model_dump(),
-            "model": profile.target.model_dump(),
+            "model": target.model_dump(),
             "drafter": drafter if speculative else {"kind": "none"},
-            "max_batch_size": case.batch_size,
+            "max_batch_size": batch,
             "max_batched_tokens": 1 << 20,
             "prefill_chunk_tokens": 1 << 20,
             "verify_padding": "pad_to_max",
@@ -262,16 +264,36 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
                        "confidence_field": "confidence"},
-        "policy": policy,
+        "policy": policy if speculative else {"kind": "none"},
         "workload": {
-            "arrivals": {"kind": "closed_loop", "concurrency": case.batch_size},
-            "num_requests": case.batch_size,
-            "prompt_tokens": {"kind": "fixed", "tokens": case.prompt_tokens},
-            "output_tokens": {"kind": "fixed", "tokens": case.new_tokens},
+            "arrivals": {"kind": "closed_loop", "concurrency": batch},
+            "num_requests": batch,
+            "prompt_tokens": {"kind": "fixed", "tokens": prompt_tokens},
+            "output_tokens": {"kind": "fixed", "tokens": new_tokens},
         },
         "simulation": {"simulate_baseline": False, "per_request_output": "none"},
     }
-    return scenario_from_dict(raw, "validate")
+    return scenario_from_dict(raw, source)
+
+
+def full_batch_window(sim, batch: int) -> tuple[float, float]:
+    """(tokens, seconds) of the simulated steps in which all `batch` requests were decoding: the
+    counterpart of the engine's `GenerationResult.full_batch_tokens_per_s`."""
+    from dspark_sim.sim.replica import STEP_COLUMNS
+
+    col = {name: i for i, name in enumerate(STEP_COLUMNS)}
+    log = np.array(sim.replicas[0].log, dtype=float)
+    full = (log[:, col["decoders"]] == batch) & (log[:, col["prefill_tokens"]] == 0)
+    return float(log[full, col["tokens"]].sum()), float(log[full, col["dt"]].sum())
+
+
+def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
+                  cache_tokens: int, seed: int, speculative: bool) -> Scenario:
+    """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
+    drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
+    policy = _policy_spec(case.policy, sps_table).model_dump()
+    return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
+                               policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path)
 
 
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
@@ -280,10 +302,8 @@ def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_
     while the whole batch generates (the steps the simulator ran with every request decoding), and for
     the whole static batch (first token to last finish)."""
     from dspark_sim.sim.metrics import summarize
-    from dspark_sim.sim.replica import STEP_COLUMNS
     from dspark_sim.sim.run import Simulation
 
-    col = {name: i for i, name in enumerate(STEP_COLUMNS)}
     out = []
     for speculative, cap in ((True, cap_spec), (False, cap_base)):
         full_tokens = full_s = tokens = span = 0.0
@@ -291,10 +311,9 @@ def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_
         for r in range(repeats * case.rounds):
             sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative)
             sim = Simulation(sc, "validate").run()
-            log = np.array(sim.replicas[0].log, dtype=float)
-            full = (log[:, col["decoders"]] == case.batch_size) & (log[:, col["prefill_tokens"]] == 0)
-            full_tokens += float(log[full, col["tokens"]].sum())
-            full_s += float(log[full, col["dt"]].sum())
+            window_tokens, window_s = full_batch_window(sim, case.batch_size)
+            full_tokens += window_tokens
+            full_s += window_s
             first = float(np.nanmin(sim.out.first_token))
             tokens += float((sim.out.gen - 1).sum())
             span += float(np.nanmax(sim.out.finish)) - first

@@ -37,9 +37,6 @@ from dspark_sim.config.measurements import EngineProfile
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
 from dspark_sim.io import write_atomic
 
-FIELDS = {"field": "accept_len", "confidence_field": "confidence"}  # what drafter_trace.py writes
-
-
 # ------------------------------------------------------------------------------------------------
 # What the simulator is told about each engine drafter
 # ------------------------------------------------------------------------------------------------
@@ -165,37 +162,13 @@ class Setup:
 def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, Any] | None,
              policy: dict[str, Any] | None, trace: Path, seed: int, kind: str | None = None,
              gamma: int = 0) -> Scenario:
-    """A closed static batch of `batch` requests, as `validate.case_scenario` describes an engine run."""
-    from dspark_sim.config.loader import scenario_from_dict
+    """A closed static batch of `batch` requests, as `validate` describes an engine run."""
+    from dspark_sim.validate import engine_run_scenario
 
-    speculative = drafter is not None
-    raw = {
-        "name": f"drafters T={temperature:g} B={batch}",
-        "seed": seed,
-        "deployment": {
-            "hardware": setup.hardware(temperature, kind if speculative else None, gamma).model_dump(),
-            "model": setup.profile.target.model_dump(),
-            "drafter": drafter if speculative else {"kind": "none"},
-            "max_batch_size": batch,
-            "max_batched_tokens": 1 << 20,
-            "prefill_chunk_tokens": 1 << 20,
-            "verify_padding": "pad_to_max",
-            "batching": "static",
-            "static_kv_cache_tokens": setup.cache_tokens,
-            "memory_utilisation": 1.0,
-            "activation_reserve_gb": 0.0,
-        },
-        "acceptance": {"kind": "trace", "path": str(trace), **FIELDS},
-        "policy": policy if speculative else {"kind": "none"},
-        "workload": {
-            "arrivals": {"kind": "closed_loop", "concurrency": batch},
-            "num_requests": batch,
-            "prompt_tokens": {"kind": "fixed", "tokens": setup.prompt_len},
-            "output_tokens": {"kind": "fixed", "tokens": setup.new_tokens},
-        },
-        "simulation": {"simulate_baseline": False, "per_request_output": "none"},
-    }
-    return scenario_from_dict(raw, "drafters")
+    hw = setup.hardware(temperature, kind if drafter is not None else None, gamma)
+    return engine_run_scenario(f"drafters T={temperature:g} B={batch}", seed, hw, setup.profile.target, drafter,
+                               policy, batch, setup.prompt_len, setup.new_tokens, setup.cache_tokens, trace,
+                               "drafters")
 
 
 def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, Any] | None,
@@ -204,19 +177,17 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
     """(full-batch decode tokens/s, tau) over the seeds: the steps with every request decoding, as
     `validate.predict_case` and the benchmark's `full_batch_tokens_per_s` take them."""
     from dspark_sim.sim.metrics import summarize
-    from dspark_sim.sim.replica import STEP_COLUMNS
     from dspark_sim.sim.run import Simulation
+    from dspark_sim.validate import full_batch_window
 
-    col = {name: i for i, name in enumerate(STEP_COLUMNS)}
     tokens = seconds = 0.0
     taus = []
     for seed in setup.seeds:
         sc = scenario(setup, temperature, batch, drafter, policy, trace, seed, kind, gamma)
         sim = Simulation(sc, "drafters").run()
-        log = np.array(sim.replicas[0].log, dtype=float)
-        full = (log[:, col["decoders"]] == batch) & (log[:, col["prefill_tokens"]] == 0)
-        tokens += float(log[full, col["tokens"]].sum())
-        seconds += float(log[full, col["dt"]].sum())
+        window_tokens, window_s = full_batch_window(sim, batch)
+        tokens += window_tokens
+        seconds += window_s
         taus.append(summarize(sim, "main", None, None)[0].tau)
     return tokens / seconds, statistics.mean(taus)
 
