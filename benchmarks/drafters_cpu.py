@@ -36,7 +36,7 @@ from dspark_sim.engine.generate import GenerationResult, Sampling, generate_base
 from dspark_sim.engine.train import get_preset, train_pair
 from dspark_sim.engine.train_drafters import ece, train_drafters
 from dspark_sim.policies import make_policy
-from dspark_sim.validate_drafters import matched
+from dspark_sim.validate_drafters import cache_tokens, matched, profile_drafter_loops
 
 ALL = ("draft_model", "mtp", "parallel", "dspark")
 
@@ -130,6 +130,18 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
                                                                        sps_table=sps[(k, b)]))))
         return out
 
+    # each drafter loop's step time on random-token prompts, before and after the table (the simulator's
+    # `validate --drafters` fits each loop's per-step overhead from them: same session, same machine state)
+    loop_gammas = {k: tuple(sorted({gamma, 1})) if k == "mtp" else (gamma,) for k in drafters}
+    loop_batches = tuple(sorted({1, 4, 16} & set(all_batches))) or (min(all_batches),)
+    loop_cache = cache_tokens(prompt_len, new_tokens, gamma)
+
+    def loop_profile() -> dict[tuple[str, float, int, int], float]:
+        return profile_drafter_loops(target, drafters, loop_gammas, temperatures, loop_batches, prompt_len,
+                                     loop_cache, seed=seed)
+
+    log("profiling the drafter loops (random-token prompts) ...")
+    loops_before = loop_profile()
     rows: list[dict[str, Any]] = []
     live: dict[str, Any] = {}
     for temp in temperatures:
@@ -195,6 +207,10 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
                         d.conf_temperature.copy_(saved)
                         live[kind][key + " uncalibrated"] = live_calibration([raw], gamma)
 
+    loops_after = loop_profile()
+    loop_step_s = {f"{k}|{t:g}|{g}|{b}": [round(loops_before[(k, t, g, b)], 7), round(loops_after[(k, t, g, b)], 7)]
+                   for (k, t, g, b) in loops_before if (k, t, g, b) in loops_after}
+
     comparison = {}
     for temp in temperatures:
         def curve(name: str, t: float = temp) -> list[dict]:
@@ -233,6 +249,9 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
         "drafters": {k: _describe(v) for k, v in drafters.items()},
         "training": training, "rows": rows, "live_calibration": live, "comparison": comparison,
         "sps_tables": {f"{k}@{b}": {str(x): round(y, 1) for x, y in t.items()} for (k, b), t in sps.items()},
+        "loop_step_s": loop_step_s,
+        "loop_step_s_note": "kind|temperature|gamma|batch: median full-batch step wall time of the drafter loop on "
+                            "random-token prompts, measured before and after the table",
         "wall_s": round(time.perf_counter() - t_start, 1),
         "temperatures_modes": {"sampled": MODE_SAMPLED, "greedy": MODE_GREEDY},
     }

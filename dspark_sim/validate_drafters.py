@@ -14,8 +14,9 @@ For every measured row (temperature x batch x drafter config, and plain decoding
    DrafterSpec, the same policy (FixedGamma, or DSpark's prefix scheduler over the very SPS(B) table
    the engine used), full-batch decode tokens/s exactly as `validate.predict_case` takes it;
 4. each drafter loop's own per-step overhead (what lies outside the priced passes: the context update
-   after verify, the confidence head, sampling), profiled on random-token prompts at the table's
-   gammas and fitted as `calibrate` fits the draft-model loop's, so the table's runs are never used.
+   after verify, the confidence head, sampling), from step times of the loop on random-token prompts
+   at the table's gammas (profiled by the benchmark before and after the table, or here if the table
+   has none), fitted as `calibrate` fits the draft-model loop's; the table's runs are never used.
 
     dspark-sim validate --drafters validation/drafters/cpu.json \
         --profile validation/reports/cpu/profile.json --out validation/drafters
@@ -272,6 +273,15 @@ def profile_drafter_loops(target: Any, drafters: Mapping[str, Any], gammas: Mapp
     return {c: statistics.median(v) for c, v in times.items() if v}
 
 
+def table_loop_steps(measured: Mapping[str, Any]) -> dict[tuple[str, float, int, int], float]:
+    """The loop step times a drafter table carries ("kind|T|gamma|batch": [before, after] seconds), averaged."""
+    out = {}
+    for key, v in (measured.get("loop_step_s") or {}).items():
+        k, t, g, b = key.split("|")
+        out[(k, float(t), int(g), int(b))] = statistics.mean(v)
+    return out
+
+
 def fit_loop_overheads(setup: Setup, step_s: Mapping[tuple[str, float, int, int], float],
                        drafter_args: Mapping[str, Mapping[str, Any] | None]) -> dict[tuple[str, float, int], float]:
     """Per drafter, temperature and gamma: the per-step overhead (us) that makes the cost model's
@@ -435,8 +445,11 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
     prompts = unmeasured_prompts(corpus.eval.tolist(), max(batches), prompt_len, trace_prompts)
     setup = Setup(profile, calibrated(profile, temps), prompt_len, new_tokens,
                   cache_tokens(prompt_len, new_tokens, gamma), tuple(seed + i for i in range(seeds)))
-    if profile_loops:
-        log("profiling each drafter loop's steps (random-token prompts) ...")
+    step_s = table_loop_steps(measured)
+    if step_s:  # profiled by the benchmark in the table's own session
+        log("drafter loop steps: as profiled with the table (before and after it)")
+    elif profile_loops:
+        log("profiling each drafter loop's steps now (random-token prompts; the table has none) ...")
         loop_batches = tuple(sorted({1, 4, 16} & set(batches))) or (min(batches),)
         gammas: dict[str, set[int]] = {}
         for r in measured["rows"]:
@@ -444,6 +457,7 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
                 gammas.setdefault(r["config"].split("/")[0], set()).add(config_gamma(r["config"]))
         step_s = profile_drafter_loops(pair.target.eval(), drafters, {k: tuple(sorted(v)) for k, v in gammas.items()},
                                        temps, loop_batches, prompt_len, setup.cache_tokens, seed=seed)
+    if step_s:
         setup = replace(setup, loop_step_us=fit_loop_overheads(setup, step_s, args))
         log("per-step overhead of each drafter loop (us): " + ", ".join(
             f"{k}@T={t:g},g={g} {v:.0f}" for (k, t, g), v in sorted(setup.loop_step_us.items())))

@@ -93,6 +93,10 @@ def test_benchmark_cpu_path(cache, capsys):
     # batch 1 pools two batches of distinct prompts (no point rests on one prompt)
     assert {r["prompt_batches"] for r in rows if r["batch"] == 1} == {2}
     assert {r["prompt_batches"] for r in rows if r["batch"] == 2} == {1}
+    # each drafter loop profiled before and after the table (for `validate --drafters`)
+    loops = report["loop_step_s"]
+    assert {"mtp|0|1|1", "mtp|0|3|1", "dspark|1|3|1", "draft_model|0|3|1"} <= set(loops)
+    assert all(len(v) == 2 and min(v) > 0 for v in loops.values())
     names = {r["config"] for r in rows}
     assert {"baseline", "mtp/fixed-1", "dspark/dspark-3", "parallel/fixed-3", "draft_model/fixed-3"} <= names
     assert all(r["per_user_tok_s"] > 0 and r["tau"] >= 1 for r in rows)

@@ -164,6 +164,10 @@ def test_drafter_loop_overhead_profile_and_fit(dp, world):
     assert base[("draft_model", 0.0, 2)] > 0
     assert abs(more[("draft_model", 0.0, 2)] - base[("draft_model", 0.0, 2)] - 1000.0) < 0.5
     assert dp.fit_loop_overheads(setup, {("draft_model", 0.0, 2, 1): 1e-9}, args)[("draft_model", 0.0, 2)] == 0.0
+    # a table that carries its own loop profile (benchmarks/drafters_cpu.py) is read, before/after averaged
+    table = {"loop_step_s": {"mtp|0|1|4": [0.002, 0.004], "dspark|1|5|16": [0.01, 0.01]}}
+    assert dp.table_loop_steps(table) == {("mtp", 0.0, 1, 4): 0.003, ("dspark", 1.0, 5, 16): 0.01}
+    assert dp.table_loop_steps({}) == {}
     # the fitted overhead reaches the simulator's hardware for that drafter only
     tuned = replace(setup, loop_step_us={("draft_model", 0.0, 2): 1234.0})
     assert tuned.hardware(0.0, "draft_model", 2).overheads.per_step_us == 1234.0
