@@ -8,6 +8,8 @@
 #   bash benchmarks/device_session.sh drafters    # the drafter table on the GPU
 #   bash benchmarks/device_session.sh pair        # train the gpu pair, then tau / speed-up vs ours and HF
 #   bash benchmarks/device_session.sh tp          # on nvidia-h200-x2: TP=2 checks, all-reduce fit, TP table
+#   bash benchmarks/device_session.sh four        # on nvidia-h200-x4: engine, validate, drafters, pair at once
+#   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -34,6 +36,34 @@ case "${1:-}" in
       --hardware h200-sxm --hardware-out "$OUT/h200-sxm-tp2.yaml" -o "$OUT/allreduce_tp2.json"
     python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b --dtype bf16 \
       --tp 1,2 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 -o "$OUT/tp_engine_h200x2.json" ;;
+  four)
+    # on nvidia-h200-x4: the single-GPU stages side by side, one GPU each, each under a deadline that
+    # leaves time to pack what they wrote into one archive (a call brings back at most 8 files)
+    R="$OUT/r"; mkdir -p "$R"; export OMP_NUM_THREADS=8 PYTHONUNBUFFERED=1
+    (CUDA_VISIBLE_DEVICES=0 timeout 530 python3 benchmarks/engine_gpu.py --shapes llama-3.1-8b \
+       --out "$R/engine_8b.json" > "$R/engine_8b.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=1 timeout 230 python3 benchmarks/engine_gpu.py --shapes llama-3.2-1b \
+       --out "$R/engine_1b.json" > "$R/engine_1b.log" 2>&1
+     CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine \
+       --new-tokens 96 --repeats 2 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" \
+       > "$R/drafters.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=2 timeout 530 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+       --cache-dir .carry/engine -o "$R/validation-cuda" > "$R/validate.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=3 timeout 530 python3 benchmarks/engine_gpu_pair.py --cache-dir /tmp/dspark-engine \
+       --out "$R/engine_gpu_pair.json" > "$R/pair.log" 2>&1) &
+    wait || true
+    tar czf "$OUT/four.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  tp4)
+    # on nvidia-h200-x4: TP 1, 2, 4 for the 8B shape (calibrated on its TP-1 run), then the 70B shape at
+    # TP 2 and 4 (140 GB of bf16 weights: no room for a KV cache on one GPU) predicted with that hardware
+    export PYTHONUNBUFFERED=1
+    timeout 330 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
+      --dtype bf16 --tp 1,2,4 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 \
+      --hardware-out "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_8b.json" 2> "$OUT/tp_8b.log" > /dev/null || true
+    timeout 230 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-70b --draft-shape llama-3.2-1b \
+      --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate \
+      --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
+    ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|tp4" >&2; exit 2 ;;
 esac

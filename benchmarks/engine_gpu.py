@@ -1,8 +1,9 @@
 """Decode speed of the engine vs HF transformers (static cache) on Llama-shaped random bf16 weights.
 
 Batch 1, greedy, 128-token prompt, 256 new tokens (the FACTS.md section 3 setup). Our side runs the
-decode step as a captured CUDA graph (torch.compile mode="reduce-overhead") with fused q/k/v and
-gate/up projections, and once unfused for comparison. Targets on one H200:
+decode step as a captured CUDA graph (torch.compile mode="reduce-overhead", inductor's tuned one-row
+matmuls) with fused q/k/v and gate/up projections, and, side by side, unfused, untuned (cuBLAS) and as
+manual CUDA graphs of the eager kernels. Targets on one H200:
 >= 215 tok/s for the Llama-3.1-8B shape and >= 900 tok/s for Llama-3.2-1B (weight streaming limits
 at 4.8 TB/s are about 299 and 1602 tok/s). Prints one JSON document.
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,10 +46,12 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
-               use_graphs: bool, repeats: int, manual_graphs: bool = False, fused: bool = True) -> dict[str, Any]:
+               use_graphs: bool, repeats: int, manual_graphs: bool = False, fused: bool = True,
+               tune_gemv: bool = True) -> dict[str, Any]:
     """compile: torch.compile(mode="reduce-overhead"); manual_graphs: eager kernels captured per shape
     (dspark_sim.engine.cudagraphs.GraphedForward, what `profile` and `validate` use); fused: one q/k/v
-    and one gate/up matmul per layer (`Transformer.fuse_projections`)."""
+    and one gate/up matmul per layer (`Transformer.fuse_projections`); tune_gemv: inductor's tuned
+    one-row matmuls instead of cuBLAS (`compile_forward`)."""
     model = build_model(args, device=device, dtype=dtype, seed=0).eval()
     if fused:
         model.fuse_projections()
@@ -57,7 +62,7 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         model.setup_caches(1, prompt_len + new_tokens + 1)
         fwd = GraphedForward(model)
     else:
-        fwd = compile_forward(model) if use_graphs else None
+        fwd = compile_forward(model, tune_gemv=tune_gemv) if use_graphs else None
     t0 = time.perf_counter()
     generate_baseline(model, [prompt], new_tokens, forward=fwd)  # warm-up: compile + capture
     generate_baseline(model, [prompt], new_tokens, forward=fwd)
@@ -78,6 +83,7 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         "weight_stream_gbps": wbytes * best.decode_tokens_per_s / 1e9,
         "cuda_graphs": use_graphs or manual_graphs,
         "fused_projections": fused,
+        "tuned_gemv": tune_gemv and use_graphs and not manual_graphs,
         "forward": "manual CUDA graphs" if manual_graphs else ("torch.compile reduce-overhead" if use_graphs else "eager"),
         "warmup_s": warmup_s,
         "first_tokens": best.tokens[0][:8],
@@ -130,34 +136,49 @@ def bench_hf(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, 
 
 
 def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int = 128, new_tokens: int = 256,
-        graphs: bool | None = None, hf: bool = True, repeats: int = 3, manual_graphs: bool = True) -> dict[str, Any]:
-    """Benchmark each shape on `device`; returns the JSON-able report."""
+        graphs: bool | None = None, hf: bool = True, repeats: int = 3, manual_graphs: bool = True,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Benchmark each shape on `device`; returns the JSON-able report. The headline rows (ours, HF) come
+    first and `progress` gets the report after every measurement, so a run cut short keeps them."""
     use_graphs = device.startswith("cuda") if graphs is None else graphs
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "dtype": dtype, "batch": 1, "prompt_len": prompt_len,
         "new_tokens": new_tokens, "results": {},
     }
+
+    def done() -> None:
+        if progress:
+            progress(report)
+
     for shape in shapes:
         args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
         row: dict[str, Any] = {"params": args.num_params()}
+        report["results"][shape] = row
         row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
-        # the same run without the fused projections: what fusing gains, measured side by side
-        row["ours_unfused"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
-                                         fused=False)
-        if device.startswith("cuda") and manual_graphs:
-            row["ours_manual_graphs"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, False,
-                                                   repeats, manual_graphs=True)
+        if shape in TARGET_TOK_S and device.startswith("cuda"):
+            row["target_tok_s"] = TARGET_TOK_S[shape]
+            row["meets_target"] = row["ours"]["tok_s"] >= TARGET_TOK_S[shape]
+        done()
         if hf:
             try:
                 row["hf"] = bench_hf(args, device, DTYPES[dtype], prompt_len, new_tokens, repeats)
                 row["speedup_vs_hf"] = row["ours"]["tok_s"] / row["hf"]["tok_s"]
             except ImportError:
                 row["hf"] = None
-        if shape in TARGET_TOK_S and device.startswith("cuda"):
-            row["target_tok_s"] = TARGET_TOK_S[shape]
-            row["meets_target"] = row["ours"]["tok_s"] >= TARGET_TOK_S[shape]
-        report["results"][shape] = row
+            done()
+        # the same run without the fused projections: what fusing gains, measured side by side
+        row["ours_unfused"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+                                         fused=False)
+        done()
+        if use_graphs:  # and with cuBLAS's one-row matmuls (inductor's tuning off): what the tuning gains
+            row["ours_untuned"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+                                             tune_gemv=False)
+            done()
+        if device.startswith("cuda") and manual_graphs:
+            row["ours_manual_graphs"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, False,
+                                                   repeats, manual_graphs=True)
+            done()
     return report
 
 
@@ -173,13 +194,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-graphs", action="store_true", help="eager decode (no torch.compile / CUDA graphs)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
+
+    def save(report: dict[str, Any]) -> None:
+        if a.out:  # atomically: a run stopped mid-write keeps the previous complete document
+            tmp = f"{a.out}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(json.dumps(report, indent=2) + "\n")
+            os.replace(tmp, a.out)
+
     report = run(a.shapes.split(","), a.device, dtype=a.dtype, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
-                 graphs=False if a.no_graphs else None, hf=not a.no_hf, repeats=a.repeats)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(text + "\n")
+                 graphs=False if a.no_graphs else None, hf=not a.no_hf, repeats=a.repeats, progress=save)
+    save(report)
+    print(json.dumps(report, indent=2))
     return report
 
 

@@ -15,6 +15,9 @@ KV, two all-reduces per layer). Prints one JSON document on stdout and a table o
     python benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
         --dtype bf16 --tp 1,2,4 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4
     python benchmarks/tp_engine.py --device cpu --shape test-target --draft-shape test-draft --tp 1,2
+    # a shape too large for one GPU, predicted with the hardware calibrated on a smaller shape's TP-1 run:
+    python benchmarks/tp_engine.py ... --shape llama-3.1-8b --tp 1,2,4 --hardware-out h200-tp.yaml
+    python benchmarks/tp_engine.py ... --shape llama-3.1-70b --tp 2,4 --no-calibrate --hardware h200-tp.yaml
 
 --no-calibrate predicts with a hardware profile's figures instead (--hardware, default h200-sxm on
 CUDA, cpu-generic on CPU); --interconnect profile keeps that profile's interconnect figures.
@@ -69,6 +72,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-calibrate", action="store_true", help="predict with --hardware's figures")
     p.add_argument("--hardware", default=None, help="hardware profile name or YAML (with --no-calibrate)")
     p.add_argument("--interconnect", default="measured", help="measured (fit all-reduces) | profile")
+    p.add_argument("--hardware-out", default=None, help="write the hardware the predictions used (calibrated, with "
+                                                        "the fitted interconnect) as YAML")
     p.add_argument("--allreduce-tokens", default="1,2,4,8,16,32,64,128,256,512")
     p.add_argument("--threads", type=int, default=1, help="CPU: torch threads per rank")
     p.add_argument("--out", "-o", default=None, help="also write the JSON here")
@@ -179,6 +184,13 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         report["interconnect_fit"]["points"] = fit.points
         if opts.interconnect == "measured":
             hw = apply_interconnect_fit(hw, fit)
+    if opts.hardware_out:  # what this run predicted with, for another shape's run (--no-calibrate --hardware)
+        import yaml
+
+        from dspark_sim.io import write_atomic
+
+        write_atomic(opts.hardware_out, yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        report["hardware_out"] = str(opts.hardware_out)
     report["interconnect_used"] = {"latency_us": hw.interconnect_latency_us,
                                    "bandwidth_gbps": hw.interconnect_bandwidth_gbps,
                                    "efficiency": hw.efficiency.interconnect}

@@ -295,14 +295,20 @@ def _prefill(model: Transformer, buf: Tensor, lens: Tensor, width: int) -> Tenso
     return model(buf[:, :width], zeros, logit_index=lens - 1)[:, 0]
 
 
-def compile_forward(model: Transformer, mode: str = "reduce-overhead") -> Forward:
+def compile_forward(model: Transformer, mode: str = "reduce-overhead", tune_gemv: bool = True) -> Forward:
     """torch.compile the cached forward (CUDA graphs with mode="reduce-overhead"), one graph per shape.
 
     Each call marks a new cudagraph step and clones the logits, which the next replay overwrites.
+    tune_gemv: inductor's coordinate-descent tuning, under which it turns a one-row matmul (batch-1
+    decode) into a tuned Triton reduction that streams the weight near HBM speed (as gpt-fast runs);
+    cuBLAS GEMVs reach a fraction of it. It is a process-wide inductor switch, set on every call.
     """
     import torch._dynamo
+    import torch._inductor.config
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # read when the first call compiles: a caller comparing settings compiles (warms up) one before the next
+    torch._inductor.config.coordinate_descent_tuning = tune_gemv
     compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
 
     def forward(tokens: Tensor, positions: Tensor, **kw: Tensor) -> Tensor:

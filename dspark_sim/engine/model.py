@@ -96,6 +96,10 @@ PRESETS: dict[str, ModelArgs] = {
         vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden=14336,
         rope_theta=500000.0, rope_scaling={**_LLAMA3_ROPE, "factor": 8.0}, max_seq_len=131072,
     ),
+    "llama-3.1-70b": ModelArgs(
+        vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_hidden=28672,
+        rope_theta=500000.0, rope_scaling={**_LLAMA3_ROPE, "factor": 8.0}, max_seq_len=131072,
+    ),
 }
 
 

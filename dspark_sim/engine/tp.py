@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -304,8 +305,12 @@ class TPTransformer(Transformer):
 
 
 @torch.no_grad()
-def shard_model(model: Transformer, tp: TPGroup) -> Transformer:
-    """Keep this rank's shard of a full model, in place (the full weights are released). tp 1: unchanged."""
+def shard_model(model: Transformer, tp: TPGroup, shards: dict[str, Tensor] | None = None) -> Transformer:
+    """Keep this rank's shard of a full model, in place (the full weights are released). tp 1: unchanged.
+
+    shards: this rank's parts already cut (`random_shards`); the model's own weights are then unused
+    (they may live on the meta device).
+    """
     args = model.args
     check_tp(args, tp.world)
     model.tp_rank, model.tp_world = tp.rank, tp.world
@@ -317,6 +322,8 @@ def shard_model(model: Transformer, tp: TPGroup) -> Transformer:
     grad = model.tok_embeddings.weight.requires_grad
 
     def part(name: str) -> Tensor:
+        if shards is not None:
+            return shards[name]
         return shard_tensor(name, sd[name], args, tp.rank, tp.world)
 
     kv_local, _ = kv_layout(args, tp.world)
@@ -336,6 +343,12 @@ def shard_model(model: Transformer, tp: TPGroup) -> Transformer:
                          mode=tp.mode)
     model.output = _linear(part("output.weight"), grad, VocabParallelLinear, vocab_size=args.vocab_size,
                            world=tp.world, group_name=tp.group_name, mode=tp.mode)
+    if shards is not None:  # the replicated parameters (embedding, norms) and RoPE tables, on the device
+        for name, param in list(model.named_parameters()):
+            if param.is_meta:
+                owner, attr = model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+                setattr(owner, attr, nn.Parameter(shards[name], requires_grad=grad))
+        model._build_rope(args.max_seq_len, shards["tok_embeddings.weight"].device)
     sd.clear()  # drop the references to the full weights
     model.__class__ = TPTransformer
     model.cache_batch = model.cache_len = 0
@@ -345,10 +358,46 @@ def shard_model(model: Transformer, tp: TPGroup) -> Transformer:
     return model
 
 
+@torch.no_grad()
+def random_shards(args: ModelArgs, tp: TPGroup, dtype: torch.dtype, seed: int) -> dict[str, Tensor]:
+    """This rank's parts of `build_model(args, seed=seed)`'s random weights, one full tensor at a time.
+
+    Why: a 70B-shaped model does not fit on one GPU, so no rank may build it whole. Each parameter is
+    drawn in full, in build_model's order and with its generator, then cut and dropped, so the shards
+    are exactly those of the whole model (tests check it) while a rank holds one full tensor at most.
+    """
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        meta = Transformer(args)
+    resid_std = 0.02 / math.sqrt(2 * args.n_layers)
+    shards: dict[str, Tensor] = {}
+    for name, p in meta.named_parameters():  # init_weights' order (a tied lm head is not listed)
+        full = torch.empty(p.shape, dtype=dtype, device=tp.device)
+        if name.endswith("norm.weight"):
+            full.fill_(1.0)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            full.normal_(0.0, resid_std)
+        else:
+            full.normal_(0.0, 0.02)
+        shards[name] = shard_tensor(name, full, args, tp.rank, tp.world)
+        if name == "tok_embeddings.weight" and args.tie_embeddings:
+            shards["output.weight"] = shard_tensor("output.weight", full, args, tp.rank, tp.world)
+        del full
+    return shards
+
+
 def build_tp_model(args: ModelArgs, tp: TPGroup, *, dtype: torch.dtype = torch.float32, seed: int = 0,
                    state_dict: dict[str, Tensor] | None = None, source: str = "model") -> Transformer:
-    """Every rank builds the same full model (seeded random weights, or `state_dict`) and keeps its shard."""
+    """Every rank builds the same model (seeded random weights, or `state_dict`) and keeps its shard.
+
+    Random weights with tp > 1 are drawn tensor by tensor (`random_shards`): no rank holds the whole model.
+    """
     check_tp(args, tp.world, source)
+    if state_dict is None and tp.world > 1:
+        with torch.device("meta"):
+            model = Transformer(args)
+        model = model.to(dtype)
+        return shard_model(model.eval(), tp, random_shards(args, tp, dtype, seed))
     if state_dict is None:
         model = build_model(args, device=tp.device, dtype=dtype, seed=seed)
     else:

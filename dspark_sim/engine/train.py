@@ -45,7 +45,7 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
                         warmup_steps=2, max_corpus_bytes=200_000, eval_batches=1),
     "tiny": TrainPreset("tiny-target", "tiny-draft", seq_len=256, batch_size=16, target_steps=350, draft_steps=250,
                         lr=2e-3, warmup_steps=30, max_corpus_bytes=6_000_000, eval_batches=4),
-    "gpu": TrainPreset("gpu-target", "gpu-draft", seq_len=1024, batch_size=64, target_steps=1200, draft_steps=800,
+    "gpu": TrainPreset("gpu-target", "gpu-draft", seq_len=1024, batch_size=64, target_steps=1000, draft_steps=500,
                        lr=1e-3, draft_lr=2e-3, warmup_steps=100, eval_batches=8),
 }
 

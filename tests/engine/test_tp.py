@@ -77,6 +77,27 @@ def test_tied_embeddings_shard_the_head_from_the_embedding():
     assert torch.equal(shard["output.weight"], sd["tok_embeddings.weight"][10:])
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_random_shards_are_the_whole_models_shards(tie):
+    """Ranks of a large random model draw it tensor by tensor; the shards must be build_model's exactly."""
+    args = ModelArgs(vocab_size=30, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=16,
+                     tie_embeddings=tie)
+    full = build_model(args, seed=4)
+    sd = dict(full.state_dict())
+    for rank in range(2):
+        group = T.TPGroup(rank=rank, world=2, device=torch.device("cpu"), backend="gloo", group_name="none")
+        want = T.shard_state_dict(sd, args, rank, 2)
+        got = T.random_shards(args, group, torch.float32, seed=4)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert torch.equal(got[name], want[name]), name
+        model = T.build_tp_model(args, group, dtype=torch.float32, seed=4)
+        for name, param in model.named_parameters():
+            assert not param.is_meta, name
+        assert torch.equal(model.output.weight, want["output.weight"])
+        assert torch.equal(model.rope_cos, full.rope_cos)
+
+
 def test_bad_tp_is_one_input_error():
     args = ModelArgs.from_preset("test-target")  # 4 heads, 2 KV heads, FFN 128
     with pytest.raises(InputError, match="4 attention heads do not split over tensor parallel degree 3"):
