@@ -9,6 +9,7 @@
 #   bash benchmarks/device_session.sh pair        # train the gpu pair, then tau / speed-up vs ours and HF
 #   bash benchmarks/device_session.sh tp          # on nvidia-h200-x2: TP=2 checks, all-reduce fit, TP table
 #   bash benchmarks/device_session.sh four        # on nvidia-h200-x4: engine, validate, drafters, pair at once
+#   bash benchmarks/device_session.sh one         # on nvidia-h200: validate + drafter table in one call
 #   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -53,6 +54,14 @@ case "${1:-}" in
        --out "$R/engine_gpu_pair.json" > "$R/pair.log" 2>&1) &
     wait || true
     tar czf "$OUT/four.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  one)
+    # on nvidia-h200: validate, then the drafter table (one timed run per row), packed into one archive
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 200 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+      -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    timeout 340 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+      --repeats 1 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
+    tar czf "$OUT/one.tgz" -C "$OUT" r && rm -rf "$R" ;;
   tp4)
     # on nvidia-h200-x4: TP 1, 2, 4 for the 8B shape (calibrated on its TP-1 run), then the 70B shape at
     # TP 2 and 4 (140 GB of bf16 weights: no room for a KV cache on one GPU) predicted with that hardware
@@ -65,5 +74,5 @@ case "${1:-}" in
       --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
     ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|tp4" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4" >&2; exit 2 ;;
 esac
