@@ -21,6 +21,13 @@ KV, two all-reduces per layer). Prints one JSON document on stdout and a table o
 
 --no-calibrate predicts with a hardware profile's figures instead (--hardware, default h200-sxm on
 CUDA, cpu-generic on CPU); --interconnect profile keeps that profile's interconnect figures.
+
+--repredict REPORT.json re-predicts a report this script wrote (no GPU, no processes): the cost model
+with --hardware (e.g. the TP-1 calibration the run wrote with --hardware-out), the interconnect refitted
+to the report's own all-reduce samples (unless --interconnect profile), every row predicted again;
+the same report comes out (-o), with `repredicted` holding the previous fit and errors.
+
+    python benchmarks/tp_engine.py --repredict h200x4_tp_8b.json --hardware h200-tp.yaml -o repredicted.json
 Random weights make tau about 1 (the draft guesses the target no better than chance), so the
 speculative rows measure the cost of a speculative step more than a speed-up.
 """
@@ -77,6 +84,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allreduce-tokens", default="1,2,4,8,16,32,64,128,256,512")
     p.add_argument("--threads", type=int, default=1, help="CPU: torch threads per rank")
     p.add_argument("--out", "-o", default=None, help="also write the JSON here")
+    p.add_argument("--repredict", default=None, metavar="REPORT.json",
+                   help="re-predict a report this script wrote, with --hardware (no measuring)")
     opts = p.parse_args(argv)
     gpu = opts.device == "cuda"
     opts.shape = opts.shape or ("llama-3.1-8b" if gpu else "test-target")
@@ -126,11 +135,88 @@ def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred / meas - 1.0) if meas > 0 else float("nan")
 
 
+# what `predicted_rows` adds to a measured row (dropped from a report's rows before predicting them again)
+_DERIVED_PREFIXES = ("predicted_",)
+_DERIVED_SUFFIXES = ("_error_pct", "_scaling_measured", "_scaling_predicted")
+
+
+def _measured(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not (k.startswith(_DERIVED_PREFIXES) or k.endswith(_DERIVED_SUFFIXES))}
+
+
+def model_specs(cfg: MeasureConfig, targs, dargs) -> tuple[Any, Any]:
+    """The simulator's ModelSpecs of the engine's target and draft shapes (draft None: baseline only)."""
+    from dspark_sim.engine.profile import model_spec
+
+    wd = DTYPES[cfg.dtype]
+    target_spec = model_spec(targs, cfg.target_shape, wd)
+    draft_spec = model_spec(dargs, cfg.draft_shape, wd) if dargs is not None else None
+    return target_spec, draft_spec
+
+
+def predicted_rows(measured: list[dict[str, Any]], hw, target_spec, draft_spec,
+                   cfg: MeasureConfig) -> list[dict[str, Any]]:
+    """Each measured row ({"tp", the engine's row fields, "weight_gb_per_rank"}) with the cost model's
+    prediction and error, and both sides' scaling against TP 1 at the same batch where TP 1 was run."""
+    rows = []
+    for row in measured:
+        pred = predict(row, row["tp"], hw, target_spec, draft_spec, cfg)
+        out = dict(row)
+        out["predicted_baseline_decode_tok_s"] = pred["baseline_decode_tok_s"]
+        out["baseline_error_pct"] = _err(pred["baseline_decode_tok_s"], row["baseline_decode_tok_s"])
+        out["predicted_baseline_comm_share"] = pred["baseline_comm_share"]
+        if "spec_decode_tok_s" in pred:
+            out["predicted_spec_decode_tok_s"] = pred["spec_decode_tok_s"]
+            out["spec_error_pct"] = _err(pred["spec_decode_tok_s"], row["spec_decode_tok_s"])
+            out["predicted_spec_comm_share"] = pred["spec_comm_share"]
+        rows.append(out)
+    # scaling against TP 1 at the same batch: the TP model's claim, free of the absolute calibration
+    ref = {r["batch"]: r for r in rows if r["tp"] == 1}
+    for r in rows:
+        base = ref.get(r["batch"])
+        if base is None:
+            continue
+        for kind in ("baseline", "spec"):
+            m, p = f"{kind}_decode_tok_s", f"predicted_{kind}_decode_tok_s"
+            if m in r and p in r:
+                r[f"{kind}_scaling_measured"] = r[m] / base[m]
+                r[f"{kind}_scaling_predicted"] = r[p] / base[p]
+    return rows
+
+
+def _interconnect(report: dict[str, Any], samples: list, hw, mode: str):
+    """Fit the interconnect to `samples` over `hw` (into `report`); `hw` with the fit when mode is measured."""
+    from dspark_sim.calibrate import apply_interconnect_fit, fit_interconnect
+
+    if samples:
+        fit = fit_interconnect(samples, hw)
+        report["allreduce"] = samples
+        report["interconnect_fit"] = {k: v for k, v in fit.to_dict().items() if k != "points"}
+        report["interconnect_fit"]["points"] = fit.points
+        if mode == "measured":
+            hw = apply_interconnect_fit(hw, fit)
+    return hw
+
+
+def _interconnect_used(hw) -> dict[str, float]:
+    return {"launch_us": hw.collective_launch_us, "latency_us": hw.interconnect_latency_us,
+            "bandwidth_gbps": hw.interconnect_bandwidth_gbps, "efficiency": hw.efficiency.interconnect}
+
+
+def _write_hardware(opts: argparse.Namespace, hw, report: dict[str, Any]) -> None:
+    if opts.hardware_out:  # what this run predicted with, for another shape's run (--no-calibrate --hardware)
+        import yaml
+
+        from dspark_sim.io import write_atomic
+
+        write_atomic(opts.hardware_out, yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        report["hardware_out"] = str(opts.hardware_out)
+
+
 def run(opts: argparse.Namespace) -> dict[str, Any]:
-    from dspark_sim.calibrate import apply_interconnect_fit, calibrate, fit_interconnect
+    from dspark_sim.calibrate import calibrate
     from dspark_sim.config.loader import load_hardware_profile
     from dspark_sim.config.measurements import EngineProfile
-    from dspark_sim.engine.profile import model_spec
 
     if opts.dtype not in DTYPES:
         raise InputError("tp_engine", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
@@ -177,52 +263,64 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         hw = load_hardware_profile(name)
         report["hardware"] = name
     samples = [s for tp in tps if tp > 1 for s in runs[tp].get("allreduce", [])]
-    if samples:
-        fit = fit_interconnect(samples, hw)
-        report["allreduce"] = samples
-        report["interconnect_fit"] = {k: v for k, v in fit.to_dict().items() if k != "points"}
-        report["interconnect_fit"]["points"] = fit.points
-        if opts.interconnect == "measured":
-            hw = apply_interconnect_fit(hw, fit)
-    if opts.hardware_out:  # what this run predicted with, for another shape's run (--no-calibrate --hardware)
-        import yaml
+    hw = _interconnect(report, samples, hw, opts.interconnect)
+    _write_hardware(opts, hw, report)
+    report["interconnect_used"] = _interconnect_used(hw)
+    target_spec, draft_spec = model_specs(cfg, targs, dargs)
+    measured = [{"tp": tp, **row, "weight_gb_per_rank": runs[tp]["weight_bytes_per_rank"] / 1e9}
+                for tp in tps for row in runs[tp]["rows"]]
+    report["rows"] = predicted_rows(measured, hw, target_spec, draft_spec, cfg)
+    return report
 
-        from dspark_sim.io import write_atomic
 
-        write_atomic(opts.hardware_out, yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False))
-        report["hardware_out"] = str(opts.hardware_out)
-    report["interconnect_used"] = {"latency_us": hw.interconnect_latency_us,
-                                   "bandwidth_gbps": hw.interconnect_bandwidth_gbps,
-                                   "efficiency": hw.efficiency.interconnect}
-    wd = DTYPES[opts.dtype]
-    target_spec = model_spec(targs, opts.shape, wd)
-    draft_spec = model_spec(dargs, draft_shape, wd) if dargs is not None else None
-    rows = []
-    for tp in tps:
-        r = runs[tp]
-        for row in r["rows"]:
-            pred = predict(row, tp, hw, target_spec, draft_spec, cfg)
-            out = {"tp": tp, **{k: v for k, v in row.items()}, "weight_gb_per_rank": r["weight_bytes_per_rank"] / 1e9}
-            out["predicted_baseline_decode_tok_s"] = pred["baseline_decode_tok_s"]
-            out["baseline_error_pct"] = _err(pred["baseline_decode_tok_s"], row["baseline_decode_tok_s"])
-            out["predicted_baseline_comm_share"] = pred["baseline_comm_share"]
-            if "spec_decode_tok_s" in pred:
-                out["predicted_spec_decode_tok_s"] = pred["spec_decode_tok_s"]
-                out["spec_error_pct"] = _err(pred["spec_decode_tok_s"], row["spec_decode_tok_s"])
-                out["predicted_spec_comm_share"] = pred["spec_comm_share"]
-            rows.append(out)
-    # scaling against TP 1 at the same batch: the TP model's claim, free of the absolute calibration
-    ref = {r["batch"]: r for r in rows if r["tp"] == 1}
-    for r in rows:
-        base = ref.get(r["batch"])
-        if base is None:
-            continue
-        for kind in ("baseline", "spec"):
-            m, p = f"{kind}_decode_tok_s", f"predicted_{kind}_decode_tok_s"
-            if m in r and p in r:
-                r[f"{kind}_scaling_measured"] = r[m] / base[m]
-                r[f"{kind}_scaling_predicted"] = r[p] / base[p]
-    report["rows"] = rows
+def _errors(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in ("tp", "batch", "baseline_error_pct", "spec_error_pct") if k in r}
+            for r in report.get("rows", [])]
+
+
+def repredict(opts: argparse.Namespace) -> dict[str, Any]:
+    """A report this script wrote, predicted again with --hardware and the interconnect refitted to the
+    report's own all-reduces (no measuring: the measured fields are kept as they are)."""
+    from dspark_sim.config.loader import load_hardware_profile
+
+    try:
+        with open(opts.repredict) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError("tp_engine", "--repredict", f"cannot read {opts.repredict}: {exc}") from None
+    missing = [k for k in ("rows", "target_shape", "draft_shape", "dtype", "gamma", "prompt_len", "new_tokens")
+               if k not in old]
+    if missing:
+        raise InputError("tp_engine", "--repredict", f"{opts.repredict} is not a tp_engine report "
+                                                      f"(missing {', '.join(missing)})")
+    if not opts.hardware:
+        raise InputError("tp_engine", "--hardware", "--repredict needs the hardware to predict with (a profile "
+                                                    "name or YAML, e.g. the run's --hardware-out)")
+    if old["dtype"] not in DTYPES:
+        raise InputError("tp_engine", "dtype", f"unknown {old['dtype']!r} in {opts.repredict}")
+    # the run's MeasureConfig, as far as the prediction reads it (shapes and their cache, gamma, lengths)
+    cfg = MeasureConfig(target_shape=old["target_shape"], draft_shape=old["draft_shape"], dtype=old["dtype"],
+                        prompt_len=int(old["prompt_len"]), new_tokens=int(old["new_tokens"]),
+                        batch_sizes=tuple(sorted({int(r["batch"]) for r in old["rows"]})), gamma=int(old["gamma"]))
+    try:
+        targs, dargs, _ = measure_args(cfg)
+    except KeyError as exc:
+        raise InputError("tp_engine", "target_shape/draft_shape", str(exc.args[0])) from None
+    hw = load_hardware_profile(opts.hardware)
+    report = {k: v for k, v in old.items() if k not in ("interconnect_fit", "interconnect_used", "rows")}
+    report["repredicted"] = {
+        "from": str(opts.repredict), "hardware": str(opts.hardware), "interconnect": opts.interconnect,
+        "previous_hardware": old.get("hardware"),
+        "previous_interconnect_fit": {k: v for k, v in old.get("interconnect_fit", {}).items() if k != "points"},
+        "previous_interconnect_used": old.get("interconnect_used"),
+        "previous_errors": _errors(old),
+    }
+    report["hardware"] = str(opts.hardware)
+    hw = _interconnect(report, old.get("allreduce") or [], hw, opts.interconnect)
+    _write_hardware(opts, hw, report)
+    report["interconnect_used"] = _interconnect_used(hw)
+    target_spec, draft_spec = model_specs(cfg, targs, dargs)
+    report["rows"] = predicted_rows([_measured(r) for r in old["rows"]], hw, target_spec, draft_spec, cfg)
     return report
 
 
@@ -240,15 +338,16 @@ def table(report: dict[str, Any]) -> str:
                      f"{str(r['ranks_agree']):>6}")
     fit = report.get("interconnect_fit")
     if fit:
-        lines.append(f"all-reduce fit: latency {fit['latency_us']:.2f} us/hop, bandwidth {fit['bandwidth_gbps']:.3f} "
-                     f"GB/s, median |error| {fit['median_abs_error_pct']:.1f}%")
+        lines.append(f"all-reduce fit: launch {fit.get('launch_us', 0.0):.2f} us + latency {fit['latency_us']:.2f} "
+                     f"us/hop, bandwidth {fit['bandwidth_gbps']:.3f} GB/s, median |error| "
+                     f"{fit['median_abs_error_pct']:.1f}%")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse(argv)
     try:
-        report = run(opts)
+        report = repredict(opts) if opts.repredict else run(opts)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -377,13 +377,15 @@ def profile_yaml(hw: HardwareProfile, report: CalibrationReport, source) -> str:
 
 
 def allreduce_time_s(world_size, message_bytes, latency_us: float, bandwidth_gbps: float,
-                     efficiency: float = 1.0) -> np.ndarray:
-    """One ring all-reduce as `costmodel.forward_cost` prices it:
-    2 (w - 1) hops of latency + 2 (w - 1) / w x bytes over the link bandwidth."""
+                     efficiency: float = 1.0, launch_us: float = 0.0) -> np.ndarray:
+    """One ring all-reduce as `costmodel.forward_cost` prices it: 2 (w - 1) hops of latency
+    + 2 (w - 1) / w x bytes over the link bandwidth + a fixed cost per collective (`launch_us`:
+    kernel launch and rank synchronisation, whatever the rank count; nothing on one rank)."""
     w = np.asarray(world_size, dtype=float)
     b = np.asarray(message_bytes, dtype=float)
     link = max(bandwidth_gbps, 1e-9) * 1e9 * efficiency
-    return 2.0 * (w - 1.0) * latency_us * 1e-6 + 2.0 * (w - 1.0) / w * b / link
+    return (2.0 * (w - 1.0) * latency_us * 1e-6 + 2.0 * (w - 1.0) / w * b / link
+            + np.where(w > 1.0, launch_us * 1e-6, 0.0))
 
 
 @dataclass(frozen=True)
@@ -398,10 +400,13 @@ class InterconnectFit:
     max_abs_error_pct: float
     points: list[dict]
     notes: list[str]
+    launch_us: float = 0.0  # fixed cost per collective (HardwareProfile.collective_launch_us)
+    launch_identified: bool = False
 
     def to_dict(self) -> dict:
         return {
-            "latency_us": self.latency_us, "bandwidth_gbps": self.bandwidth_gbps,
+            "launch_us": self.launch_us, "latency_us": self.latency_us, "bandwidth_gbps": self.bandwidth_gbps,
+            "launch_identified": self.launch_identified,
             "latency_identified": self.latency_identified, "bandwidth_identified": self.bandwidth_identified,
             "median_abs_error_pct": self.median_abs_error_pct, "max_abs_error_pct": self.max_abs_error_pct,
             "points": self.points, "notes": self.notes,
@@ -416,10 +421,13 @@ def fit_interconnect(samples, base: HardwareProfile | None = None) -> Interconne
     """Least squares on relative error of `allreduce_time_s` to measured all-reduces.
 
     `samples`: all-reduce samples (objects or dicts with world_size, message_bytes, median_s), from
-    one or several world sizes. The model is linear in (latency, 1 / bandwidth), so the fit is a
-    bounded linear least-squares solve, weighted by 1 / measured (relative error, as `calibrate`
-    fits passes). A parameter no sample is sensitive to (doubling it moves the predictions less than
-    2% rms) is not identified and keeps `base`'s value (or the fitted one, flagged, without a base).
+    one or several world sizes. The model is linear in (launch, per-hop latency, 1 / bandwidth), so
+    the fit is a bounded (non-negative) linear least-squares solve, weighted by 1 / measured (relative
+    error, as `calibrate` fits passes). A parameter no sample is sensitive to (doubling it moves the
+    predictions less than 2% rms) is not identified and keeps `base`'s value (or the fitted one,
+    flagged, without a base). With samples of one world size the fixed cost per collective and the
+    per-hop latency are collinear: only the latency is fitted (over `base`'s launch cost, or none),
+    and the launch cost is not identified.
     """
     from scipy.optimize import lsq_linear
 
@@ -432,21 +440,40 @@ def fit_interconnect(samples, base: HardwareProfile | None = None) -> Interconne
         raise InputError("allreduce profile", "samples.world_size", "all-reduce samples need >= 2 ranks")
     if np.any(t <= 0):
         raise InputError("allreduce profile", "samples.median_s", "non-positive timings")
-    # unknowns: latency in us, inverse bandwidth in s per GB
-    a = np.stack([2.0 * (w - 1.0) * 1e-6, 2.0 * (w - 1.0) / w * b * 1e-9], axis=1)
-    sol = lsq_linear(a / t[:, None], np.ones_like(t), bounds=(0.0, np.inf), method="bvls")
-    lat_us, inv_bw = (float(v) for v in sol.x)
-    pred = a @ sol.x
+    base_launch = base.collective_launch_us if base is not None else 0.0
+    # unknowns: launch in us, latency in us per hop, inverse bandwidth in s per GB
+    a = np.stack([np.full_like(w, 1e-6), 2.0 * (w - 1.0) * 1e-6, 2.0 * (w - 1.0) / w * b * 1e-9], axis=1)
+    several_worlds = len(np.unique(w)) >= 2
+    notes = []
+    if several_worlds:
+        sol = lsq_linear(a / t[:, None], np.ones_like(t), bounds=(0.0, np.inf), method="bvls")
+        launch_us, lat_us, inv_bw = (float(v) for v in sol.x)
+    else:  # launch and hop columns collinear: the launch stays at the base's, the rest is fitted over it
+        launch_us = base_launch
+        rhs = 1.0 - a[:, 0] * launch_us / t
+        sol = lsq_linear(a[:, 1:] / t[:, None], rhs, bounds=(0.0, np.inf), method="bvls")
+        lat_us, inv_bw = (float(v) for v in sol.x)
+    pred = a @ np.array([launch_us, lat_us, inv_bw])
     pred_safe = np.where(pred > 0, pred, t)
-    sens_lat = float(np.sqrt(np.mean((a[:, 0] * lat_us / pred_safe) ** 2)))
-    sens_bw = float(np.sqrt(np.mean((0.5 * a[:, 1] * inv_bw / pred_safe) ** 2)))
+    sens_launch = float(np.sqrt(np.mean((a[:, 0] * launch_us / pred_safe) ** 2)))
+    sens_lat = float(np.sqrt(np.mean((a[:, 1] * lat_us / pred_safe) ** 2)))
+    sens_bw = float(np.sqrt(np.mean((0.5 * a[:, 2] * inv_bw / pred_safe) ** 2)))
+    launch_ok = several_worlds and launch_us > 0 and sens_launch >= _IDENTIFY_THRESHOLD
     lat_ok = lat_us > 0 and sens_lat >= _IDENTIFY_THRESHOLD
     bw_ok = inv_bw > 0 and sens_bw >= _IDENTIFY_THRESHOLD
-    notes = []
     bandwidth = 1.0 / inv_bw if inv_bw > 0 else float("inf")
     # a base without an interconnect (bandwidth 0, a CPU profile) has nothing to fall back on
     keep_lat = base is not None
     keep_bw = base is not None and base.interconnect_bandwidth_gbps > 0
+    if not several_worlds:
+        notes.append(f"collective launch not identified (one world size, {int(w[0])} ranks: a fixed cost per "
+                     f"collective and the per-hop latency are collinear); kept {launch_us:.4g} us"
+                     + (" (the base value)" if base is not None else "") + ", fitted the latency over it")
+    elif not launch_ok:
+        notes.append(f"collective launch not identified (sensitivity {100 * sens_launch:.2f}%)"
+                     + ("; kept the base value" if keep_lat else "; fitted value kept"))
+        if keep_lat:
+            launch_us = base_launch
     if not lat_ok:
         notes.append(f"latency not identified (the messages are bandwidth-bound; sensitivity {100 * sens_lat:.2f}%)"
                      + ("; kept the base value" if keep_lat else "; fitted value kept"))
@@ -459,13 +486,14 @@ def fit_interconnect(samples, base: HardwareProfile | None = None) -> Interconne
             bandwidth = base.interconnect_bandwidth_gbps * base.efficiency.interconnect
     if not np.isfinite(bandwidth):
         bandwidth = 1e6  # nothing bandwidth-bound was measured and no base: effectively free transfers
-    final = allreduce_time_s(w, b, lat_us, bandwidth)
+    final = allreduce_time_s(w, b, lat_us, bandwidth, launch_us=launch_us)
     err = 100.0 * (final / t - 1.0)
     points = [{"world_size": int(wi), "message_bytes": int(bi), "measured_s": float(ti), "predicted_s": float(pi),
                "error_pct": float(ei)} for wi, bi, ti, pi, ei in zip(w, b, t, final, err, strict=True)]
     return InterconnectFit(latency_us=float(lat_us), bandwidth_gbps=float(bandwidth), latency_identified=bool(lat_ok),
                            bandwidth_identified=bool(bw_ok), median_abs_error_pct=float(np.median(np.abs(err))),
-                           max_abs_error_pct=float(np.max(np.abs(err))), points=points, notes=notes)
+                           max_abs_error_pct=float(np.max(np.abs(err))), points=points, notes=notes,
+                           launch_us=float(launch_us), launch_identified=bool(launch_ok))
 
 
 def apply_interconnect_fit(hw: HardwareProfile, fit: InterconnectFit) -> HardwareProfile:
@@ -473,6 +501,7 @@ def apply_interconnect_fit(hw: HardwareProfile, fit: InterconnectFit) -> Hardwar
     return hw.model_copy(update={
         "interconnect_bandwidth_gbps": fit.bandwidth_gbps,
         "interconnect_latency_us": fit.latency_us,
+        "collective_launch_us": fit.launch_us,
         "efficiency": hw.efficiency.model_copy(update={"interconnect": 1.0}),
     })
 
@@ -484,10 +513,12 @@ def interconnect_yaml(hw: HardwareProfile, fit: InterconnectFit, source) -> str:
     ws = sorted({p["world_size"] for p in fit.points})
     header = [
         f"# Interconnect calibrated from measured all-reduces ({len(fit.points)} message sizes, world sizes {ws}),",
-        f"# base profile: {source}. interconnect_* below are fitted *effective* figures (efficiency 1.0):",
-        f"#   latency {fit.latency_us:.4g} us per ring hop ({'fitted' if fit.latency_identified else 'NOT IDENTIFIED'}),"
-        f" bandwidth {fit.bandwidth_gbps:.4g} GB/s ({'fitted' if fit.bandwidth_identified else 'NOT IDENTIFIED'});",
-        f"#   median |error| {fit.median_abs_error_pct:.1f}%, worst {fit.max_abs_error_pct:.1f}%.",
+        f"# base profile: {source}. interconnect_* and collective_launch_us below are fitted *effective* figures",
+        "# (efficiency 1.0); one all-reduce = launch + 2 (w - 1) x latency + 2 (w - 1) / w x bytes / bandwidth:",
+        f"#   launch {fit.launch_us:.4g} us per collective ({'fitted' if fit.launch_identified else 'NOT IDENTIFIED'}),"
+        f" latency {fit.latency_us:.4g} us per ring hop ({'fitted' if fit.latency_identified else 'NOT IDENTIFIED'}),",
+        f"#   bandwidth {fit.bandwidth_gbps:.4g} GB/s ({'fitted' if fit.bandwidth_identified else 'NOT IDENTIFIED'});"
+        f" median |error| {fit.median_abs_error_pct:.1f}%, worst {fit.max_abs_error_pct:.1f}%.",
     ] + [f"#   {n}" for n in fit.notes]
     body = yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False)
     return "\n".join(header) + "\n" + body

@@ -222,12 +222,15 @@ def forward_cost(
     onchip_bw = hw.onchip_bandwidth_gbps * 1e9 * hw.efficiency.onchip_bandwidth
     onchip_s = np.where(onchip_bw > 0, onchip_bytes / max(onchip_bw, 1e-30), onchip_bytes / eff_bw)
 
-    # ---- tensor-parallel all-reduces: two per layer (after attention, after the FFN), ring algorithm
+    # ---- tensor-parallel all-reduces: two per layer (after attention, after the FFN), ring algorithm:
+    # a fixed cost per collective (launch, rank synchronisation) + 2 (tp - 1) hops + the ring's bytes
     if tp > 1:
         msg = t * h * ab
         n_ar = 2 * model.num_layers
         link = max(hw.interconnect_bandwidth_gbps, 1e-9) * 1e9 * hw.efficiency.interconnect
-        per_ar = 2 * (tp - 1) * hw.interconnect_latency_us * 1e-6 + 2 * (tp - 1) / tp * msg / link
+        # (x + 0.0 == x exactly: a profile without a launch cost prices exactly as before)
+        per_ar = (2 * (tp - 1) * hw.interconnect_latency_us * 1e-6 + 2 * (tp - 1) / tp * msg / link
+                  + hw.collective_launch_us * 1e-6)
         comm_s = n_ar * per_ar
         comm_bytes = n_ar * 2 * (tp - 1) / tp * msg
     else:

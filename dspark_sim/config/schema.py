@@ -86,6 +86,13 @@ class HardwareProfile(Strict):
         0.0, description="device-to-device bandwidth per direction per device (NVLink/xGMI), GB/s"
     )
     interconnect_latency_us: NonNegFloat = Field(5.0, description="latency of one collective hop, microseconds")
+    collective_launch_us: NonNegFloat = Field(
+        0.0,
+        description="fixed cost of one collective (all-reduce), microseconds, whatever the rank count: kernel "
+        "launch and rank synchronisation, on top of interconnect_latency_us per ring hop (measured on 4 H200s "
+        "over NCCL in CUDA graphs: a small all-reduce costs 12-14 us on 2 ranks, 17-20 us on 4); "
+        "`calibrate.fit_interconnect` fits it from all-reduces at two or more world sizes",
+    )
     multi_token_weight_reads: PositiveFloat = Field(
         1.0,
         description="times a pass carrying more than one token streams the matmul weights, relative to a "
