@@ -264,7 +264,9 @@ class _FastPass:
             msg_per_tok = h * ab
             n_ar = 2 * model.num_layers
             link = max(hw.interconnect_bandwidth_gbps, 1e-9) * 1e9 * hw.efficiency.interconnect
-            self.comm_fixed = n_ar * 2 * (tp - 1) * hw.interconnect_latency_us * 1e-6
+            # per collective: a fixed launch/synchronisation cost + 2 (tp - 1) ring hops (as costmodel.forward_cost)
+            self.comm_fixed = (n_ar * 2 * (tp - 1) * hw.interconnect_latency_us * 1e-6
+                               + n_ar * hw.collective_launch_us * 1e-6)
             self.comm_per_tok = n_ar * 2 * (tp - 1) / tp * msg_per_tok / link
         self.overhead = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
         self.serial = 1.0 - hw.compute_memory_overlap

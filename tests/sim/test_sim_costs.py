@@ -20,6 +20,7 @@ DEPLOYMENTS = {
     "ngram": ["deployment.drafter={kind: ngram}"],
     "moe-mla-dspark": ["deployment.tensor_parallel=8", "deployment.hardware.memory_capacity_gb=200",
                        "deployment.drafter={kind: dspark, num_layers: 3, moe_layers: true, sliding_window_tokens: 128}"],
+    "tp4-collective-launch": ["deployment.tensor_parallel=4", "deployment.hardware.collective_launch_us=10"],
     "moe-mtp": ["deployment.tensor_parallel=8", "deployment.hardware.memory_capacity_gb=200",
                 "deployment.drafter={kind: mtp, num_layers: 1, moe_layers: true}"],
 }
