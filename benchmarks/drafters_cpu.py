@@ -35,6 +35,7 @@ from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED
 from dspark_sim.engine.generate import GenerationResult, Sampling, generate_baseline
 from dspark_sim.engine.train import get_preset, train_pair
 from dspark_sim.engine.train_drafters import ece, train_drafters
+from dspark_sim.io import write_atomic
 from dspark_sim.policies import make_policy
 from dspark_sim.validate_drafters import cache_tokens, matched, profile_drafter_loops
 
@@ -92,7 +93,10 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
         prompt_len: int = 64, batches: tuple[int, ...] = (1, 4, 16, 64),
         frontier_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), temperatures: tuple[float, ...] = (0.0, 1.0),
         gamma: int = 5, repeats: int = 3, kinds: tuple[str, ...] = ALL, log: Any = _log,
-        threads: int | None = None, min_sequences: int = 8, device: str = "cpu") -> dict[str, Any]:
+        threads: int | None = None, min_sequences: int = 8, device: str = "cpu",
+        partial: Any = None) -> dict[str, Any]:
+    """The whole table; `partial(doc)`, when given, gets the rows measured so far after every batch size
+    (so a run stopped by a time limit keeps them)."""
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -195,6 +199,10 @@ def run(preset: str = "tiny", seed: int = 0, cache_dir: str | None = None, new_t
                 rows.append(row)
                 log(f"T={temp:g} B={b:3d} {name:22s} tau {row['tau']:.2f} {row['per_user_tok_s']:8.1f} tok/s/user "
                     f"{row['throughput_tok_s']:9.1f} tok/s x{row['speedup']:.2f}")
+            if partial is not None:
+                partial({"partial": True, "preset": preset, "seed": seed, "new_tokens": new_tokens,
+                         "prompt_len": prompt_len, "gamma": gamma, "repeats": repeats, "device": device,
+                         "rows": rows, "wall_s": round(time.perf_counter() - t_start, 1)})
             if b == max(batches):  # live calibration of the confidences each drafter fed its policy
                 for kind in drafters:
                     key = f"T={temp:g}"
@@ -385,13 +393,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     report = run(a.preset, a.seed, a.cache_dir, a.new_tokens, a.prompt_len, ints(a.batches), ints(a.frontier_batches),
                  tuple(float(t) for t in a.temperatures.split(",")), a.gamma, a.repeats, tuple(a.kinds.split(",")),
-                 threads=a.threads, device=a.device)
+                 threads=a.threads, device=a.device,
+                 partial=(lambda doc: write_atomic(a.out, json.dumps(doc, indent=1) + "\n")) if a.out else None)
     report["command"] = "python benchmarks/drafters_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+        write_atomic(a.out, text + "\n")
     if a.markdown:
         Path(a.markdown).write_text(markdown(report) + "\n")
     return report

@@ -87,9 +87,13 @@ def test_benchmark_cpu_path(cache, capsys):
     spec = importlib.util.spec_from_file_location("drafters_cpu", BENCH / "drafters_cpu.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    partials: list[int] = []
     report = mod.run("test", 2, str(cache), new_tokens=10, prompt_len=8, batches=(1, 2), frontier_batches=(1, 2),
-                     temperatures=(0.0, 1.0), gamma=3, repeats=1, log=lambda _m: None, min_sequences=2)
+                     temperatures=(0.0, 1.0), gamma=3, repeats=1, log=lambda _m: None, min_sequences=2,
+                     partial=lambda doc: partials.append(len(doc["rows"])))
     rows = report["rows"]
+    # the rows so far are handed out after every (temperature, batch), growing, ending with the whole table
+    assert len(partials) == 4 and partials == sorted(partials) and partials[-1] == len(rows)
     # batch 1 pools two batches of distinct prompts (no point rests on one prompt)
     assert {r["prompt_batches"] for r in rows if r["batch"] == 1} == {2}
     assert {r["prompt_batches"] for r in rows if r["batch"] == 2} == {1}
