@@ -356,12 +356,7 @@ class Drafter(nn.Module):
                 prevs, rows, picks, probs = [], [], [], []
                 for k in range(gamma):
                     lk = logits[:, k] + self.markov_bias(prev)
-                    if greedy:
-                        d = lk.argmax(-1)
-                    else:
-                        qk = logits_to_probs(lk, sampling)
-                        d = sample(qk, False, generator)
-                        probs.append(qk)
+                    d = _pick(lk, greedy, sampling, generator, probs)
                     prevs.append(prev)
                     rows.append(lk)
                     picks.append(d)
@@ -381,12 +376,7 @@ class Drafter(nn.Module):
             for k in range(gamma):
                 out, past = self.mtp_depth(feat, anchor_pos + k + 1, k, kvs, mask, past)
                 lk = self.logits(out[:, 0])
-                if greedy:
-                    d = lk.argmax(-1)
-                else:
-                    qk = logits_to_probs(lk, sampling)
-                    d = sample(qk, False, generator)
-                    probs.append(qk)
+                d = _pick(lk, greedy, sampling, generator, probs)
                 picks.append(d)
                 rows.append(lk)
                 if k + 1 < gamma:
@@ -396,6 +386,18 @@ class Drafter(nn.Module):
         # generic confidence: the drafter's probability of its token (raw softmax when greedy)
         dist = torch.softmax(logits.float(), -1) if greedy else q
         return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(self.dtype)  # type: ignore[union-attr]
+
+
+def _pick(logits: Tensor, greedy: bool, sampling: Any, generator: Any, probs: list[Tensor]) -> Tensor:
+    """One draft token per row: argmax, or a sample from the filtered distribution (kept in `probs`
+    for the rejection step)."""
+    if greedy:
+        return logits.argmax(-1)
+    from dspark_sim.engine.generate import logits_to_probs, sample  # generate imports this module's users
+
+    q = logits_to_probs(logits, sampling)
+    probs.append(q)
+    return sample(q, False, generator)
 
 
 class DrafterState:
