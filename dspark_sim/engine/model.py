@@ -19,6 +19,11 @@ from torch import Tensor, nn
 #: SDPA takes grouped K/V heads itself from torch 2.5 on
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
+#: How a cached (masked) pass computes attention. "sdpa": torch's fused kernel (on CUDA after repeating
+#: the K/V heads, gpt-fast's pattern); "grouped": two matmuls with the query heads of one K/V head
+#: stacked as rows, so the cache is read once and never copied (the decode step's small-kernel cost).
+ATTENTION_KERNELS = ("sdpa", "grouped")
+
 #: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
 KV_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -142,6 +147,22 @@ def rope_inv_freq(args: ModelArgs) -> Tensor:
     return torch.where(medium, smoothed, scaled).float()
 
 
+def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Masked attention for q [B, H, T, D] over cached k, v [B, Hkv, S, D], mask [B, 1, T, S] (True = visible).
+
+    Query head h reads K/V head h // (H / Hkv), as repeat_interleave would arrange them; the rep query
+    heads of a K/V head become rep * T rows of one matmul instead of rep copies of the cache.
+    """
+    b, h, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    rep = h // hkv
+    scores = torch.matmul(q.reshape(b, hkv, rep * t, d), k.transpose(-1, -2)).view(b, hkv, rep, t, s)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # softmax in >= fp32
+    scores = scores.mul_(1.0 / math.sqrt(d)).masked_fill_(~mask.unsqueeze(2), float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype).view(b, hkv, rep * t, s)
+    return torch.matmul(probs, v).view(b, h, t, d)
+
+
 def rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -210,6 +231,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
+        self.kernel = "sdpa"  # one of ATTENTION_KERNELS, for cached passes; set by Transformer.use_attention
         self.wqkv: Tensor | None = None  # fused q/k/v weight after fuse(): one matmul instead of three
 
     def fuse(self) -> None:
@@ -231,7 +253,9 @@ class Attention(nn.Module):
         if self.kv_cache is not None and positions is not None:
             k, v = self.kv_cache.update(positions, k, v)
         rep = self.n_heads // self.n_kv_heads
-        if rep > 1 and x.device.type == "cpu" and _SDPA_GQA:
+        if mask is not None and self.kernel == "grouped":
+            y = grouped_query_attention(q, k, v, mask)
+        elif rep > 1 and x.device.type == "cpu" and _SDPA_GQA:
             # CPU: grouped heads inside SDPA, no K/V copies (CUDA keeps the gpt-fast pattern below,
             # whose masked kernels are known to capture well in CUDA graphs)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
@@ -340,6 +364,15 @@ class Transformer(nn.Module):
                                                kv_dtype, self.dtype, self.device)
         self.cache_batch, self.cache_len = max_batch_size, max_seq_len
         self.buffers_version += 1  # captured CUDA graphs of older buffers must not run again
+
+    def use_attention(self, kernel: str) -> Transformer:
+        """Pick the attention kernel of cached passes (ATTENTION_KERNELS); training passes keep SDPA."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; allowed: {list(ATTENTION_KERNELS)}")
+        for layer in self.layers:
+            layer.attention.kernel = kernel
+        self.buffers_version += 1  # graphs captured with the other kernel must not replay
+        return self
 
     def fuse_projections(self) -> Transformer:
         """Inference layout: fused q/k/v and gate/up matmuls (as gpt-fast fuses wqkv). Call after the

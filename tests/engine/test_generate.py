@@ -251,3 +251,18 @@ def test_verify_greedy_matches_one_hot_rejection_sampling():
     acc2, nxt2 = verify_greedy(logits, drafts, verify)
     assert torch.equal(acc1, acc2) and torch.equal(nxt1, nxt2)
     assert len(set(acc1.tolist())) > 2
+
+
+def test_greedy_identical_with_grouped_attention(pair):
+    """Speculative greedy output with the grouped attention kernel equals the SDPA target's output."""
+    target, draft = pair
+    prompts = prompts_for(6, seed=5)
+    ref = generate_baseline(target, prompts, 24).tokens
+    target.use_attention("grouped")
+    draft.use_attention("grouped")
+    try:
+        spec = speculative_generate(target, draft, prompts, 24, FixedGamma(gamma=5))
+        assert spec.tokens == ref and generate_baseline(target, prompts, 24).tokens == ref
+    finally:
+        target.use_attention("sdpa")
+        draft.use_attention("sdpa")

@@ -110,3 +110,23 @@ def test_fused_projections_same_outputs_state_and_memory():
     assert att.wqkv is not None and ffn.w13 is not None
     assert att.wq.weight.data_ptr() == att.wqkv.data_ptr()
     assert ffn.w3.weight.data_ptr() == ffn.w13[ffn.w1.weight.shape[0]:].data_ptr()
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4), (8, 1)])
+def test_grouped_attention_kernel_matches_sdpa(heads, kv_heads):
+    """use_attention("grouped"): the cached pass's logits equal SDPA's (fp64) for ragged positions,
+    multi-token chunks and every grouping (MHA, GQA, MQA); uncached (training) passes are untouched."""
+    args = ModelArgs(vocab_size=64, dim=64, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, ffn_hidden=96)
+    m = build_model(args, dtype=torch.float64, seed=4)
+    tokens = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor([0, 7, 2])
+    m.setup_caches(3, 24)
+    m(torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(1)), torch.zeros(3, dtype=torch.long))
+    ref, ref_plain = m(tokens, pos), m(tokens)
+    version = m.buffers_version
+    m.use_attention("grouped")
+    assert m.buffers_version > version and m.layers[1].attention.kernel == "grouped"
+    torch.testing.assert_close(m(tokens, pos), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m(tokens), ref_plain, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="allowed"):
+        m.use_attention("flash")
