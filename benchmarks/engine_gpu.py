@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dspark_sim.engine.generate import compile_forward, generate_baseline
+from dspark_sim.engine.generate import DECODE_INDUCTOR_OPTIONS, compile_forward, generate_baseline
 from dspark_sim.engine.model import ModelArgs, build_model
 
 TARGET_TOK_S = {"llama-3.1-8b": 215.0, "llama-3.2-1b": 900.0}
@@ -62,7 +62,8 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         model.setup_caches(1, prompt_len + new_tokens + 1)
         fwd = GraphedForward(model)
     else:
-        fwd = compile_forward(model, tune_gemv=tune_gemv) if use_graphs else None
+        options = {**DECODE_INDUCTOR_OPTIONS, "coordinate_descent_tuning": tune_gemv}
+        fwd = compile_forward(model, options) if use_graphs else None
     t0 = time.perf_counter()
     generate_baseline(model, [prompt], new_tokens, forward=fwd)  # warm-up: compile + capture
     generate_baseline(model, [prompt], new_tokens, forward=fwd)

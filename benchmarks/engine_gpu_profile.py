@@ -8,6 +8,7 @@ read-only reduction, and one-row matmuls of the model's largest weight (cuBLAS e
 Prints one JSON document; --out also writes it (atomically, after every measurement).
 
     python benchmarks/engine_gpu_profile.py --shapes llama-3.1-8b,llama-3.2-1b --kernels sdpa,grouped
+    python benchmarks/engine_gpu_profile.py --variants default,realize,cublas
 """
 
 from __future__ import annotations
@@ -25,8 +26,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dspark_sim.engine.generate import compile_forward, generate_baseline
+from dspark_sim.engine.generate import DECODE_INDUCTOR_OPTIONS, compile_forward, generate_baseline
 from dspark_sim.engine.model import ModelArgs, build_model
+
+#: inductor option sets compared by --variants (each on top of DECODE_INDUCTOR_OPTIONS)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # each one-row matmul's input vector (RMSNorm output, silu(gate) * up) computed once into a buffer,
+    # not recomputed inside every program of the matmul's reduction kernel
+    "realize": {"realize_acc_reads_threshold": 1},
+    "realize_opcount": {"realize_opcount_threshold": 0},
+    "cublas": {"coordinate_descent_tuning": False},
+}
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -107,12 +118,23 @@ def kernel_breakdown(fwd: Callable[..., torch.Tensor], tok: torch.Tensor, pos: t
     }
 
 
-def profile_shape(shape: str, kernel: str, device: str, prompt_len: int, new_tokens: int, steps: int,
+def prefill_times(model: torch.nn.Module, fwd: Callable[..., torch.Tensor], prompt_len: int,
+                  device: str) -> dict[str, float]:
+    """Seconds of one batch-1 prompt pass: eager (as generate_baseline runs it) and compiled."""
+    tokens = torch.randint(0, model.args.vocab_size, (1, prompt_len), device=device)
+    zero, last = torch.zeros(1, dtype=torch.long, device=device), torch.tensor([prompt_len - 1], device=device)
+    with torch.no_grad():
+        eager = _timed(lambda: model(tokens, zero, logit_index=last), 5)
+        compiled = _timed(lambda: fwd(tokens, zero, logit_index=last), 5)
+    return {"prefill_eager_s": eager, "prefill_compiled_s": compiled}
+
+
+def profile_shape(shape: str, kernel: str, variant: str, device: str, prompt_len: int, new_tokens: int, steps: int,
                   top: int) -> dict[str, Any]:
     args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
     model = build_model(args, device=device, dtype=torch.bfloat16, seed=0).eval().fuse_projections()
     model.use_attention(kernel)
-    fwd = compile_forward(model)
+    fwd = compile_forward(model, {**DECODE_INDUCTOR_OPTIONS, **VARIANTS[variant]})
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()
     generate_baseline(model, [prompt], new_tokens, forward=fwd)
@@ -124,7 +146,9 @@ def profile_shape(shape: str, kernel: str, device: str, prompt_len: int, new_tok
         tok = torch.tensor([[prompt[-1]]], device=device)
         pos = torch.tensor([[prompt_len]], device=device)
         breakdown = kernel_breakdown(fwd, tok, pos, steps, top)
-    out = {"shape": shape, "attention": kernel, "tok_s": best.tokens_per_s, "decode_tok_s": best.decode_tokens_per_s,
+    prefill = prefill_times(model, fwd, prompt_len, device)
+    out = {"shape": shape, "attention": kernel, "variant": variant, "inductor_options": VARIANTS[variant], **prefill,
+           "tok_s": best.tokens_per_s, "decode_tok_s": best.decode_tokens_per_s,
            "prefill_s": best.prefill_time_s, "decode_us_per_step": 1e6 / best.decode_tokens_per_s,
            "warmup_s": warmup_s, "first_tokens": best.tokens[0][:8], "profile": breakdown}
     del model, fwd
@@ -137,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-1b")
-    ap.add_argument("--kernels", default="sdpa,grouped", help="attention kernels to compare (model.ATTENTION_KERNELS)")
+    ap.add_argument("--kernels", default="sdpa", help="attention kernels to compare (model.ATTENTION_KERNELS)")
+    ap.add_argument("--variants", default="default,realize", help=f"inductor option sets: {', '.join(VARIANTS)}")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--steps", type=int, default=16, help="decode steps in the profiled window")
@@ -161,8 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     for shape in shapes:
         for kernel in a.kernels.split(","):
-            report["runs"].append(profile_shape(shape, kernel, a.device, a.prompt_len, a.new_tokens, a.steps, a.top))
-            save()
+            for variant in a.variants.split(","):
+                report["runs"].append(profile_shape(shape, kernel, variant, a.device, a.prompt_len, a.new_tokens,
+                                                    a.steps, a.top))
+                save()
     print(json.dumps(report, indent=2))
     return report
 

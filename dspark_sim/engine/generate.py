@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -295,21 +296,24 @@ def _prefill(model: Transformer, buf: Tensor, lens: Tensor, width: int) -> Tenso
     return model(buf[:, :width], zeros, logit_index=lens - 1)[:, 0]
 
 
-def compile_forward(model: Transformer, mode: str = "reduce-overhead", tune_gemv: bool = True) -> Forward:
-    """torch.compile the cached forward (CUDA graphs with mode="reduce-overhead"), one graph per shape.
+#: inductor settings of the compiled step. triton.cudagraphs: the step replays as one CUDA graph
+#: (what mode="reduce-overhead" sets). coordinate_descent_tuning: a one-row matmul (batch-1 decode)
+#: becomes a tuned Triton reduction that streams its weight near HBM speed (gpt-fast's setting; cuBLAS
+#: GEMVs reach less, benchmarks/engine_gpu_profile.py measures both).
+DECODE_INDUCTOR_OPTIONS: dict[str, Any] = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+
+
+def compile_forward(model: Transformer, options: dict[str, Any] | None = None) -> Forward:
+    """torch.compile the cached forward with inductor `options` (default DECODE_INDUCTOR_OPTIONS),
+    one graph per shape. The options apply to this compilation only, not to the process.
 
     Each call marks a new cudagraph step and clones the logits, which the next replay overwrites.
-    tune_gemv: inductor's coordinate-descent tuning, under which it turns a one-row matmul (batch-1
-    decode) into a tuned Triton reduction that streams the weight near HBM speed (as gpt-fast runs);
-    cuBLAS GEMVs reach a fraction of it. It is a process-wide inductor switch, set on every call.
     """
     import torch._dynamo
-    import torch._inductor.config
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    # read when the first call compiles: a caller comparing settings compiles (warms up) one before the next
-    torch._inductor.config.coordinate_descent_tuning = tune_gemv
-    compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
+    opts = dict(DECODE_INDUCTOR_OPTIONS if options is None else options)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, options=opts)
 
     def forward(tokens: Tensor, positions: Tensor, **kw: Tensor) -> Tensor:
         torch.compiler.cudagraph_mark_step_begin()
