@@ -11,6 +11,7 @@
 #   bash benchmarks/device_session.sh four        # on nvidia-h200-x4: engine, validate, drafters, pair at once
 #   bash benchmarks/device_session.sh one         # on nvidia-h200: validate + drafter table in one call
 #   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
+#   bash benchmarks/device_session.sh h200        # on nvidia-h200: validate (profile + measure), eager profile, drafter table
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -73,6 +74,18 @@ case "${1:-}" in
       --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate \
       --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
     ;;
+  h200)
+    # on nvidia-h200, one call: `validate` profiling and measuring on the same machine; then the eager-pass
+    # profile and the drafter table (its loops call the models eagerly) that `validate --drafters` pairs
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 270 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+      -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    timeout 100 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+      --no-cuda-graphs --batch-sizes 1,4,16 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
+    timeout 180 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+      --repeats 1 --batches 1,4,16 --frontier-batches 1,2,4,8,16 --out "$R/drafters_cuda.json" \
+      --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
+    tar czf "$OUT/h200.tgz" -C "$OUT" r && rm -rf "$R" ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4|h200" >&2; exit 2 ;;
 esac

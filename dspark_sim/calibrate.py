@@ -304,14 +304,22 @@ def sps_table(profile: EngineProfile, hw: HardwareProfile) -> dict[int, float]:
 
 
 def check_profile_matches(profile: EngineProfile, *, device_kind: str | None = None,
-                          engine_version: str | None = None, source: str = "profile") -> None:
-    """Refuse a profile made on another device kind or by another engine version."""
+                          engine_version: str | None = None, cuda_graphs: bool | None = None,
+                          source: str = "profile") -> None:
+    """Refuse a profile made on another device kind, by another engine version, or (on CUDA, when
+    `cuda_graphs` is given) in the other pass mode: graph replays and eager calls differ several-fold."""
     if device_kind and profile.device.kind != device_kind:
         raise InputError(source, "device.kind",
                          f"profile was measured on {profile.device.kind!r}, this run is on {device_kind!r}")
     if engine_version and profile.engine_version != engine_version:
         raise InputError(source, "engine_version",
                          f"profile is from engine {profile.engine_version!r}, this engine is {engine_version!r}; re-run `dspark-sim profile`")
+    if cuda_graphs is not None and profile.device.kind == "cuda" and profile.cuda_graphs is not cuda_graphs:
+        have = {True: "CUDA-graph replays", False: "eager calls", None: "an unrecorded mode"}[profile.cuda_graphs]
+        flag = "--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"
+        raise InputError(source, "cuda_graphs",
+                         f"profile timed {have}; this run needs {'CUDA-graph replays' if cuda_graphs else 'eager calls'}"
+                         f": re-run `dspark-sim profile --device cuda {flag}`")
 
 
 def drafter_for_engine(draft: ModelSpec | None) -> DrafterSpec:

@@ -118,6 +118,8 @@ def profile(
     contexts: Annotated[str | None, typer.Option(help="cached tokens per sequence, e.g. 64,256,512")] = None,
     repeats: Annotated[int | None, typer.Option(help="timed repeats per pass shape and per step configuration")] = None,
     quick: Annotated[bool, typer.Option(help="a small grid (about a minute on 2 CPU cores)")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(help="on CUDA: time CUDA-graph replays (as `validate` runs the engine); "
+                                              "--no-cuda-graphs: eager calls (as the drafter table's loops)")] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")] = Path("profile.json"),
 ) -> None:
     """Microbenchmark the engine's target and draft passes (and whole steps) over a grid -> profile JSON."""
@@ -155,7 +157,8 @@ def profile(
     console = _console()
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(f"profiling {what}", total=n)
-        doc = run_profile(target, draft, grid, created_by=created_by, progress=lambda: bar.advance(task))
+        doc = run_profile(target, draft, grid, created_by=created_by, progress=lambda: bar.advance(task),
+                          cuda_graphs=cuda_graphs)
     write_atomic(out, doc.model_dump_json(indent=2) + "\n")
     console.print(f"{len(doc.samples)} pass shapes and {len(doc.steps)} step shapes on {doc.device.name} "
                   f"({what}) -> {out}")
@@ -222,7 +225,8 @@ def validate(
     prof = None
     if profile_path is not None:
         prof = load_profile(profile_path)
-        check_profile_matches(prof, device_kind=device, engine_version=engine_version(), source=str(profile_path))
+        check_profile_matches(prof, device_kind=device, engine_version=engine_version(), cuda_graphs=True,
+                              source=str(profile_path))
     folder = out_dir or Path("validation/reports") / (device + ("-quick" if quick else ""))
     console = _console()
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
@@ -251,7 +255,8 @@ def _validate_drafters(table: Path, profile_path: Path | None, out_dir: Path | N
 
     if profile_path is None:
         raise InputError("--drafters", None, "needs --profile: the engine profile of the device that measured the table")
-    check_profile_matches(load_profile(profile_path), device_kind=device, source=str(profile_path))
+    # the table's drafter loops call the models eagerly (on CUDA too), so their profile must time eager calls
+    check_profile_matches(load_profile(profile_path), device_kind=device, cuda_graphs=False, source=str(profile_path))
     folder = out_dir or table.parent
     console = _console()
     report = validate_drafters(table, profile_path, folder, cache_dir=str(cache_dir) if cache_dir else None,

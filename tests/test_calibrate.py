@@ -120,3 +120,10 @@ def test_bad_profiles(tmp_path):
         check_profile_matches(_profile(), device_kind="cuda")
     with pytest.raises(InputError, match="re-run"):
         check_profile_matches(_profile(), engine_version="other")
+    gpu = _profile().model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda"}), "cuda_graphs": True})
+    check_profile_matches(gpu, device_kind="cuda", cuda_graphs=True)
+    with pytest.raises(InputError, match="profile timed CUDA-graph replays; .*--no-cuda-graphs"):
+        check_profile_matches(gpu, device_kind="cuda", cuda_graphs=False)
+    with pytest.raises(InputError, match="unrecorded mode"):
+        check_profile_matches(gpu.model_copy(update={"cuda_graphs": None}), cuda_graphs=True)
+    check_profile_matches(_profile(), device_kind="cpu", cuda_graphs=False)  # a CPU profile has no mode to match

@@ -66,6 +66,9 @@ class EngineProfile(Doc):
     draft: ModelSpec | None = None
     samples: list[PassSample]
     steps: list[StepSample] = Field(default_factory=list)
+    cuda_graphs: bool | None = Field(None, description="on CUDA: passes timed as CUDA-graph replays (true, as "
+                                     "`validate` runs the engine) or eager calls (false, as the drafter table's "
+                                     "loops run); null on a CPU and in profiles that predate the field")
     created_by: str = Field("", description="the command that made this profile")
 
 

@@ -188,7 +188,7 @@ def step_samples(result, batch_size: int, gamma: int) -> StepSample | None:
 
 
 def build_profile(*, device: torch.device, target: Transformer, draft: Transformer | None, samples: list[PassSample],
-                  steps: list[StepSample], created_by: str) -> EngineProfile:
+                  steps: list[StepSample], created_by: str, cuda_graphs: bool | None = None) -> EngineProfile:
     wd = target.dtype
     return EngineProfile(
         engine_version=engine_version(),
@@ -198,6 +198,7 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
         draft=model_spec(draft.args, "engine-draft", wd) if draft is not None else None,
         samples=samples,
         steps=steps,
+        cuda_graphs=cuda_graphs if device.type == "cuda" else None,
         created_by=created_by,
     )
 
@@ -323,12 +324,14 @@ def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, 
 
 
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
-                progress=None) -> EngineProfile:
+                progress=None, cuda_graphs: bool = True) -> EngineProfile:
     """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
-    them (CUDA graphs on a GPU, eager on a CPU)."""
+    them: on a GPU as CUDA-graph replays (`validate`'s engine) or, with cuda_graphs=False, as eager
+    calls (the drafter table's loops); eager on a CPU."""
     dev = target.device
-    tf = GraphedForward(target) if dev.type == "cuda" else None
-    df = GraphedForward(draft) if dev.type == "cuda" else None
+    graphs = dev.type == "cuda" and cuda_graphs
+    tf = GraphedForward(target) if graphs else None
+    df = GraphedForward(draft) if graphs else None
     slack = max(grid.query_tokens) + 8
     samples = profile_passes(target, "target", list(grid.batch_sizes), list(grid.query_tokens), list(grid.contexts),
                              list(grid.kv_dtypes), cache_len_for=lambda c, q: c + slack, forward=tf,
@@ -340,12 +343,13 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
     for f in (tf, df):
         if f is not None:
             f.reset()
-    tf = GraphedForward(target) if dev.type == "cuda" else None
-    df = GraphedForward(draft) if dev.type == "cuda" else None
+    tf = GraphedForward(target) if graphs else None
+    df = GraphedForward(draft) if graphs else None
     steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas),
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
                           target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats)
-    return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by)
+    return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
+                         cuda_graphs=graphs)
 
 
 # ------------------------------------------------------------------------------------------------
