@@ -47,11 +47,12 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int, new_tokens: int,
                use_graphs: bool, repeats: int, manual_graphs: bool = False, fused: bool = True,
-               tune_gemv: bool = True) -> dict[str, Any]:
+               tune_gemv: bool = True, compiled_prefill: bool = True) -> dict[str, Any]:
     """compile: torch.compile(mode="reduce-overhead"); manual_graphs: eager kernels captured per shape
     (dspark_sim.engine.cudagraphs.GraphedForward, what `profile` and `validate` use); fused: one q/k/v
     and one gate/up matmul per layer (`Transformer.fuse_projections`); tune_gemv: inductor's tuned
-    one-row matmuls instead of cuBLAS (`compile_forward`)."""
+    one-row matmuls instead of cuBLAS (`compile_forward`); compiled_prefill: the prompt pass runs through
+    the same compiled/graphed forward (one more graph) rather than eager."""
     model = build_model(args, device=device, dtype=dtype, seed=0).eval()
     if fused:
         model.fuse_projections()
@@ -64,14 +65,15 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
     else:
         options = {**DECODE_INDUCTOR_OPTIONS, "coordinate_descent_tuning": tune_gemv}
         fwd = compile_forward(model, options) if use_graphs else None
+    prefill = fwd if compiled_prefill and fwd is not None else None
     t0 = time.perf_counter()
-    generate_baseline(model, [prompt], new_tokens, forward=fwd)  # warm-up: compile + capture
-    generate_baseline(model, [prompt], new_tokens, forward=fwd)
+    generate_baseline(model, [prompt], new_tokens, forward=fwd, prefill_forward=prefill)  # compile + capture
+    generate_baseline(model, [prompt], new_tokens, forward=fwd, prefill_forward=prefill)
     warmup_s = time.perf_counter() - t0
     best = None
     for _ in range(repeats):
         _sync(device)
-        res = generate_baseline(model, [prompt], new_tokens, forward=fwd)
+        res = generate_baseline(model, [prompt], new_tokens, forward=fwd, prefill_forward=prefill)
         if best is None or res.total_time_s < best.total_time_s:
             best = res
     assert best is not None
@@ -85,6 +87,7 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         "cuda_graphs": use_graphs or manual_graphs,
         "fused_projections": fused,
         "tuned_gemv": tune_gemv and use_graphs and not manual_graphs,
+        "prefill": "compiled" if prefill is not None else "eager",
         "forward": "manual CUDA graphs" if manual_graphs else ("torch.compile reduce-overhead" if use_graphs else "eager"),
         "warmup_s": warmup_s,
         "first_tokens": best.tokens[0][:8],

@@ -370,7 +370,8 @@ def _pct(v: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The error table, the DSpark-vs-MTP-1 comparison (measured vs predicted) and the command."""
-    out = ["Simulator prediction of the CPU drafter table (validation/drafters/cpu.json): full-batch decode "
+    where = f" ({report['table']}, profiled on {report.get('profile_device', '?')})" if "table" in report else ""
+    out = [f"Simulator prediction of the measured drafter table{where}: full-batch decode "
            "tokens/s and speed-up over plain decoding, |error| = |predicted / measured - 1|.", "",
            "| drafter | temperature | rows | tok/s median / worst abs error | speed-up median / worst abs error "
            "| worst tok/s row |", "|---|---|---|---|---|---|"]
@@ -413,7 +414,8 @@ def calibrated(profile: EngineProfile, temperatures: tuple[float, ...]) -> dict[
     from dspark_sim.calibrate import calibrate
 
     measured = {s.temperature for s in profile.steps}
-    return {t: calibrate(profile, f"calibrated-cpu-T{t:g}", temperature=t if t in measured else None)[0]
+    return {t: calibrate(profile, f"calibrated-{profile.device.kind}-T{t:g}",
+                         temperature=t if t in measured else None)[0]
             for t in temperatures}
 
 
@@ -502,9 +504,13 @@ def validate_drafters(measured_path: Path, profile_path: Path, out_dir: Path, *,
                       trace_prompts: int = 24, cache_dir: str | None = None, command: str = "",
                       log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Predict the measured table, write <out>/<name>_predicted.json and .md; returns the report."""
+    from dspark_sim.calibrate import load_profile
+
     load_measured(measured_path)
     report = run(measured_path, profile_path, seeds, trace_prompts, None, cache_dir, log)
     report["command"] = command
+    report["table"] = str(measured_path)
+    report["profile_device"] = load_profile(profile_path).device.name
     stem = measured_path.stem
     write_atomic(out_dir / f"{stem}_predicted.json", json.dumps(report, indent=1) + "\n")
     write_atomic(out_dir / f"{stem}_predicted.md", markdown(report) + "\n")

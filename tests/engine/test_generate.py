@@ -266,3 +266,18 @@ def test_greedy_identical_with_grouped_attention(pair):
     finally:
         target.use_attention("sdpa")
         draft.use_attention("sdpa")
+
+
+def test_prefill_forward_runs_the_prompt_pass(pair):
+    """generate_baseline(prefill_forward=...) sends the prompt pass (only it) through that callable."""
+    target, _ = pair
+    prompts = prompts_for(3, seed=8)
+    calls = []
+
+    def prefill(tokens, positions, **kw):
+        calls.append(tokens.shape)
+        return target(tokens, positions, **kw)
+
+    ref = generate_baseline(target, prompts, 10).tokens
+    assert generate_baseline(target, prompts, 10, prefill_forward=prefill).tokens == ref
+    assert calls == [(3, max(len(p) for p in prompts))]
