@@ -5,13 +5,12 @@
 #
 #   bash benchmarks/device_session.sh engine      # Llama-shaped decode speed, ours (fused/unfused) vs HF
 #   bash benchmarks/device_session.sh validate    # predict-then-measure on the GPU (tiny pair, bf16)
-#   bash benchmarks/device_session.sh drafters    # the drafter table on the GPU
+#   bash benchmarks/device_session.sh drafters    # eager-pass profile + the drafter table on the GPU
 #   bash benchmarks/device_session.sh pair        # train the gpu pair, then tau / speed-up vs ours and HF
 #   bash benchmarks/device_session.sh tp          # on nvidia-h200-x2: TP=2 checks, all-reduce fit, TP table
 #   bash benchmarks/device_session.sh four        # on nvidia-h200-x4: engine, validate, drafters, pair at once
 #   bash benchmarks/device_session.sh one         # on nvidia-h200: validate + drafter table in one call
 #   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
-#   bash benchmarks/device_session.sh h200        # on nvidia-h200: validate (profile + measure), eager profile, drafter table
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -22,10 +21,19 @@ case "${1:-}" in
   engine)
     python3 benchmarks/engine_gpu.py --out "$OUT/engine_gpu.json" ;;
   validate)
-    python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine -o "$OUT/validation-cuda" ;;
+    # profile + measure + predict on one machine: about 220 s of profiling alone on an H200 (session 4)
+    timeout 560 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+      -o "$OUT/validation-cuda" > "$OUT/validate.log" 2>&1 || true ;;
   drafters)
-    python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 --repeats 2 \
-      --out "$OUT/drafters_cuda.json" --markdown "$OUT/drafters_cuda.md" ;;
+    # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
+    # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 110 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+      --no-cuda-graphs --batch-sizes 1,4,16 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
+    timeout 420 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+      --repeats 2 --batches 1,4,16 --frontier-batches 1,2,4,8,16 --out "$R/drafters_cuda.json" \
+      --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
+    tar czf "$OUT/drafters.tgz" -C "$OUT" r && rm -rf "$R" ;;
   pair)
     # not .carry/: carried paths are replaced on every call, while /tmp survives between calls on a warm
     # machine, so a second call can finish what a first one (training: about 7 minutes) started
@@ -74,18 +82,6 @@ case "${1:-}" in
       --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate \
       --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
     ;;
-  h200)
-    # on nvidia-h200, one call: `validate` profiling and measuring on the same machine; then the eager-pass
-    # profile and the drafter table (its loops call the models eagerly) that `validate --drafters` pairs
-    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
-    timeout 270 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
-      -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
-    timeout 100 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
-      --no-cuda-graphs --batch-sizes 1,4,16 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
-    timeout 180 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
-      --repeats 1 --batches 1,4,16 --frontier-batches 1,2,4,8,16 --out "$R/drafters_cuda.json" \
-      --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
-    tar czf "$OUT/h200.tgz" -C "$OUT" r && rm -rf "$R" ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4|h200" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4" >&2; exit 2 ;;
 esac

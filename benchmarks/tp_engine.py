@@ -76,6 +76,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true", help="eager forwards on CUDA")
+    p.add_argument("--replicate-draft", action="store_true",
+                   help="every rank holds the whole draft and drafts locally (no collectives in draft passes)")
     p.add_argument("--no-calibrate", action="store_true", help="predict with --hardware's figures")
     p.add_argument("--hardware", default=None, help="hardware profile name or YAML (with --no-calibrate)")
     p.add_argument("--interconnect", default="measured", help="measured (fit all-reduces) | profile")
@@ -113,8 +115,8 @@ def predict(row: dict[str, Any], tp: int, hw, target_spec, draft_spec, cfg: Meas
     from dspark_sim.config.schema import DrafterSpec
     from dspark_sim.costmodel import StepCoster
 
-    drafter = (DrafterSpec(kind="draft_model", model=draft_spec, first_pass_tokens=2.0) if draft_spec is not None
-               else DrafterSpec(kind="none"))
+    drafter = (DrafterSpec(kind="draft_model", model=draft_spec, first_pass_tokens=2.0,
+                           replicated=cfg.replicate_draft) if draft_spec is not None else DrafterSpec(kind="none"))
     coster = StepCoster(target_spec, drafter, hw, tp, pad_verify=True, static_kv_tokens=row["cache_len"])
     b, g = row["batch"], cfg.gamma
     ctx = cfg.prompt_len + cfg.new_tokens / 2
@@ -229,14 +231,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                         prompt_len=opts.prompt_len, new_tokens=opts.new_tokens, batch_sizes=_ints(opts.batch),
                         gamma=opts.gamma if draft_shape else 0, repeats=opts.repeats, seed=opts.seed,
                         graphs=not opts.no_graphs, allreduce_tokens=_ints(opts.allreduce_tokens),
-                        profile=calibrate_here)
+                        profile=calibrate_here, replicate_draft=opts.replicate_draft)
     try:
         targs, dargs, _ = measure_args(cfg)
     except KeyError as exc:
         raise InputError("tp_engine", "--shape/--draft-shape", str(exc.args[0])) from None
     for tp in tps:  # refuse a degree a shape cannot split over before starting any process
         check_tp(targs, tp, opts.shape)
-        if dargs is not None:
+        if dargs is not None and not opts.replicate_draft:
             check_tp(dargs, tp, draft_shape)
     runs: dict[int, dict[str, Any]] = {}
     for tp in tps:
@@ -249,6 +251,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "device": runs[tps[0]]["device"], "torch": torch.__version__, "target_shape": opts.shape,
         "draft_shape": draft_shape, "dtype": opts.dtype, "prompt_len": opts.prompt_len,
         "new_tokens": opts.new_tokens, "gamma": cfg.gamma, "tp": tps, "notes": notes,
+        "draft_replicated": bool(draft_shape) and opts.replicate_draft,
     }
     # the cost model's hardware: calibrated on the TP-1 run, or a given profile
     if calibrate_here:
@@ -301,7 +304,8 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
     # the run's MeasureConfig, as far as the prediction reads it (shapes and their cache, gamma, lengths)
     cfg = MeasureConfig(target_shape=old["target_shape"], draft_shape=old["draft_shape"], dtype=old["dtype"],
                         prompt_len=int(old["prompt_len"]), new_tokens=int(old["new_tokens"]),
-                        batch_sizes=tuple(sorted({int(r["batch"]) for r in old["rows"]})), gamma=int(old["gamma"]))
+                        batch_sizes=tuple(sorted({int(r["batch"]) for r in old["rows"]})), gamma=int(old["gamma"]),
+                        replicate_draft=bool(old.get("draft_replicated", False)))
     try:
         targs, dargs, _ = measure_args(cfg)
     except KeyError as exc:

@@ -123,7 +123,7 @@ def memory_available_bytes(scenario: Scenario) -> float:
     weights = coster.target_stats.weight_bytes_total / dep.tensor_parallel
     draft_arch = coster.draft_arch
     if draft_arch is not None:
-        weights += stats_of(draft_arch).weight_bytes_total / dep.tensor_parallel
+        weights += stats_of(draft_arch).weight_bytes_total / coster.draft_tp
     usable = dep.hardware.memory_capacity_gb * 1e9 * dep.memory_utilisation
     return usable - weights - dep.activation_reserve_gb * 1e9
 

@@ -321,6 +321,11 @@ class StepCoster:
         o = self.hw.overheads
         return (o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us) * 1e-6
 
+    @property
+    def draft_tp(self) -> int:
+        """GPUs one draft pass is split over: 1 for a replicated drafter, else the target's degree."""
+        return 1 if self.drafter.replicated else self.tp
+
     def _draft_pass(self, batch: BatchShape) -> PassCost:
         arch = self.draft_arch
         assert arch is not None
@@ -328,7 +333,7 @@ class StepCoster:
             arch,
             self.hw,
             batch,
-            self.tp,
+            self.draft_tp,
             stats=self._draft_stats,
             weights_onchip=self.drafter.weights_onchip,
             kv_onchip=self.drafter.kv_onchip,
@@ -381,7 +386,7 @@ class StepCoster:
         vocab = arch.vocab_size
         wb = DTYPE_BYTES[arch.weight_dtype]
         flops = 2.0 * num_seqs * r * vocab
-        bytes_ = r * vocab * wb / self.tp + num_seqs * vocab * 4.0 * 2 / self.tp
+        bytes_ = r * vocab * wb / self.draft_tp + num_seqs * vocab * 4.0 * 2 / self.draft_tp
         capacity = self.hw.onchip_capacity_mb * 1e6
         eff_bw = self.hw.memory_bandwidth_gbps * 1e9 * self.hw.efficiency.memory_bandwidth
         onchip_bw = max(self.hw.onchip_bandwidth_gbps * 1e9 * self.hw.efficiency.onchip_bandwidth, 1e-30)

@@ -130,3 +130,22 @@ def test_vectorised_rate():
     assert grid.speedup.shape == (500, 25, 8)
     assert np.isfinite(grid.speedup).all() and (grid.speedup > 0).all()
     assert time.perf_counter() - t0 < 30  # generous: a hang guard, not a speed target
+
+
+def test_replicated_draft_model_has_no_collectives_and_reads_all_its_weights():
+    """drafter.replicated: at TP 4 a draft model's passes run on one GPU's worth of weights each (no
+    all-reduce, 4x the bytes of a sharded pass), and each GPU stores the whole draft."""
+    from dspark_sim.analytic import memory_available_bytes
+
+    base = load_scenario(None, ["deployment.tensor_parallel=4",
+                                "deployment.drafter={kind: draft_model, model: llama-3.2-1b}"])
+    rep = load_scenario(None, ["deployment.tensor_parallel=4",
+                               "deployment.drafter={kind: draft_model, model: llama-3.2-1b, replicated: true}"])
+    costs = {}
+    for name, sc in (("sharded", base), ("replicated", rep)):
+        dep = sc.deployment
+        coster = StepCoster(dep.model, dep.drafter, dep.hardware, 4)
+        costs[name] = coster.draft(1, 4, 1024, 1.0)
+    assert float(costs["sharded"].comm_s) > 0 and float(costs["replicated"].comm_s) == 0
+    assert float(costs["replicated"].hbm_bytes) == pytest.approx(4 * float(costs["sharded"].hbm_bytes), rel=0.05)
+    assert memory_available_bytes(rep) < memory_available_bytes(base)

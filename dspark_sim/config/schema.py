@@ -245,6 +245,11 @@ class DrafterSpec(Strict):
         False, description="keep the drafter KV cache in on-chip SRAM/L2 when it fits (the press claim)"
     )
     weights_onchip: bool = Field(False, description="keep drafter weights on chip when they fit")
+    replicated: bool = Field(
+        False, description="under tensor parallelism every GPU holds the whole drafter and drafts locally "
+        "(no collectives; each GPU reads all its weights), as a deployment keeps a small draft; "
+        "false: sharded over the target's GPUs"
+    )
     lookup_us: NonNegFloat = Field(30.0, description="n-gram lookup cost per step, microseconds")
     first_pass_tokens: PositiveFloat | None = Field(
         None,

@@ -731,6 +731,7 @@ class MeasureConfig:
     allreduce_tokens: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     allreduce_repeats: int = 10
     profile: bool = False  # profile passes and steps (for calibration) in this run
+    replicate_draft: bool = False  # every rank holds the whole draft and drafts locally (no collectives)
 
 
 def measure_args(cfg: MeasureConfig) -> tuple[ModelArgs, ModelArgs | None, int]:
@@ -773,11 +774,15 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
 
     targs, dargs, cap = measure_args(cfg)
     check_tp(targs, tp.world, cfg.target_shape)
-    if dargs is not None:
+    if dargs is not None and not cfg.replicate_draft:
         check_tp(dargs, tp.world, cfg.draft_shape or "draft")
     dtype = DTYPES[cfg.dtype]
     target = build_tp_model(targs, tp, dtype=dtype, seed=cfg.seed)
-    draft = build_tp_model(dargs, tp, dtype=dtype, seed=cfg.seed + 1) if dargs is not None else None
+    draft = None
+    if dargs is not None and cfg.replicate_draft:  # the same seeded weights on every rank, unsharded
+        draft = build_model(dargs, device=tp.device, dtype=dtype, seed=cfg.seed + 1).eval()
+    elif dargs is not None:
+        draft = build_tp_model(dargs, tp, dtype=dtype, seed=cfg.seed + 1)
     sampling = Sampling(cfg.temperature)
     rows = []
     modes = set()
@@ -816,6 +821,7 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
         "tp": tp.world, "backend": tp.backend, "device": _device_name(tp.device), "rows": rows,
         "forward": sorted(modes), "weight_bytes_per_rank": weight_bytes(target),
         "draft_weight_bytes_per_rank": weight_bytes(draft) if draft is not None else 0,
+        "draft_replicated": cfg.replicate_draft and draft is not None,
     }
     if tp.world > 1 and cfg.allreduce_tokens:
         from dspark_sim.engine.profile import profile_allreduce

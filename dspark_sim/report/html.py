@@ -17,7 +17,6 @@ import html
 import json
 import math
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+import dspark_sim
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.results import PlanResult, PredictResult, RunResult
 from dspark_sim.config.schema import IIDAcceptance, Scenario
@@ -1025,7 +1025,6 @@ def render_page(title: str, subtitle: str, sources: Sequence[str], tiles: Sequen
         parts.append('<section><p class="intro">Nothing to draw in these documents.</p></section>')
     data = json.dumps(figs, separators=(",", ":")).replace("</", "<\\/")
     src = " · ".join(html.escape(s) for s in sources)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -1033,7 +1032,7 @@ def render_page(title: str, subtitle: str, sources: Sequence[str], tiles: Sequen
         f"<script>{_plotly_js()}</script></head><body>"
         f"<header><h1>{html.escape(title)}</h1><div class=\"sub\">{html.escape(subtitle)}</div>"
         f"<div class=\"src\">{src}</div></header><main>{''.join(parts)}</main>"
-        f"<footer>dspark-sim dashboard · generated {stamp} · self-contained (plotly.js inline), works offline"
+        f"<footer>dspark-sim {html.escape(dspark_sim.__version__)} dashboard · self-contained (plotly.js inline), works offline"
         f"</footer><script type=\"application/json\" id=\"dspark-figures\">{data}</script>"
         f"<script>{_BOOT}</script></body></html>\n"
     )

@@ -60,6 +60,7 @@ class Costs:
         self.target_model = dep.model
         self.hw = dep.hardware
         self.tp = dep.tensor_parallel
+        self.draft_tp = self.coster.draft_tp  # 1 for a replicated drafter
         self.drafter = dep.drafter
         self.target_stats = self.coster.target_stats
         self.draft_arch = self.coster.draft_arch
@@ -75,7 +76,7 @@ class Costs:
             t_fast = _FastPass(self.target_model, self.hw, self.tp, self.target_stats)
             d_fast = None
             if self.draft_arch is not None:
-                d_fast = _FastPass(self.draft_arch, self.hw, self.tp, self.draft_stats,
+                d_fast = _FastPass(self.draft_arch, self.hw, self.draft_tp, self.draft_stats,
                                    weights_onchip=self.drafter.weights_onchip, kv_onchip=self.drafter.kv_onchip,
                                    include_embedding=self.drafter.kind == "draft_model")
             self._t_fast, self._d_fast = t_fast, d_fast
@@ -143,7 +144,7 @@ class Costs:
         vocab = arch.vocab_size
         wb = DTYPE_BYTES[arch.weight_dtype]
         flops = 2.0 * b * r * vocab
-        bytes_ = r * vocab * wb / self.tp + b * vocab * 4.0 * 2 / self.tp
+        bytes_ = r * vocab * wb / self.draft_tp + b * vocab * 4.0 * 2 / self.draft_tp
         capacity = hw.onchip_capacity_mb * 1e6
         eff_bw = hw.memory_bandwidth_gbps * 1e9 * hw.efficiency.memory_bandwidth
         onchip_bw = max(hw.onchip_bandwidth_gbps * 1e9 * hw.efficiency.onchip_bandwidth, 1e-30)
@@ -168,7 +169,7 @@ class Costs:
             return self._d_fast(*agg)
         shape = BatchShape(float(len(q)), *agg)
         return _cost(forward_cost(
-            self.draft_arch, self.hw, shape, self.tp, stats=self.draft_stats,
+            self.draft_arch, self.hw, shape, self.draft_tp, stats=self.draft_stats,
             weights_onchip=self.drafter.weights_onchip, kv_onchip=self.drafter.kv_onchip,
             include_embedding=self.drafter.kind == "draft_model",
         ))
@@ -361,7 +362,7 @@ def kv_capacity(sc: Scenario, costs: Costs, source: str) -> tuple[int, float]:
     per_token = kv_bytes_per_token_per_gpu(costs.coster)
     arch = costs.draft_arch
     if arch is not None and arch.sliding_window_tokens is None and costs.draft_stats is not None:
-        shard = 1 if arch.attention == "mla" else min(costs.tp, arch.num_kv_heads)
+        shard = 1 if arch.attention == "mla" else min(costs.draft_tp, arch.num_kv_heads)
         per_token += costs.draft_stats.kv_bytes_per_token / shard
     blocks = int(math.floor(room / per_token / dep.kv_block_tokens))
     if blocks <= 0:

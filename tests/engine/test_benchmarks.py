@@ -40,3 +40,17 @@ def test_engine_cpu_table(tmp_path):
     assert len(rows) == 2 * 2 * 2
     assert all(r["spec_tok_s"] > 0 and r["baseline_tok_s"] > 0 and r["tau"] >= 1 for r in rows)
     assert all(r["greedy_identical"] for r in rows if r["temperature"] == 0.0)
+
+
+def test_engine_gpu_profile_option_sets_are_inductor_settings():
+    """Every inductor option the GPU profiler compares (and the engine's default set) names a real
+    inductor setting of the installed torch, so a GPU call is not spent on a typo."""
+    from torch._inductor import config as inductor_config
+
+    from dspark_sim.engine.generate import DECODE_INDUCTOR_OPTIONS
+
+    mod = _load("engine_gpu_profile")
+    names = set(inductor_config.get_config_copy())
+    for options in (DECODE_INDUCTOR_OPTIONS, *mod.VARIANTS.values()):
+        assert set(options) <= names, set(options) - names
+    assert "default" in mod.VARIANTS and mod.VARIANTS["default"] == {}

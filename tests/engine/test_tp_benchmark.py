@@ -49,3 +49,30 @@ def test_tp_engine_benchmark_refuses_a_degree_the_shapes_cannot_split(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: test-target: n_heads: 4 attention heads do not split over tensor parallel degree 3 "
                    "(tp must divide the head count)"]
+
+
+def test_tp_engine_benchmark_replicated_draft(capsys):
+    """--replicate-draft: each rank drafts with the whole draft (no collectives there), ranks agree,
+    greedy output is the target's, and the prediction prices the draft passes at TP 1."""
+    spec = importlib.util.spec_from_file_location("tp_engine", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = mod.main(["--device", "cpu", "--shape", "test-target", "--draft-shape", "test-draft", "--tp", "2",
+                       "--batch", "2", "--prompt-len", "8", "--new-tokens", "8", "--gamma", "2", "--repeats", "1",
+                       "--allreduce-tokens", "1,64", "--no-calibrate", "--replicate-draft"])
+    capsys.readouterr()
+    assert report["draft_replicated"] is True
+    (row,) = report["rows"]
+    assert row["ranks_agree"] and row["greedy_identical"] and row["spec_decode_tok_s"] > 0
+    sharded = mod.predict(row, 2, *_hw_and_specs(mod), mod.MeasureConfig(target_shape="test-target",
+                                                                         draft_shape="test-draft", gamma=2))
+    assert row["predicted_spec_comm_share"] < sharded["spec_comm_share"]
+
+
+def _hw_and_specs(mod):
+    from dspark_sim.config.loader import load_hardware_profile
+    from dspark_sim.engine.tp import MeasureConfig, measure_args
+
+    cfg = MeasureConfig(target_shape="test-target", draft_shape="test-draft", gamma=2)
+    targs, dargs, _ = measure_args(cfg)
+    return (load_hardware_profile("cpu-generic"), *mod.model_specs(cfg, targs, dargs))
