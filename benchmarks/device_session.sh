@@ -11,6 +11,7 @@
 #   bash benchmarks/device_session.sh four        # on nvidia-h200-x4: engine, validate, drafters, pair at once
 #   bash benchmarks/device_session.sh one         # on nvidia-h200: validate + drafter table in one call
 #   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
+#                                                 #   (TP_DRAFT=--replicate-draft: the draft unsharded on every GPU)
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -76,10 +77,10 @@ case "${1:-}" in
     # TP 2 and 4 (140 GB of bf16 weights: no room for a KV cache on one GPU) predicted with that hardware
     export PYTHONUNBUFFERED=1
     timeout 330 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
-      --dtype bf16 --tp 1,2,4 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 \
+      --dtype bf16 --tp 1,2,4 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 ${TP_DRAFT:-} \
       --hardware-out "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_8b.json" 2> "$OUT/tp_8b.log" > /dev/null || true
     timeout 230 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-70b --draft-shape llama-3.2-1b \
-      --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate \
+      --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate ${TP_DRAFT:-} \
       --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
     ;;
   *)

@@ -369,6 +369,9 @@ class AllReduceSample(BaseModel):
     dtype: str
     message_bytes: int
     mode: str = Field("eager", description="eager calls, or replays of a CUDA graph of them (cuda-graph)")
+    context: Literal["burst", "between-matmuls"] = Field(
+        "burst", description="burst: all-reduces back to back; between-matmuls: each reduces the output of a "
+        "row-parallel matmul as in the model (the matmuls' own time, timed alone, subtracted)")
     times_s: list[float] = Field(description="per repeat: mean time of one all-reduce, slowest rank")
     median_s: float
     spread: float = Field(description="(p90 - p10) / median of the repeats")
@@ -396,7 +399,8 @@ def _allreduce_inner(message_bytes: int, device: torch.device) -> int:
 
 @torch.no_grad()
 def profile_allreduce(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, warmup: int = 3,
-                      repeats: int = 10, use_graphs: bool = True) -> list[AllReduceSample]:
+                      repeats: int = 10, use_graphs: bool = True,
+                      matmul_in: int | None = None) -> list[AllReduceSample]:
     """Time the engine's all-reduce (`tp.all_reduce`, the collective the row-parallel layers call) of
     [tokens, hidden] tensors in `dtype` on every rank of `tp` (a `TPGroup`; call it on every rank).
 
@@ -404,48 +408,82 @@ def profile_allreduce(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *,
     lines the ranks up) and a device sync; the burst's mean is taken on the slowest rank (max over
     ranks), so every rank returns the same samples. On CUDA the burst is a captured CUDA graph when
     `use_graphs` (as the engine replays its passes), eager calls otherwise or if capture fails.
-    """
-    import torch.distributed as dist
 
+    matmul_in: time each all-reduce as the model runs it instead, right after the row-parallel matmul
+    [tokens, matmul_in] @ [matmul_in, hidden] whose output it reduces (context "between-matmuls"), minus
+    a burst of the matmuls alone. Back-to-back all-reduces hide part of each other's fixed cost; in the
+    model every collective waits for the matmul before it and the next matmul waits for it.
+    """
     from dspark_sim.engine.tp import all_reduce
 
     dev = tp.device
     name = _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
     elem = torch.tensor([], dtype=dtype).element_size()
     out: list[AllReduceSample] = []
-    line_up = torch.zeros(1, device=dev, dtype=dtype)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    weight = (torch.randn(matmul_in, hidden, generator=gen) * matmul_in ** -0.5).to(dev, dtype) if matmul_in else None
     for t in tokens:
-        x = torch.randn(t, hidden, device=dev).to(dtype)
         inner = _allreduce_inner(t * hidden * elem, dev)
+        if weight is None:
+            x = torch.randn(t, hidden, generator=gen).to(dev, dtype)
 
-        def burst(x=x, inner=inner):
-            y = x
-            for _ in range(inner):
-                y = all_reduce(x, tp.group_name, tp.mode)
-            return y
+            def burst(x=x, inner=inner):
+                y = x
+                for _ in range(inner):
+                    y = all_reduce(x, tp.group_name, tp.mode)
+                return y
 
-        for _ in range(warmup):
-            burst()
-        run, mode = burst, "eager"
-        if dev.type == "cuda" and use_graphs:
-            run, mode = _graph_or_eager(burst, tp)
-        times = []
-        for _ in range(repeats):
-            dist.barrier(group=tp.cpu_group)
-            all_reduce(line_up, tp.group_name, tp.mode)
-            _sync(dev)
-            t0 = time.perf_counter()
-            run()
-            _sync(dev)
-            times.append((time.perf_counter() - t0) / inner)
-        tt = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(tt, op=dist.ReduceOp.MAX, group=tp.cpu_group)
-        times = tt.tolist()
+            times, mode = _time_burst(burst, tp, warmup, repeats, use_graphs)
+        else:
+            x = torch.randn(t, matmul_in, generator=gen).to(dev, dtype)
+
+            def burst(x=x, inner=inner, reduce=True):
+                y = x
+                for _ in range(inner):
+                    y = x @ weight
+                    if reduce:
+                        y = all_reduce(y, tp.group_name, tp.mode)
+                return y
+
+            both, mode = _time_burst(burst, tp, warmup, repeats, use_graphs)
+            alone, _ = _time_burst(lambda b=burst: b(reduce=False), tp, warmup, repeats, use_graphs)
+            floor = statistics.median(alone)
+            times = [max(v - floor, 1e-9 * floor) for v in both]
+        times = [v / inner for v in times]
         med, spread = _summary(times)
         out.append(AllReduceSample(world_size=tp.world, tokens=t, hidden=hidden, dtype=name,
-                                   message_bytes=t * hidden * elem, mode=mode, times_s=[round(v, 10) for v in times],
-                                   median_s=med, spread=spread))
+                                   message_bytes=t * hidden * elem, mode=mode,
+                                   context="between-matmuls" if weight is not None else "burst",
+                                   times_s=[round(v, 10) for v in times], median_s=med, spread=spread))
     return out
+
+
+def _time_burst(burst, tp, warmup: int, repeats: int, use_graphs: bool) -> tuple[list[float], str]:
+    """Seconds of each of `repeats` runs of `burst` on the slowest rank (the same list on every rank),
+    the ranks lined up before each run; a captured CUDA graph of it on CUDA when `use_graphs`."""
+    import torch.distributed as dist
+
+    from dspark_sim.engine.tp import all_reduce
+
+    dev = tp.device
+    line_up = torch.zeros(1, device=dev)
+    for _ in range(warmup):
+        burst()
+    run, mode = burst, "eager"
+    if dev.type == "cuda" and use_graphs:
+        run, mode = _graph_or_eager(burst, tp)
+    times = []
+    for _ in range(repeats):
+        dist.barrier(group=tp.cpu_group)
+        all_reduce(line_up, tp.group_name, tp.mode)
+        _sync(dev)
+        t0 = time.perf_counter()
+        run()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    tt = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(tt, op=dist.ReduceOp.MAX, group=tp.cpu_group)
+    return tt.tolist(), mode
 
 
 def _graph_or_eager(burst, tp):
@@ -473,9 +511,9 @@ def _graph_or_eager(burst, tp):
 
 
 def allreduce_profile(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, repeats: int = 10,
-                      created_by: str = "") -> AllReduceProfile:
+                      created_by: str = "", matmul_in: int | None = None) -> AllReduceProfile:
     """`profile_allreduce` as a document (the same on every rank)."""
-    samples = profile_allreduce(tp, tokens, hidden, dtype, repeats=repeats)
+    samples = profile_allreduce(tp, tokens, hidden, dtype, repeats=repeats, matmul_in=matmul_in)
     mode = "+".join(sorted({s.mode for s in samples}))
     return AllReduceProfile(engine_version=engine_version(), backend=tp.backend, device=device_info(tp.device),
                             world_size=tp.world, mode=mode, samples=samples, created_by=created_by)

@@ -730,6 +730,7 @@ class MeasureConfig:
     graphs: bool = True  # CUDA graphs (manual capture, as profile/validate run) on CUDA
     allreduce_tokens: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     allreduce_repeats: int = 10
+    allreduce_between_matmuls: bool = True  # also time each all-reduce after its row-parallel matmul
     profile: bool = False  # profile passes and steps (for calibration) in this run
     replicate_draft: bool = False  # every rank holds the whole draft and drafts locally (no collectives)
 
@@ -828,6 +829,9 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
 
         act_bytes = torch.tensor([], dtype=dtype).element_size()
         samples = profile_allreduce(tp, list(cfg.allreduce_tokens), targs.dim, dtype, repeats=cfg.allreduce_repeats)
+        if cfg.allreduce_between_matmuls:  # as in the model: after the down projection's shard
+            samples += profile_allreduce(tp, list(cfg.allreduce_tokens), targs.dim, dtype,
+                                         repeats=cfg.allreduce_repeats, matmul_in=targs.ffn_hidden // tp.world)
         out["allreduce"] = [s.model_dump() for s in samples]
         out["allreduce_act_bytes"] = act_bytes
     if cfg.profile and tp.world == 1:
@@ -946,6 +950,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--tokens", default="1,2,4,8,16,32,64,128,256,512",
                    help="tokens per all-reduce: message = tokens x hidden x dtype bytes")
     a.add_argument("--repeats", type=int, default=10)
+    a.add_argument("--between-matmuls", action="store_true",
+                   help="time each all-reduce after the row-parallel matmul it reduces, as the model runs it "
+                        "(the --shape's down projection shard), instead of back to back")
     a.add_argument("--hardware", default=None,
                    help="hardware profile (name or YAML) to write the fitted interconnect into")
     a.add_argument("--hardware-out", type=Path, default=None, help="calibrated hardware YAML to write")
@@ -1022,6 +1029,7 @@ class AllReduceJob:
     hidden: int
     dtype: str
     repeats: int
+    matmul_in: int | None = None  # time each all-reduce after a [tokens, matmul_in] x [matmul_in, hidden] matmul
 
 
 def allreduce_job(tp: TPGroup, job: AllReduceJob) -> dict[str, Any] | None:
@@ -1029,7 +1037,7 @@ def allreduce_job(tp: TPGroup, job: AllReduceJob) -> dict[str, Any] | None:
     from dspark_sim.engine.profile import allreduce_profile
 
     doc = allreduce_profile(tp, list(job.tokens), job.hidden, DTYPES[job.dtype], repeats=job.repeats,
-                            created_by="python -m dspark_sim.engine.tp allreduce")
+                            created_by="python -m dspark_sim.engine.tp allreduce", matmul_in=job.matmul_in)
     return doc.model_dump(mode="json") if tp.leader else None
 
 
@@ -1110,7 +1118,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # allreduce
     if opts.dtype not in DTYPES:
         raise InputError("tp", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
-    hidden = opts.hidden or _model_args(opts.shape, "--shape").dim
+    shape_args = _model_args(opts.shape, "--shape")
+    hidden = opts.hidden or shape_args.dim
     tokens = _csv_ints(opts.tokens, "--tokens")
     base = None
     if opts.hardware is not None:
@@ -1119,14 +1128,17 @@ def _main(argv: Sequence[str] | None) -> int:
         base = load_hardware_profile(opts.hardware)
     if tp < 2:
         raise InputError("tp", "--tp", "an all-reduce profile needs at least 2 ranks")
-    doc, lead = _launch(allreduce_job, AllReduceJob(tokens, hidden, opts.dtype, opts.repeats), tp, opts.device)
+    matmul_in = shape_args.ffn_hidden // tp if opts.between_matmuls else None
+    doc, lead = _launch(allreduce_job, AllReduceJob(tokens, hidden, opts.dtype, opts.repeats, matmul_in), tp,
+                        opts.device)
     if not lead:
         return 0
     from dspark_sim.calibrate import apply_interconnect_fit, fit_interconnect, interconnect_yaml
 
     fit = fit_interconnect(doc["samples"], base)
     doc["fit"] = fit.to_dict()
-    lines = [f"all-reduce over {doc['world_size']} ranks ({doc['backend']}, {doc['mode']}):"]
+    context = "between matmuls" if matmul_in else "back to back"
+    lines = [f"all-reduce over {doc['world_size']} ranks ({doc['backend']}, {doc['mode']}, {context}):"]
     for s in doc["samples"]:
         lines.append(f"  {s['message_bytes']:>10d} B  {s['median_s'] * 1e6:10.1f} us")
     lines.append(f"fit: latency {fit.latency_us:.2f} us per hop, bandwidth {fit.bandwidth_gbps:.3f} GB/s "

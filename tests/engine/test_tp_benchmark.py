@@ -37,6 +37,12 @@ def test_tp_engine_benchmark_cpu(capsys):
     assert all(r["predicted_baseline_comm_share"] > 0 for r in tp2)
     assert all("baseline_scaling_measured" in r for r in tp2)
     assert rows[2]["weight_gb_per_rank"] < rows[0]["weight_gb_per_rank"]  # sharded
+    # the all-reduces are timed back to back and between row-parallel matmuls; the latter are fitted
+    contexts = sorted({s["context"] for s in report["allreduce"]})
+    assert contexts == ["between-matmuls", "burst"]
+    assert all(s["median_s"] > 0 for s in report["allreduce"])
+    assert report["interconnect_fit"]["context"] == "between-matmuls"
+    assert report["interconnect_fit_other"]["context"] == "burst"
 
 
 def test_tp_engine_benchmark_refuses_a_degree_the_shapes_cannot_split(capsys):

@@ -98,3 +98,20 @@ def test_gloo_allreduce_profile_and_fit(tmp_path):
     assert hw.efficiency.interconnect == 1.0
     assert hw.interconnect_latency_us == pytest.approx(fit["latency_us"])
     assert hw.interconnect_bandwidth_gbps == pytest.approx(fit["bandwidth_gbps"])
+
+
+def test_gloo_allreduce_between_matmuls(tmp_path):
+    """--between-matmuls: each all-reduce timed after the row-parallel matmul it reduces (the matmuls'
+    own time subtracted), samples marked with that context, the fit made from them."""
+    pytest.importorskip("torch")
+    out_json = tmp_path / "allreduce.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dspark_sim.engine.tp", "allreduce", "--tp", "2", "--shape", "test-target",
+         "--tokens", "1,64,1024", "--repeats", "3", "--between-matmuls", "-o", str(out_json)],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "between matmuls" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    assert [s["context"] for s in doc["samples"]] == ["between-matmuls"] * 3
+    assert all(s["median_s"] > 0 for s in doc["samples"])
+    assert doc["fit"]["bandwidth_gbps"] > 0
