@@ -75,11 +75,18 @@ class Grid:
             for b in self.batch_sizes:
                 for p in self.prompt_tokens:
                     for pol in self.policies:
-                        out.append(Case(t, b, p, pol, rounds=max(1, 4 // b), new_tokens=self.new_tokens))
+                        # at least MEASURED_SEQUENCES prompts a point: tau varies a lot from prompt to
+                        # prompt, and 4 prompts left batch-1 points' measured tau 20-25% off the trace's
+                        out.append(Case(t, b, p, pol, rounds=max(1, MEASURED_SEQUENCES // b),
+                                        new_tokens=self.new_tokens))
         for b in self.cross_batch_sizes:
             out.append(Case(0.0, b, self.prompt_tokens[0], "fixed:3", rounds=1, new_tokens=self.new_tokens, cross=True))
         return out
 
+
+#: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others
+MEASURED_SEQUENCES = 16
+ACCEPTANCE_PROMPTS = 32
 
 QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
              new_tokens=48)
@@ -426,7 +433,8 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     for t in grid.temperatures:
         recs = []
         for p in grid.prompt_tokens:
-            recs += acceptance_records(target, draft, [x[:p] for x in set_a[:16]], grid.new_tokens, _sampling(t), seed)
+            recs += acceptance_records(target, draft, [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]], grid.new_tokens,
+                                       _sampling(t), seed)
         path = out_dir / f"acceptance-T{t:g}.jsonl"
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
         traces[t] = path
