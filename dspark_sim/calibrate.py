@@ -331,21 +331,16 @@ def drafter_for_engine(draft: ModelSpec | None) -> DrafterSpec:
 
 def load_profile(path) -> EngineProfile:
     """Read a profile JSON; a missing, malformed or incomplete file is one InputError."""
-    import json
     from pathlib import Path
 
     from pydantic import ValidationError
 
     from dspark_sim.config.errors import from_validation_error
     from dspark_sim.config.measurements import PROFILE_SCHEMA_VERSION
+    from dspark_sim.io import read_json
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(str(p), None, "profile file not found (make one with `dspark-sim profile`)")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(str(p), None, f"not a JSON profile ({exc})") from None
+    raw = read_json(p, "profile", "profile file not found (make one with `dspark-sim profile`)")
     if not isinstance(raw, dict) or raw.get("kind") != "engine-profile":
         raise InputError(str(p), "kind", "expected an engine profile (kind: engine-profile)")
     if raw.get("schema_version") != PROFILE_SCHEMA_VERSION:

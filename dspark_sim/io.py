@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from dspark_sim.config.errors import InputError
+
+
+def read_json(path: str | Path, what: str, missing: str) -> Any:
+    """The parsed JSON document at `path`; a missing file (message `missing`) or one that is not JSON
+    ("not a JSON <what>") is one InputError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(str(p), None, missing)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(str(p), None, f"not a JSON {what} ({exc})") from None
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:

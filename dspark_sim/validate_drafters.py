@@ -486,13 +486,10 @@ def assemble(rows: list[dict[str, Any]], gamma: int, meta: dict[str, Any]) -> di
 def load_measured(path: Path) -> dict[str, Any]:
     """The measured drafter table (benchmarks/drafters_cpu.py --out); anything else is one InputError."""
     from dspark_sim.config.errors import InputError
+    from dspark_sim.io import read_json
 
-    if not path.is_file():
-        raise InputError(str(path), None, "measured drafter table not found (make one with benchmarks/drafters_cpu.py --out)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(str(path), None, f"not a JSON drafter table ({exc})") from None
+    doc = read_json(path, "drafter table",
+                    "measured drafter table not found (make one with benchmarks/drafters_cpu.py --out)")
     need = ("preset", "seed", "drafters", "rows", "prompt_len", "new_tokens", "gamma", "sps_tables")
     missing = [k for k in need if not isinstance(doc, dict) or k not in doc]
     if missing:
