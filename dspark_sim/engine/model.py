@@ -19,9 +19,10 @@ from torch import Tensor, nn
 #: SDPA takes grouped K/V heads itself from torch 2.5 on
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
-#: How a cached (masked) pass computes attention. "sdpa": torch's fused kernel (on CUDA after repeating
-#: the K/V heads, gpt-fast's pattern); "grouped": two matmuls with the query heads of one K/V head
-#: stacked as rows, so the cache is read once and never copied (the decode step's small-kernel cost).
+#: How a cached (masked) pass computes attention. "sdpa" (default): torch's fused kernel (on CUDA after
+#: repeating the K/V heads, gpt-fast's pattern); "grouped": two matmuls with the query heads of one K/V
+#: head stacked as rows, so the cache is read once and never copied. Compiled on an H200, "grouped" was
+#: the slower (inductor picks small cutlass matmuls; validation/engine/h200_decode_profile_attention.json).
 ATTENTION_KERNELS = ("sdpa", "grouped")
 
 #: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
