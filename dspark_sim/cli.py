@@ -239,7 +239,10 @@ def validate(
     for s in report.summary:
         console.print(f"{s.group:45s} n={s.points:3d}  speed-up err median {s.median_abs_speedup_error_pct:5.1f}% "
                       f"worst {s.worst_abs_speedup_error_pct:5.1f}%  tok/s err median "
-                      f"{s.median_abs_tokens_per_s_error_pct:5.1f}% worst {s.worst_abs_tokens_per_s_error_pct:5.1f}%")
+                      f"{s.median_abs_tokens_per_s_error_pct:5.1f}% worst {s.worst_abs_tokens_per_s_error_pct:5.1f}%"
+                      + (f"  (tau {s.median_abs_tau_error_pct:4.1f}%, per tau {s.median_abs_per_tau_error_pct:4.1f}%)"
+                         if s.median_abs_tau_error_pct is not None and s.median_abs_per_tau_error_pct is not None
+                         else ""))
     console.print(f"{'PASSED' if report.passed else 'FAILED'} (tolerance {tol:g}% median) -> {folder}/report.html")
     if not report.passed:
         raise typer.Exit(1)

@@ -346,9 +346,13 @@ def summarise(points: list[ValidationPoint]) -> list[ErrorSummary]:
             continue
         s = [abs(p.speedup_error_pct) for p in pts]
         t = [abs(p.tokens_per_s_error_pct) for p in pts]
+        tau = [abs(p.tau_error_pct) for p in pts if p.tau_error_pct is not None]
+        per_tau = [abs(p.per_tau_error_pct) for p in pts if p.per_tau_error_pct is not None]
         out.append(ErrorSummary(group=name, points=len(pts), median_abs_speedup_error_pct=statistics.median(s),
                                 worst_abs_speedup_error_pct=max(s), median_abs_tokens_per_s_error_pct=statistics.median(t),
-                                worst_abs_tokens_per_s_error_pct=max(t)))
+                                worst_abs_tokens_per_s_error_pct=max(t),
+                                median_abs_tau_error_pct=statistics.median(tau) if tau else None,
+                                median_abs_per_tau_error_pct=statistics.median(per_tau) if per_tau else None))
     return out
 
 
@@ -472,6 +476,8 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
             tokens_per_s_error_pct=_err(spec_p.tokens_per_s, spec_m.tokens_per_s),
             speedup_error_pct=_err(spec_p.tokens_per_s / base_p.tokens_per_s, spec_m.tokens_per_s / base_m.tokens_per_s),
             baseline_error_pct=_err(base_p.tokens_per_s, base_m.tokens_per_s),
+            tau_error_pct=_err(spec_p.tau, spec_m.tau),
+            per_tau_error_pct=_err(spec_p.tokens_per_s / spec_p.tau, spec_m.tokens_per_s / spec_m.tau),
             cross_prediction=case.cross,
             measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
         )

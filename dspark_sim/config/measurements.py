@@ -116,6 +116,12 @@ class ValidationPoint(Doc):
     tokens_per_s_error_pct: float
     speedup_error_pct: float
     baseline_error_pct: float
+    tau_error_pct: float | None = Field(
+        None, description="predicted vs measured tau: the acceptance side of the tokens/s error (the held-apart "
+        "prompts' traces against the measured prompts)")
+    per_tau_error_pct: float | None = Field(
+        None, description="error of tokens/s divided by tau: the timing side of the tokens/s error, acceptance "
+        "factored out (1 + tok/s err = (1 + tau err)(1 + this), up to how the two tau are averaged)")
     cross_prediction: bool = Field(False, description="batch beyond what calibration saw")
     measured_batch_tokens_per_s: float | None = Field(
         None, description="speculative decode tokens per second of the whole static batch, first token to last "
@@ -130,6 +136,8 @@ class ErrorSummary(Doc):
     worst_abs_speedup_error_pct: float
     median_abs_tokens_per_s_error_pct: float
     worst_abs_tokens_per_s_error_pct: float
+    median_abs_tau_error_pct: float | None = None
+    median_abs_per_tau_error_pct: float | None = Field(None, description="timing side alone (see ValidationPoint)")
 
 
 class ValidationReport(Doc):

@@ -107,6 +107,15 @@ def test_validate_quick_end_to_end(tmp_path):
     greedy = [p for p in report["points"] if p["temperature"] == 0 and p["policy"].startswith("fixed")]
     assert all(abs(p["predicted_tau"] / p["measured_tau"] - 1) < 0.05 for p in greedy)
     assert np.isfinite([p["speedup_error_pct"] for p in report["points"]]).all()
+    # the tokens/s error splits into its acceptance and timing sides
+    for p in report["points"]:
+        tau = p["predicted_tau"] / p["measured_tau"]
+        rate = (p["predicted_tokens_per_s"] / p["predicted_tau"]) / (p["measured_tokens_per_s"] / p["measured_tau"])
+        assert p["tau_error_pct"] == pytest.approx(100 * (tau - 1))
+        assert p["per_tau_error_pct"] == pytest.approx(100 * (rate - 1))
+        assert 1 + p["tokens_per_s_error_pct"] / 100 == pytest.approx(tau * rate)
+    assert report["summary"][0]["median_abs_tau_error_pct"] is not None
+    assert "tok/s per tau err" in html
 
 
 def test_validate_refuses_foreign_profile(tmp_path):
