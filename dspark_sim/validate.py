@@ -364,6 +364,16 @@ def restrict_profile(profile: EngineProfile, max_batch: int) -> EngineProfile:
     })
 
 
+def reference_step_s(target, draft, device, repeats: int = 3) -> float:
+    """Median step time of a fixed plain-decoding run (batch 1, 64 random prompt tokens, 32 new tokens):
+    the yardstick of the machine's speed, timed before profiling and after measuring."""
+    from dspark_sim.engine.cudagraphs import GraphedForward
+    from dspark_sim.engine.profile import profile_steps
+
+    fwd = GraphedForward(target) if device.type == "cuda" else None
+    return profile_steps(target, draft, [1], [0], [64], 32, target_forward=fwd, repeats=repeats)[0].step_s
+
+
 def _gpu_warm(device, seconds: float = 2.0) -> None:
     """Keep the GPU busy for a moment so its clocks are up before timing (an idle GPU down-clocks,
     and a tiny model's light load alone does not bring it back)."""
@@ -404,9 +414,10 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     timings["train_or_load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    _gpu_warm(dev)
+    ref_before = reference_step_s(target, draft, dev)
     if profile is None:
         log("profiling the engine's passes and steps ...")
-        _gpu_warm(dev)
         pgrid = ProfileGrid.quick() if quick else ProfileGrid(batch_sizes=(1, 2, 4, 8, 16, 32, 64))
         profile = run_profile(target, draft, pgrid, created_by="dspark-sim validate")
     timings["profile_s"] = time.perf_counter() - t0
@@ -454,6 +465,8 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t0 = time.perf_counter()
     _gpu_warm(dev)
     measured = measure_cases(eng, grid.cases(), cal.sps_table, seed)
+    drift_pct = _err(reference_step_s(target, draft, dev), ref_before)
+    log(f"host drift: a reference run stepped {drift_pct:+.1f}% slower after measuring than at the start")
     t_measure = time.perf_counter() - t0
     t_predict = 0.0
     for case, (spec_m, base_m) in zip(grid.cases(), measured, strict=True):
@@ -496,7 +509,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
         tolerance_pct=tolerance_pct, passed=passed, command="dspark-sim " + " ".join(sys.argv[1:]),
         calibration_median_error_pct=float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])), acceptance_by_temperature=acceptance,
-        summary=summary, points=points, timings_s=timings,
+        summary=summary, points=points, host_drift_pct=drift_pct, timings_s=timings,
     )
 
 

@@ -155,4 +155,8 @@ class ValidationReport(Doc):
     )
     summary: list[ErrorSummary]
     points: list[ValidationPoint]
+    host_drift_pct: float | None = Field(
+        None, description="how much slower (+) or faster (-) a fixed reference run (plain decoding, batch 1) "
+        "stepped after measuring than at the start of the run (before profiling, when it profiled): the machine's own drift, which a prediction made "
+        "from the profile cannot know")
     timings_s: dict[str, float] = Field(description="wall time of each phase")

@@ -57,12 +57,15 @@ def validation_html(report: ValidationReport) -> str:
         for p in report.points
     )
     verdict = "PASSED" if report.passed else "FAILED"
+    drift = ("" if report.host_drift_pct is None else
+             f"&middot; host drift {report.host_drift_pct:+.1f}% (a reference run, end vs start)")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>dspark-sim validation: {html.escape(report.device.name)}</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px}} table{{border-collapse:collapse;margin:12px 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}</style></head>
 <body><h1>Predicted vs measured on {html.escape(report.device.name)} ({report.device.kind})</h1>
 <p>{verdict} against a median-error tolerance of {report.tolerance_pct:g}% &middot; engine {html.escape(report.engine_version)}
 &middot; preset {html.escape(report.preset)} &middot; calibration fit median error {report.calibration_median_error_pct:.1f}%
+{drift}
 &middot; command <code>{html.escape(report.command)}</code></p>
 <h2>Errors by regime</h2><p>The tokens/s error splits into an acceptance side (tau predicted from the held-apart prompts'
 traces vs tau measured) and a timing side (tokens/s per unit of tau).</p>

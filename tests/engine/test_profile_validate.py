@@ -115,6 +115,7 @@ def test_validate_quick_end_to_end(tmp_path):
         assert p["per_tau_error_pct"] == pytest.approx(100 * (rate - 1))
         assert 1 + p["tokens_per_s_error_pct"] / 100 == pytest.approx(tau * rate)
     assert report["summary"][0]["median_abs_tau_error_pct"] is not None
+    assert np.isfinite(report["host_drift_pct"]) and "host drift" in html
     assert "tok/s per tau err" in html
 
 
