@@ -41,16 +41,16 @@ _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rathe
 class _Samples:
     """Profile samples grouped by role, as arrays for one vectorised cost evaluation per role."""
 
-    roles: dict[str, tuple[ModelSpec, BatchShape, np.ndarray]]  # role -> (arch, shapes, sample index)
+    roles: dict[tuple[str, str], tuple[ModelSpec, BatchShape, np.ndarray]]  # (role, kv dtype) -> (arch, shapes, index)
     measured: np.ndarray
 
 
 def _shapes(profile: EngineProfile) -> _Samples:
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(profile.samples):
-        groups.setdefault(s.role, []).append(i)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, s in enumerate(profile.samples):  # a profile may time several KV-cache dtypes: each priced as itself
+        groups.setdefault((s.role, s.kv_dtype), []).append(i)
     roles = {}
-    for role, idx in groups.items():
+    for (role, kv_dtype), idx in groups.items():
         arch = profile.target if role == "target" else profile.draft
         if arch is None:
             raise InputError("profile", "draft", "samples for role 'draft' but no draft architecture")
@@ -58,11 +58,10 @@ def _shapes(profile: EngineProfile) -> _Samples:
         b = np.array([s.batch_size for s in ss], dtype=float)
         q = np.array([s.query_tokens for s in ss], dtype=float)
         att = np.array([s.attended_tokens for s in ss], dtype=float)
-        kv_dtype = ss[0].kv_dtype
         arch = arch.model_copy(update={"kv_dtype": kv_dtype if kv_dtype in ("fp32", "bf16", "fp16", "int8") else arch.kv_dtype})
         # the engine attends over a static cache bucket: every query sees `attended` keys
         shape = BatchShape(b, b * q, b * att, b * att, b * q * att, b * q * att)
-        roles[role] = (arch, shape, np.array(idx))
+        roles[(role, kv_dtype)] = (arch, shape, np.array(idx))
     measured = np.array([s.median_s for s in profile.samples], dtype=float)
     return _Samples(roles, measured)
 

@@ -116,6 +116,8 @@ def profile(
     batch_sizes: Annotated[str | None, typer.Option(help="batch sizes of the passes and whole steps, e.g. 1,2,4,8,16")] = None,
     query_tokens: Annotated[str | None, typer.Option(help="tokens per sequence per pass, e.g. 1,2,3,5,9")] = None,
     contexts: Annotated[str | None, typer.Option(help="cached tokens per sequence, e.g. 64,256,512")] = None,
+    kv_dtypes: Annotated[str | None, typer.Option(help="KV-cache dtypes of the passes, e.g. bf16,int8 "
+                                                  "(default: the weights' dtype)")] = None,
     repeats: Annotated[int | None, typer.Option(help="timed repeats per pass shape and per step configuration")] = None,
     quick: Annotated[bool, typer.Option(help="a small grid (about a minute on 2 CPU cores)")] = False,
     cuda_graphs: Annotated[bool, typer.Option(help="on CUDA: time CUDA-graph replays (as `validate` runs the engine); "
@@ -145,6 +147,14 @@ def profile(
         updates["query_tokens"] = _csv_ints(query_tokens, "--query-tokens")
     if contexts:
         updates["contexts"] = _csv_ints(contexts, "--contexts")
+    if kv_dtypes:
+        from dspark_sim.engine.model import KV_DTYPES
+
+        names = tuple(x.strip() for x in kv_dtypes.split(",") if x.strip())
+        unknown = [x for x in names if x not in KV_DTYPES]
+        if unknown or not names:
+            raise InputError("--kv-dtypes", None, f"got {kv_dtypes!r}, allowed: {', '.join(KV_DTYPES)}")
+        updates["kv_dtypes"] = names
     if repeats:
         updates["repeats"] = updates["step_repeats"] = repeats
     grid = dataclasses.replace(grid, **updates)

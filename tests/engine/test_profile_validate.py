@@ -60,11 +60,12 @@ def test_hf_export_round_trip(pair, tmp_path):
 def test_profile_and_calibrate_cli(tmp_path):
     prof = tmp_path / "profile.json"
     out = _cli("profile", "--random-weights", "--preset", "test", "--batch-sizes", "1,2", "--query-tokens", "1,3",
-               "--contexts", "16,48", "--repeats", "2", "-o", str(prof))
+               "--contexts", "16,48", "--kv-dtypes", "fp32,int8", "--repeats", "2", "-o", str(prof))
     assert out.returncode == 0, out.stderr
     doc = json.loads(prof.read_text())
     assert doc["kind"] == "engine-profile" and doc["device"]["kind"] == "cpu"
     assert {s["role"] for s in doc["samples"]} == {"target", "draft"}
+    assert {s["kv_dtype"] for s in doc["samples"]} == {"fp32", "int8"}  # the KV dtype grid, each calibrated as itself
     assert doc["steps"] and all(s["step_s"] > 0 for s in doc["steps"])
     cal = tmp_path / "cal.yaml"
     rep = tmp_path / "cal.json"
@@ -86,6 +87,9 @@ def test_profile_bad_input():
     assert out.returncode == 2 and "allowed: cpu, cuda" in out.stderr
     out = _cli("profile", "--batch-sizes", "1,x")
     assert out.returncode == 2 and "--batch-sizes" in out.stderr
+    out = _cli("profile", "--kv-dtypes", "bf16,fp8")
+    assert out.returncode == 2 and "--kv-dtypes" in out.stderr and "allowed: fp32, bf16, fp16, int8" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_validate_quick_end_to_end(tmp_path):
