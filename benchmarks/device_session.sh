@@ -32,10 +32,11 @@ case "${1:-}" in
     # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
-    timeout 110 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
-      --no-cuda-graphs --batch-sizes 1,4,16 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
-    timeout 420 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
-      --repeats 2 --batches 1,4,16 --frontier-batches 1,2,4,8,16 --out "$R/drafters_cuda.json" \
+    # (session 4 ran batches 1,4,16 with frontier 1-16 in 173 s; session 3's 1-64 took 215 s at one repeat)
+    timeout 150 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+      --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
+    timeout 400 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+      --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/drafters_cuda.json" \
       --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
     tar czf "$OUT/drafters.tgz" -C "$OUT" r && rm -rf "$R" ;;
   pair)
