@@ -213,6 +213,9 @@ def validate(
     drafters: Annotated[Path | None, typer.Option(
         "--drafters", help="instead: predict a measured drafter table (benchmarks/drafters_cpu.py --out) with the "
                            "--profile of the same device; writes <out>/<table>_predicted.json and .md")] = None,
+    repredict: Annotated[Path | None, typer.Option(
+        "--repredict", help="instead: predict a report folder's measured points again with this code (its own "
+                            "profile and traces; nothing measured) into --out")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
@@ -220,10 +223,18 @@ def validate(
     if drafters is not None:
         _validate_drafters(drafters, profile_path, out_dir, device, cache_dir, tolerance)
         return
+    if repredict is not None:
+        from dspark_sim.validate import repredict_report
+
+        if out_dir is None or out_dir.resolve() == repredict.resolve():
+            raise InputError("--out", None, "--repredict needs --out, another folder than the report's")
+        console = _console()
+        report = repredict_report(repredict, out_dir, tolerance_pct=tolerance, seed=seed, log=console.print)
+        _write_validation(report, out_dir, console)
+        return
 
     from dspark_sim.calibrate import check_profile_matches, load_profile
     from dspark_sim.engine.profile import engine_version
-    from dspark_sim.report.validation_page import validation_html
     from dspark_sim.validate import run_validation
 
     if device not in ("cpu", "cuda"):
@@ -244,8 +255,16 @@ def validate(
         raise InputError("--dtype", None, f"got {dtype!r}, allowed: fp32, bf16, fp16")
     report = run_validation(device=device, quick=quick, preset=preset, seed=seed, cache_dir=cache_dir, profile=prof,
                             out_dir=folder, tolerance_pct=tol, log=console.print, dtype=dtype)
+    _write_validation(report, folder, console)
+
+
+def _write_validation(report, folder: Path, console) -> None:
+    """report.json + report.html into `folder`, the error table on the console; exit 1 if not passed."""
+    from dspark_sim.report.validation_page import validation_html
+
     write_atomic(folder / "report.json", report.model_dump_json(indent=2) + "\n")
     write_atomic(folder / "report.html", validation_html(report))
+    tol = report.tolerance_pct
     for s in report.summary:
         console.print(f"{s.group:45s} n={s.points:3d}  speed-up err median {s.median_abs_speedup_error_pct:5.1f}% "
                       f"worst {s.worst_abs_speedup_error_pct:5.1f}%  tok/s err median "

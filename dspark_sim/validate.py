@@ -389,6 +389,57 @@ def _gpu_warm(device, seconds: float = 2.0) -> None:
         torch.cuda.synchronize(device)
 
 
+def calibrations(profile: EngineProfile, grid: Grid, device: str) -> tuple[dict, dict, dict]:
+    """One calibration per temperature (sampling costs more per step than greedy decoding), and the
+    cross-prediction's calibration on small batches only: (hardware, report, small-batch hardware) by T."""
+    measured_temps = {s.temperature for s in profile.steps}
+    hw_by_temp, cal_by_temp, cross_by_temp = {}, {}, {}
+    for t in grid.temperatures:
+        t_fit = t if t in measured_temps else None
+        hw_by_temp[t], cal_by_temp[t] = calibrate(profile, f"calibrated-{device}-T{t:g}", temperature=t_fit)
+        if grid.calibrate_max_batch:
+            cross_by_temp[t], _ = calibrate(restrict_profile(profile, grid.calibrate_max_batch),
+                                            f"calibrated-{device}-T{t:g}-small-batch", temperature=t_fit)
+    return hw_by_temp, cal_by_temp, cross_by_temp
+
+
+def predict_point(case: Case, profile: EngineProfile, hw_by_temp: dict, cross_by_temp: dict, trace_path: Path,
+                  sps_table, seed: int) -> tuple[Measured, Measured]:
+    """The simulator's (speculative, plain) figures for one case, with the calibration it belongs to."""
+    cap = case_cache_tokens(case)
+    use_hw = (cross_by_temp.get(case.temperature) if case.cross else None) or hw_by_temp[case.temperature]
+    return predict_case(case, profile, use_hw, trace_path, sps_table, cap, cap, seed,
+                        repeats=4 if case.batch_size < 4 else 2)
+
+
+def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, spec_p: Measured,
+               base_p: Measured) -> ValidationPoint:
+    """Measured and predicted figures of one case, and their errors."""
+    return ValidationPoint(
+        label=case.label, regime=case.regime, temperature=case.temperature, batch_size=case.batch_size,
+        prompt_tokens=case.prompt_tokens, new_tokens=new_tokens, policy=case.policy,
+        gamma_max=case.gamma_max, rounds=case.rounds,
+        measured_tokens_per_s=spec_m.tokens_per_s, predicted_tokens_per_s=spec_p.tokens_per_s,
+        measured_baseline_tokens_per_s=base_m.tokens_per_s, predicted_baseline_tokens_per_s=base_p.tokens_per_s,
+        measured_speedup=spec_m.tokens_per_s / base_m.tokens_per_s,
+        predicted_speedup=spec_p.tokens_per_s / base_p.tokens_per_s,
+        measured_tau=spec_m.tau, predicted_tau=spec_p.tau,
+        tokens_per_s_error_pct=_err(spec_p.tokens_per_s, spec_m.tokens_per_s),
+        speedup_error_pct=_err(spec_p.tokens_per_s / base_p.tokens_per_s, spec_m.tokens_per_s / base_m.tokens_per_s),
+        baseline_error_pct=_err(base_p.tokens_per_s, base_m.tokens_per_s),
+        tau_error_pct=_err(spec_p.tau, spec_m.tau),
+        per_tau_error_pct=_err(spec_p.tokens_per_s / spec_p.tau, spec_m.tokens_per_s / spec_m.tau),
+        cross_prediction=case.cross,
+        measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
+    )
+
+
+def _log_point(log, pt: ValidationPoint) -> None:
+    log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
+        f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
+        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
+
+
 def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_dir, profile: EngineProfile | None,
                    out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32") -> ValidationReport:
     import torch
@@ -421,15 +472,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         pgrid = ProfileGrid.quick() if quick else ProfileGrid(batch_sizes=(1, 2, 4, 8, 16, 32, 64))
         profile = run_profile(target, draft, pgrid, created_by="dspark-sim validate")
     timings["profile_s"] = time.perf_counter() - t0
-    # one calibration per temperature: sampling costs more per step than greedy decoding
-    measured_temps = {s.temperature for s in profile.steps}
-    hw_by_temp, cal_by_temp, cross_by_temp = {}, {}, {}
-    for t in grid.temperatures:
-        t_fit = t if t in measured_temps else None
-        hw_by_temp[t], cal_by_temp[t] = calibrate(profile, f"calibrated-{device}-T{t:g}", temperature=t_fit)
-        if grid.calibrate_max_batch:
-            cross_by_temp[t], _ = calibrate(restrict_profile(profile, grid.calibrate_max_batch),
-                                            f"calibrated-{device}-T{t:g}-small-batch", temperature=t_fit)
+    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, device)
     cal = cal_by_temp[grid.temperatures[0]]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "profile.json", profile.model_dump_json(indent=1) + "\n")
@@ -470,34 +513,13 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t_measure = time.perf_counter() - t0
     t_predict = 0.0
     for case, (spec_m, base_m) in zip(grid.cases(), measured, strict=True):
-        cap_spec = cap_base = case_cache_tokens(case)
         t0 = time.perf_counter()
-        use_hw = cross_by_temp.get(case.temperature) if case.cross else hw_by_temp[case.temperature]
-        use_hw = use_hw or hw_by_temp[case.temperature]
-        spec_p, base_p = predict_case(case, profile, use_hw, traces[case.temperature], cal.sps_table, cap_spec,
-                                      cap_base, seed, repeats=4 if case.batch_size < 4 else 2)
+        spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature],
+                                       cal.sps_table, seed)
         t_predict += time.perf_counter() - t0
-        pt = ValidationPoint(
-            label=case.label, regime=case.regime, temperature=case.temperature, batch_size=case.batch_size,
-            prompt_tokens=case.prompt_tokens, new_tokens=grid.new_tokens, policy=case.policy,
-            gamma_max=case.gamma_max, rounds=case.rounds,
-            measured_tokens_per_s=spec_m.tokens_per_s, predicted_tokens_per_s=spec_p.tokens_per_s,
-            measured_baseline_tokens_per_s=base_m.tokens_per_s, predicted_baseline_tokens_per_s=base_p.tokens_per_s,
-            measured_speedup=spec_m.tokens_per_s / base_m.tokens_per_s,
-            predicted_speedup=spec_p.tokens_per_s / base_p.tokens_per_s,
-            measured_tau=spec_m.tau, predicted_tau=spec_p.tau,
-            tokens_per_s_error_pct=_err(spec_p.tokens_per_s, spec_m.tokens_per_s),
-            speedup_error_pct=_err(spec_p.tokens_per_s / base_p.tokens_per_s, spec_m.tokens_per_s / base_m.tokens_per_s),
-            baseline_error_pct=_err(base_p.tokens_per_s, base_m.tokens_per_s),
-            tau_error_pct=_err(spec_p.tau, spec_m.tau),
-            per_tau_error_pct=_err(spec_p.tokens_per_s / spec_p.tau, spec_m.tokens_per_s / spec_m.tau),
-            cross_prediction=case.cross,
-            measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
-        )
+        pt = make_point(case, grid.new_tokens, spec_m, base_m, spec_p, base_p)
         points.append(pt)
-        log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
-            f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
-            f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
+        _log_point(log, pt)
         if progress:
             progress()
     timings["measure_s"] = t_measure
@@ -514,3 +536,55 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
 
 
 __all__ = ["FULL", "QUICK", "Case", "Grid", "engine_coster", "run_validation"]
+
+
+def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None = None, seed: int = 0,
+                     log=print) -> ValidationReport:
+    """A validation report's measured points predicted again by this code (calibration included), from
+    the report's own profile and acceptance traces: a change to the cost model or the simulator is
+    judged on the same measurements, free of the machine's run-to-run drift. Measured fields are kept."""
+    from pydantic import ValidationError
+
+    from dspark_sim.calibrate import load_profile
+    from dspark_sim.config.errors import InputError, from_validation_error
+    from dspark_sim.io import read_json
+
+    raw = read_json(folder / "report.json", "validation report",
+                    "validation report not found (a folder written by `dspark-sim validate`)")
+    try:
+        old = ValidationReport.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(str(folder / "report.json"), exc, data=raw) from None
+    profile = load_profile(folder / "profile.json")
+    grid = QUICK if old.quick else FULL
+    traces = {t: folder / f"acceptance-T{t:g}.jsonl" for t in grid.temperatures}
+    for path in traces.values():
+        if not path.is_file():
+            raise InputError(str(path), None, "acceptance trace missing (validate writes one per temperature)")
+    t0 = time.perf_counter()
+    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, old.device.kind)
+    sps = cal_by_temp[grid.temperatures[0]].sps_table
+    points = []
+    for p in old.points:
+        case = Case(p.temperature, p.batch_size, p.prompt_tokens, p.policy, p.rounds, p.new_tokens, p.cross_prediction)
+        spec_m = Measured(p.measured_tokens_per_s, p.measured_tau, p.measured_batch_tokens_per_s or 0.0)
+        base_m = Measured(p.measured_baseline_tokens_per_s, 1.0, p.measured_baseline_tokens_per_s)
+        spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature], sps, seed)
+        pt = make_point(case, p.new_tokens, spec_m, base_m, spec_p, base_p)
+        points.append(pt)
+        _log_point(log, pt)
+    summary = summarise(points)
+    tol = old.tolerance_pct if tolerance_pct is None else tolerance_pct
+    main = summary[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t, c in cal_by_temp.items():
+        write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
+    for src in (folder / "profile.json", *traces.values()):  # the new folder can be re-predicted in turn
+        write_atomic(out_dir / src.name, src.read_bytes())
+    return old.model_copy(update={
+        "points": points, "summary": summary, "tolerance_pct": tol,
+        "passed": max(main.median_abs_speedup_error_pct, main.median_abs_tokens_per_s_error_pct) <= tol,
+        "calibration_median_error_pct": float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])),
+        "command": "dspark-sim " + " ".join(sys.argv[1:]),
+        "timings_s": {**old.timings_s, "repredict_s": time.perf_counter() - t0},
+    })

@@ -120,6 +120,17 @@ def test_validate_quick_end_to_end(tmp_path):
         assert 1 + p["tokens_per_s_error_pct"] / 100 == pytest.approx(tau * rate)
     assert report["summary"][0]["median_abs_tau_error_pct"] is not None
     assert np.isfinite(report["host_drift_pct"]) and "host drift" in html
+    # --repredict: the same code predicts the stored measurements again, byte for byte the same figures
+    again = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "25",
+                 "-o", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    redo = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert redo["points"] == report["points"] and redo["summary"] == report["summary"]
+    assert (tmp_path / "again" / "profile.json").is_file() and (tmp_path / "again" / "report.html").is_file()
+    for args, words in ((["--repredict", str(tmp_path / "report")], "needs --out"),
+                        (["--repredict", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], "not found")):
+        bad = _cli("validate", *args)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
     assert "tok/s per tau err" in html
 
 
