@@ -47,6 +47,7 @@ class AcceptanceTrace:
     output_lens: tuple[int, ...]
     yields: tuple[np.ndarray, ...]
     confidences: tuple[np.ndarray, ...] | None = None  # by output position, same length as yields
+    probabilities: tuple[np.ndarray, ...] | None = None  # P(accept) by output position, same length as yields
 
     @property
     def num_requests(self) -> int:
@@ -54,7 +55,7 @@ class AcceptanceTrace:
 
 
 def load_acceptance_trace(path: str, field: str, max_requests: int | None = None,
-                          confidence_field: str | None = None) -> AcceptanceTrace:
+                          confidence_field: str | None = None, probability_field: str | None = None) -> AcceptanceTrace:
     """Read a JSONL trace; every malformed line is one `InputError` naming file, line and field.
 
     Memoised on the file's identity (path, size, modification time), so a rewritten file is re-read.
@@ -63,14 +64,14 @@ def load_acceptance_trace(path: str, field: str, max_requests: int | None = None
     if not p.exists():
         raise InputError(path, None, "trace file not found")
     st = p.stat()
-    return _load_trace(path, st.st_size, st.st_mtime_ns, field, max_requests, confidence_field)
+    return _load_trace(path, st.st_size, st.st_mtime_ns, field, max_requests, confidence_field, probability_field)
 
 
 @lru_cache(maxsize=16)
 def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests: int | None,
-                confidence_field: str | None) -> AcceptanceTrace:
+                confidence_field: str | None, probability_field: str | None = None) -> AcceptanceTrace:
     p = Path(path)
-    prompts, outputs, yields, confs = [], [], [], []
+    prompts, outputs, yields, confs, probs = [], [], [], [], []
     with p.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -97,16 +98,24 @@ def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests:
                 fit = np.zeros(len(yields[-1]))
                 fit[: min(len(c), len(fit))] = c[: len(fit)]
                 confs.append(fit)
+            if probability_field:
+                if probability_field not in rec:
+                    raise InputError(path, f"line {lineno}.{probability_field}", "missing field")
+                a = np.clip(np.asarray(rec[probability_field], dtype=float), 0.0, 1.0)
+                fit = np.zeros(len(yields[-1]))
+                fit[: min(len(a), len(fit))] = a[: len(fit)]
+                probs.append(fit)
             if max_requests and len(yields) >= max_requests:
                 break
     if not yields:
         raise InputError(path, None, f"no request records with field {field!r}")
     return AcceptanceTrace(path, tuple(prompts), tuple(outputs), tuple(yields),
-                           tuple(confs) if confidence_field else None)
+                           tuple(confs) if confidence_field else None, tuple(probs) if probability_field else None)
 
 
 def _trace_of(spec: TraceAcceptance) -> AcceptanceTrace:
-    return load_acceptance_trace(spec.path, spec.field, spec.max_requests, spec.confidence_field)
+    return load_acceptance_trace(spec.path, spec.field, spec.max_requests, spec.confidence_field,
+                                 spec.probability_field)
 
 
 def trace_tau(trace: AcceptanceTrace, gamma: int) -> float:

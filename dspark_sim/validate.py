@@ -273,7 +273,7 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
             "activation_reserve_gb": 0.0,
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
-                       "confidence_field": "confidence"},
+                       "confidence_field": "confidence", "probability_field": "alpha"},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": batch},

@@ -322,6 +322,12 @@ class TraceAcceptance(Strict):
         description="per-request list, by output position, of the drafter's confidence in its token there; "
         "replayed as the drafter's confidence c_k (else the request's empirical acceptance is used)",
     )
+    probability_field: str | None = Field(
+        None,
+        description="per-request list, by output position, of the probability that the draft token there is "
+        "accepted (the engine's traces: alpha = sum min(p, q)); each simulated step then draws acceptance from "
+        "these instead of replaying `field`, one recorded draw (greedy traces: the same, alpha being 0 or 1)",
+    )
     max_requests: PositiveInt | None = None
 
 

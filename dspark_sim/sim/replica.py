@@ -74,6 +74,7 @@ class Replica:
         self.has_trace = self.reqs.has_trace
         self.yflat = self.reqs.trace_yields
         self.cflat = self.reqs.trace_conf
+        self.pflat = self.reqs.trace_prob
 
         cap = self.max_seqs
         self.n = 0
@@ -308,7 +309,13 @@ class Replica:
                 if self.has_trace:
                     tl = self.tlen[di]
                     tr = tl > 0
-                    if tr.any():
+                    if tr.any() and self.pflat is not None:  # a fresh draw from the recorded probabilities
+                        at = g_d[:, None] + np.arange(w)[None, :]
+                        idx = self.toff[di][:, None] + np.minimum(at, np.maximum(tl[:, None] - 1, 0))
+                        prob = np.where(at < tl[:, None], self.pflat[idx], 0.0)
+                        drawn = sample_accepted(prob, verify, uniforms(self.seed[di], g_d, w))
+                        acc = np.where(tr, drawn, acc)
+                    elif tr.any():
                         pos = np.minimum(g_d, np.maximum(tl - 1, 0))
                         y = np.where(g_d < tl, self.yflat[self.toff[di] + pos], 1)
                         acc = np.where(tr, np.minimum(y - 1, verify), acc)

@@ -215,6 +215,7 @@ class RequestTable:
     trace_yields: np.ndarray  # flat concatenation of recorded step yields
     closed_loop: bool
     trace_conf: np.ndarray | None = None  # recorded drafter confidences, aligned with trace_yields
+    trace_prob: np.ndarray | None = None  # recorded acceptance probabilities, aligned with trace_yields
     concurrency: int = 0
     think_time_s: float = 0.0
 
@@ -272,6 +273,7 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
     trace_len = np.zeros(n, dtype=np.int64)
     store = _YieldStore()
     conf_parts: dict[int, np.ndarray] = {}
+    prob_parts: dict[int, np.ndarray] = {}
     for d in range(len(names)):
         slice_ = domains[d] if domains else None
         idx = np.flatnonzero(dom == d)
@@ -283,7 +285,8 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
         acc = (slice_.acceptance if slice_ and slice_.acceptance else None) or sc.acceptance
         rng = stream(seed, "acceptance", d)
         if isinstance(acc, TraceAcceptance):
-            trace = load_acceptance_trace(acc.path, acc.field, acc.max_requests, acc.confidence_field)
+            trace = load_acceptance_trace(acc.path, acc.field, acc.max_requests, acc.confidence_field,
+                                          acc.probability_field)
             cache: dict[int, np.ndarray] = {}
             for i in idx.tolist():
                 r = i % trace.num_requests if wl.lengths_from_trace else int(rng.integers(trace.num_requests))
@@ -293,6 +296,8 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
                 trace_off[i], trace_len[i] = store.add(trace.yields[r])
                 if trace.confidences is not None:
                     conf_parts[id(trace.yields[r])] = trace.confidences[r]
+                if trace.probabilities is not None:
+                    prob_parts[id(trace.yields[r])] = trace.probabilities[r]
                 if wl.lengths_from_trace:
                     prompt[i], output[i] = trace.prompt_lens[r], trace.output_lens[r]
         elif isinstance(acc, PerRequestAcceptance):
@@ -317,6 +322,9 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
     trace_conf = None
     if conf_parts and len(conf_parts) == len(store.parts):
         trace_conf = np.concatenate([conf_parts[id(y)] for y in store.parts]).astype(float)
+    trace_prob = None
+    if prob_parts and len(prob_parts) == len(store.parts):
+        trace_prob = np.concatenate([prob_parts[id(y)] for y in store.parts]).astype(float)
     step_seed = stream(seed, "step_seeds").integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
     closed = isinstance(arr_spec, ClosedLoopArrivals)
     return RequestTable(
@@ -332,6 +340,7 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
         trace_len=trace_len,
         trace_yields=store.flat(),
         trace_conf=trace_conf,
+        trace_prob=trace_prob,
         closed_loop=closed,
         concurrency=arr_spec.concurrency if closed else 0,
         think_time_s=arr_spec.think_time_s if closed else 0.0,
