@@ -273,7 +273,8 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
             "activation_reserve_gb": 0.0,
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
-                       "confidence_field": "confidence", "probability_field": "alpha"},
+                       "confidence_field": "confidence",
+                       "probability_field": "alpha" if _trace_has(trace_path, "alpha") else None},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": batch},
@@ -284,6 +285,12 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
         "simulation": {"simulate_baseline": False, "per_request_output": "none"},
     }
     return scenario_from_dict(raw, source)
+
+
+def _trace_has(path: Path, field: str) -> bool:
+    """Whether a JSONL trace's records carry `field` (its first record says)."""
+    with open(path, encoding="utf-8") as fh:
+        return field in json.loads(fh.readline() or "{}")
 
 
 def full_batch_window(sim, batch: int) -> tuple[float, float]:
