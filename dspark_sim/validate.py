@@ -249,10 +249,11 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
 
 def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, drafter: dict | None,
                         policy: dict | None, batch: int, prompt_tokens: int, new_tokens: int, cache_tokens: int,
-                        trace_path: Path, source: str = "validate") -> Scenario:
+                        trace_path: Path, source: str = "validate", probability_field: str | None = None) -> Scenario:
     """The simulator's description of one run of the bundled engine: a closed static batch of `batch`
     requests, verify blocks padded to the longest, attention over the whole static cache, acceptance
-    (and the drafter's confidences) replayed from a trace. drafter None: plain decoding."""
+    (and the drafter's confidences) replayed from a trace, or drawn each step from its recorded
+    `probability_field`. drafter None: plain decoding."""
     from dspark_sim.config.loader import scenario_from_dict
 
     speculative = drafter is not None
@@ -273,8 +274,7 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
             "activation_reserve_gb": 0.0,
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
-                       "confidence_field": "confidence",
-                       "probability_field": "alpha" if _trace_has(trace_path, "alpha") else None},
+                       "confidence_field": "confidence", "probability_field": probability_field},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": batch},
@@ -309,8 +309,13 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
     """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
     drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
     policy = _policy_spec(case.policy, sps_table).model_dump()
+    # the draft model's traces record, per output position, the probability its token there is accepted
+    # given the target's tokens before it: exactly what each step's draw needs (block drafters' traces
+    # only hold their first block position's, so `validate --drafters` replays their yields instead)
+    prob = "alpha" if _trace_has(trace_path, "alpha") else None
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
-                               policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path)
+                               policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
+                               probability_field=prob)
 
 
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
