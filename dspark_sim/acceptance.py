@@ -91,26 +91,26 @@ def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests:
             prompts.append(int(rec["prompt_len"]))
             outputs.append(int(rec["output_len"]))
             yields.append(arr if arr.size else np.ones(1, dtype=np.int64))
-            if confidence_field:
-                if confidence_field not in rec:
-                    raise InputError(path, f"line {lineno}.{confidence_field}", "missing field")
-                c = np.clip(np.asarray(rec[confidence_field], dtype=float), 0.0, 1.0)
-                fit = np.zeros(len(yields[-1]))
-                fit[: min(len(c), len(fit))] = c[: len(fit)]
-                confs.append(fit)
-            if probability_field:
-                if probability_field not in rec:
-                    raise InputError(path, f"line {lineno}.{probability_field}", "missing field")
-                a = np.clip(np.asarray(rec[probability_field], dtype=float), 0.0, 1.0)
-                fit = np.zeros(len(yields[-1]))
-                fit[: min(len(a), len(fit))] = a[: len(fit)]
-                probs.append(fit)
+            for name, out in ((confidence_field, confs), (probability_field, probs)):
+                if name:
+                    out.append(_per_position(rec, name, len(yields[-1]), f"line {lineno}", path))
             if max_requests and len(yields) >= max_requests:
                 break
     if not yields:
         raise InputError(path, None, f"no request records with field {field!r}")
     return AcceptanceTrace(path, tuple(prompts), tuple(outputs), tuple(yields),
                            tuple(confs) if confidence_field else None, tuple(probs) if probability_field else None)
+
+
+def _per_position(rec: dict, name: str, n: int, where: str, path: str) -> np.ndarray:
+    """A record's per-output-position values in [0, 1] (confidences, probabilities), cut or zero-padded
+    to the record's n yields."""
+    if name not in rec:
+        raise InputError(path, f"{where}.{name}", "missing field")
+    values = np.clip(np.asarray(rec[name], dtype=float), 0.0, 1.0)
+    fit = np.zeros(n)
+    fit[: min(len(values), n)] = values[:n]
+    return fit
 
 
 def _trace_of(spec: TraceAcceptance) -> AcceptanceTrace:
