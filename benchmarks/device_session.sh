@@ -12,6 +12,9 @@
 #   bash benchmarks/device_session.sh one         # on nvidia-h200: validate + drafter table in one call
 #   bash benchmarks/device_session.sh tp4         # on nvidia-h200-x4: TP 1/2/4 tables, 8B and 70B shapes
 #                                                 #   (TP_DRAFT=--replicate-draft: the draft unsharded on every GPU)
+#   bash benchmarks/device_session.sh two         # on nvidia-h200-x2: validate and the drafters stage side by side
+#   bash benchmarks/device_session.sh solo        # on nvidia-h200-x2: validate alone, then the 8B TP run with its profile kept
+#   bash benchmarks/device_session.sh tp2         # on nvidia-h200-x2: TP 1/2 8B, TP 2 70B, the draft replicated
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -87,6 +90,43 @@ case "${1:-}" in
       --dtype bf16 --tp 2,4 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate ${TP_DRAFT:-} \
       --hardware "$OUT/h200-tp-calibrated.yaml" -o "$OUT/tp_engine_70b.json" 2> "$OUT/tp_70b.log" > /dev/null || true
     ;;
+  two)
+    # on nvidia-h200-x2: validate on one GPU, the drafters stage (eager profile + table, batch 1-64) on the
+    # other, side by side, packed into one archive
+    R="$OUT/r"; mkdir -p "$R/validate" "$R/drafters"; export PYTHONUNBUFFERED=1
+    (CUDA_VISIBLE_DEVICES=0 timeout 540 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+       --cache-dir .carry/engine -o "$R/validate/validation-cuda" > "$R/validate/validate.log" 2>&1) &
+    (export CUDA_VISIBLE_DEVICES=1
+     timeout 150 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+       --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/drafters/profile-eager.json" \
+       > "$R/drafters/profile-eager.log" 2>&1
+     timeout 380 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+       --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/drafters/drafters_cuda.json" \
+       --markdown "$R/drafters/drafters_cuda.md" > "$R/drafters/drafters.log" 2>&1) &
+    wait || true
+    tar czf "$OUT/two.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  solo)
+    # on nvidia-h200-x2: validate alone on one GPU (nothing beside it on the host), then the 8B TP 1/2 run
+    # again, its TP-1 profile kept in the report (to re-calibrate a changed cost model without a GPU)
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+      --cache-dir .carry/engine -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    tar czf "$OUT/solo.tgz" -C "$OUT" r && rm -rf "$R"
+    timeout 200 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
+      --dtype bf16 --tp 1,2 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 --replicate-draft \
+      -o "$OUT/tp2_8b_profiled.json" 2> "$OUT/tp2_8b_profiled.log" > /dev/null || true ;;
+  tp2)
+    # on nvidia-h200-x2: the 8B shape at TP 1 and 2 with the draft replicated (calibrated on its TP-1 run,
+    # whose profile the report keeps), then the 70B at TP 2 predicted with that calibration
+    export PYTHONUNBUFFERED=1
+    timeout 200 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \
+      --dtype bf16 --tp 1,2 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 --replicate-draft \
+      --hardware-out "$OUT/h200-tp2-calibrated.yaml" -o "$OUT/tp2_8b.json" 2> "$OUT/tp2_8b.log" > /dev/null || true
+    timeout 150 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-70b --draft-shape llama-3.2-1b \
+      --dtype bf16 --tp 2 --batch 1,8 --prompt-len 128 --new-tokens 96 --gamma 4 --repeats 2 --no-calibrate \
+      --replicate-draft --hardware "$OUT/h200-tp2-calibrated.yaml" -o "$OUT/tp2_70b.json" \
+      2> "$OUT/tp2_70b.log" > /dev/null || true
+    ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
 esac

@@ -272,8 +272,12 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     }
     # the cost model's hardware: calibrated on the TP-1 run, or a given profile
     if calibrate_here:
-        profile = EngineProfile.model_validate(runs[1].pop("profile"))
+        profile_doc = runs[1].pop("profile")
+        profile = EngineProfile.model_validate(profile_doc)
         hw, cal = calibrate(profile, name="calibrated-tp1", temperature=cfg.temperature)
+        # kept whole, so that a changed cost model can be re-calibrated on it later without a GPU
+        # (`dspark-sim calibrate` reads it once saved as its own file)
+        report["profile"] = profile_doc
         report["hardware"] = "calibrated on the TP-1 run"
         report["calibration"] = {"median_abs_error_pct": cal.median_abs_error_pct,
                                  "max_abs_error_pct": cal.max_abs_error_pct,
@@ -313,9 +317,10 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
     if missing:
         raise InputError("tp_engine", "--repredict", f"{opts.repredict} is not a tp_engine report "
                                                       f"(missing {', '.join(missing)})")
-    if not opts.hardware:
+    if not opts.hardware and "profile" not in old:
         raise InputError("tp_engine", "--hardware", "--repredict needs the hardware to predict with (a profile "
-                                                    "name or YAML, e.g. the run's --hardware-out)")
+                                                    "name or YAML, e.g. the run's --hardware-out) when the report "
+                                                    "keeps no TP-1 profile")
     if old["dtype"] not in DTYPES:
         raise InputError("tp_engine", "dtype", f"unknown {old['dtype']!r} in {opts.repredict}")
     # the run's MeasureConfig, as far as the prediction reads it (shapes and their cache, gamma, lengths)
@@ -327,16 +332,28 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
         targs, dargs, _ = measure_args(cfg)
     except KeyError as exc:
         raise InputError("tp_engine", "target_shape/draft_shape", str(exc.args[0])) from None
-    hw = load_hardware_profile(opts.hardware)
     report = {k: v for k, v in old.items() if k not in ("interconnect_fit", "interconnect_used", "rows")}
+    if opts.hardware:
+        hw = load_hardware_profile(opts.hardware)
+        hardware = str(opts.hardware)
+    else:  # the report's own TP-1 profile, calibrated again by this code
+        from dspark_sim.calibrate import calibrate
+        from dspark_sim.config.measurements import EngineProfile
+
+        hw, cal = calibrate(EngineProfile.model_validate(old["profile"]), name="calibrated-tp1",
+                            temperature=cfg.temperature)
+        hardware = "calibrated again on the report's TP-1 profile"
+        report["calibration"] = {"median_abs_error_pct": cal.median_abs_error_pct,
+                                 "max_abs_error_pct": cal.max_abs_error_pct,
+                                 "parameters": {p.name: p.value for p in cal.parameters}}
     report["repredicted"] = {
-        "from": str(opts.repredict), "hardware": str(opts.hardware), "interconnect": opts.interconnect,
+        "from": str(opts.repredict), "hardware": hardware, "interconnect": opts.interconnect,
         "previous_hardware": old.get("hardware"),
         "previous_interconnect_fit": {k: v for k, v in old.get("interconnect_fit", {}).items() if k != "points"},
         "previous_interconnect_used": old.get("interconnect_used"),
         "previous_errors": _errors(old),
     }
-    report["hardware"] = str(opts.hardware)
+    report["hardware"] = hardware
     hw = _interconnect(report, old.get("allreduce") or [], hw, opts.interconnect)
     _write_hardware(opts, hw, report)
     report["interconnect_used"] = _interconnect_used(hw)

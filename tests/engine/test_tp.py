@@ -247,3 +247,26 @@ def test_torchrun_entry_point(tmp_path):
     assert doc["check"]["baseline_identical"] and doc["check"]["speculative_identical"]
     assert doc["check"]["logits_max_abs_diff"] <= 1e-12 * doc["check"]["logits_max_abs"]
     assert json.loads(out.stdout)["tp"] == 2  # only rank 0 prints
+
+
+def test_leader_policy_broadcasts_only_what_can_differ_between_ranks(monkeypatch):
+    """Fixed gamma is the same on every rank (no host broadcast a step); a confidence policy's lengths
+    come from rank 0."""
+    import numpy as np
+    import torch
+
+    from dspark_sim.policies import StepView
+
+    calls = []
+
+    def fake_broadcast(buf, src, group):
+        calls.append(src)
+        buf.copy_(torch.full_like(buf, 3))
+
+    monkeypatch.setattr(T.dist, "broadcast", fake_broadcast)
+    follower = T.TPGroup(rank=1, world=2, device=torch.device("cpu"), backend="gloo", group_name="x")
+    view = StepView(context_lens=np.array([10, 20]))
+    fixed = T.LeaderPolicy(FixedGamma(gamma=4), follower)
+    assert fixed.draft_lengths(view).tolist() == [4, 4] and not calls
+    threshold = T.LeaderPolicy(ConfidenceThreshold(gamma_max=4, threshold=0.5), follower)
+    assert threshold.draft_lengths(view).tolist() == [3, 3] and calls == [0]  # rank 0's, as broadcast

@@ -31,6 +31,11 @@ def test_tp_engine_benchmark_cpu(capsys):
         assert r["ranks_agree"] and r["greedy_identical"] and r["tau"] >= 1.0
     # TP 1 is calibrated on its own profile; TP 2 adds the fitted gloo all-reduces to the prediction
     assert report["hardware"] == "calibrated on the TP-1 run"
+    # the profile it was calibrated on is kept, loadable as a profile (to re-calibrate later)
+    from dspark_sim.config.measurements import EngineProfile
+
+    kept = EngineProfile.model_validate(report["profile"])
+    assert {s.role for s in kept.samples} == {"target", "draft"} and kept.steps
     assert report["interconnect_used"]["efficiency"] == 1.0
     assert report["interconnect_used"]["latency_us"] == pytest.approx(report["interconnect_fit"]["latency_us"])
     tp2 = [r for r in rows if r["tp"] == 2]
