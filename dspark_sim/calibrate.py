@@ -33,8 +33,10 @@ PARAMS = (
     ("per_baseline_step_us", "us"),
     ("compute_memory_overlap", "fraction"),
     ("multi_token_weight_reads", "x"),
+    ("per_layer_multi_token_us", "us"),
 )
 _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
+_MULTI_READS, _MULTI_LAYER = 8, 9
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     """A profile whose datasheet fields hold the fitted effective values (efficiencies 1.0).
 
     x = (bandwidth GB/s, on-chip GB/s, TFLOP/s, per-pass us, per-layer us[, per-step us, per-baseline-step us
-    [, compute/memory overlap[, multi-token weight reads]]]).
+    [, compute/memory overlap[, multi-token weight reads[, per-layer multi-token us]]]]).
     """
     vals = [float(v) for v in x]
     bw, onchip_bw, tflops, per_pass, per_layer = vals[:5]
@@ -79,6 +81,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     base_step = vals[6] if len(vals) > 6 else None
     overlap = min(max(vals[7], 0.0), 1.0) if len(vals) > 7 else base.compute_memory_overlap
     multi_reads = vals[8] if len(vals) > 8 else base.multi_token_weight_reads
+    multi_layer = vals[9] if len(vals) > 9 else base.overheads.per_layer_multi_token_us
     return base.model_copy(
         update={
             "name": name,
@@ -90,7 +93,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
             "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
                                      interconnect=base.efficiency.interconnect),
             "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=step,
-                                   per_baseline_step_us=base_step),
+                                   per_baseline_step_us=base_step, per_layer_multi_token_us=multi_layer),
         }
     )
 
@@ -172,6 +175,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
         base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
         base.overheads.per_step_us, base.compute_memory_overlap, base.multi_token_weight_reads,
+        base.overheads.per_layer_multi_token_us,
     ])
 
     def to_params(z: np.ndarray) -> np.ndarray:
@@ -181,8 +185,23 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         x[_OVERLAP] = 1.0 / (1.0 + np.exp(-z[_OVERLAP]))
         return x
 
-    def residuals(z: np.ndarray) -> np.ndarray:
-        x = to_params(z)
+    # what a pass of several tokens costs beyond one: a CPU GEMM packs (re-reads) the weights; a GPU
+    # switches to tiled GEMM kernels with a set-up per matmul (per layer), streaming the weights once
+    gpu = profile.device.kind == "cuda"
+    free = np.ones(len(PARAMS), dtype=bool)
+    free[_MULTI_READS if gpu else _MULTI_LAYER] = False
+    x_fixed = np.where(np.arange(len(PARAMS)) == _MULTI_READS, 1.0, 0.0)
+
+    def full(zf: np.ndarray) -> np.ndarray:
+        z = np.zeros(len(PARAMS))
+        z[free] = zf
+        return z
+
+    def params_of(zf: np.ndarray) -> np.ndarray:
+        return np.where(free, to_params(full(zf)), x_fixed)
+
+    def residuals(zf: np.ndarray) -> np.ndarray:
+        x = params_of(zf)
         hw = hardware_from_params(base, x, name, dtype)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             r = np.log(predict_samples(samples, hw) / measured)
@@ -203,22 +222,24 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
             for overlap_logit in (3.0, -3.0):
                 start = np.log([x0[0] * scale, x0[1] * scale, x0[2] * scale,
                                 max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
-                                max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5])
+                                max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5,
+                                max(0.1 * share * floor_us / layers, 0.01)])
                 start[_OVERLAP] = overlap_logit
-                fit = least_squares(residuals, start, method="trf", x_scale="jac", max_nfev=400)
+                fit = least_squares(residuals, start[free], method="trf", x_scale="jac", max_nfev=400)
                 if best is None or fit.cost < best.cost:
                     best = fit
     fit = best
-    x = to_params(fit.x)
+    x = params_of(fit.x)
     # sensitivity: rms change of log-predictions when a parameter doubles (the overlap: from 0 to 1)
-    sens = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
+    sens = np.zeros(len(PARAMS))
+    sens[free] = np.sqrt(np.mean((fit.jac * np.log(2.0)) ** 2, axis=0))
     n_pass = len(measured)
 
     def log_preds(z: np.ndarray) -> np.ndarray:
-        r = residuals(z)
+        r = residuals(z[free])
         return np.concatenate([r[:n_pass], r[n_pass:] / w_steps])
 
-    lo, hi = fit.x.copy(), fit.x.copy()
+    lo, hi = full(fit.x), full(fit.x)
     lo[_OVERLAP], hi[_OVERLAP] = -30.0, 30.0
     sens[_OVERLAP] = float(np.sqrt(np.mean((log_preds(hi) - log_preds(lo)) ** 2)))
     identified = sens >= _IDENTIFY_THRESHOLD
@@ -227,8 +248,12 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     identified[3] = identified[4] = True
     identified[5] = has_spec
     identified[6] = has_plain
+    has_multi = any(s.batch_size * s.query_tokens > 1 for s in profile.samples)
+    identified[_MULTI_LAYER] = has_multi and free[_MULTI_LAYER]
+    identified[_MULTI_READS] &= bool(free[_MULTI_READS])
     fallback = x0.copy()
     fallback[6] = x[5] if identified[5] else x0[6]
+    fallback[_MULTI_READS], fallback[_MULTI_LAYER] = 1.0, 0.0  # a multi-token pass costs what a 1-token one does
     x_final = np.where(identified, x, fallback)
     hw = hardware_from_params(base, x_final, name, dtype)
     if not identified[6]:
@@ -238,10 +263,15 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     step_err = 100.0 * (predict_steps(profile, hw, steps) / step_measured - 1.0) if steps else np.zeros(0)
 
     params = []
-    notes = {5: "the profile has no speculative step samples", 6: "no plain-loop step samples; per_step_us applies"}
+    notes = {5: "the profile has no speculative step samples", 6: "no plain-loop step samples; per_step_us applies",
+             _MULTI_READS: "not fitted on a GPU (its GEMMs stream the weights once); kept 1",
+             _MULTI_LAYER: "not fitted on a CPU (its GEMMs re-read the weights: multi_token_weight_reads); kept 0"}
     for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
+        if not free[i]:
+            params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=False, note=notes[i]))
+            continue
         note = "" if ok else (
-            f"not identified: {notes[i]}" if i in notes and not (has_spec if i == 5 else has_plain) else
+            f"not identified: {notes[i]}" if i in (5, 6) and not (has_spec if i == 5 else has_plain) else
             f"not identified: no profiled shape depends on it ({'0 -> 1' if i == _OVERLAP else 'doubling it'} moves "
             f"predictions {100 * s:.2f}% rms); "
             f"kept the base value"

@@ -237,7 +237,9 @@ def forward_cost(
         comm_s = np.zeros_like(t)
         comm_bytes = np.zeros_like(t)
 
-    overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
+    multi = hw.overheads.per_layer_multi_token_us * model.num_layers
+    overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers
+                  + np.where(t > 1.0, multi, 0.0)) * 1e-6
     memory_s = hbm_s + onchip_s
     # the larger of compute and memory time, plus the part of the smaller one that does not overlap
     serial = 1.0 - hw.compute_memory_overlap
@@ -249,7 +251,7 @@ def forward_cost(
         hbm_s=hbm_s,
         onchip_s=onchip_s,
         comm_s=comm_s,
-        overhead_s=np.full_like(np.asarray(time_s, dtype=float), overhead_s),
+        overhead_s=np.broadcast_to(overhead_s, np.shape(time_s)).astype(float),
         flops=total_flops,
         hbm_bytes=hbm_bytes,
         onchip_bytes=onchip_bytes,

@@ -127,3 +127,29 @@ def test_bad_profiles(tmp_path):
     with pytest.raises(InputError, match="unrecorded mode"):
         check_profile_matches(gpu.model_copy(update={"cuda_graphs": None}), cuda_graphs=True)
     check_profile_matches(_profile(), device_kind="cpu", cuda_graphs=False)  # a CPU profile has no mode to match
+
+
+def test_gpu_profile_fits_the_per_layer_cost_of_multi_token_passes():
+    """On a GPU a pass of several tokens pays a set-up per layer (tiled GEMM kernels) rather than
+    re-reading its weights: calibration fits that cost (target and draft differ in bytes per layer,
+    which tells it from bandwidth) and keeps the weight re-read factor at 1."""
+    prof = _profile(contexts=(64, 512))
+    gpu = DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})
+    prof = prof.model_copy(update={"device": gpu})
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
+    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(
+        update={"per_layer_multi_token_us": 25.0})})
+    times = predict_samples(sample_shapes(prof), truth)
+    for s, t in zip(prof.samples, times, strict=True):
+        s.median_s = float(t)
+        s.times_s = [float(t)]
+    hw, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert rep.median_abs_error_pct < 1.0
+    assert fitted["per_layer_multi_token_us"].identified
+    assert fitted["per_layer_multi_token_us"].value == pytest.approx(25.0, rel=0.15)
+    assert hw.multi_token_weight_reads == 1.0 and not fitted["multi_token_weight_reads"].identified
+    # and on a CPU profile the opposite mechanism is the one fitted
+    _, cpu_rep = calibrate(_profile())
+    cpu = {p.name: p for p in cpu_rep.parameters}
+    assert cpu["per_layer_multi_token_us"].value == 0.0 and not cpu["per_layer_multi_token_us"].identified

@@ -57,6 +57,12 @@ class Overheads(Strict):
 
     per_pass_us: NonNegFloat = Field(20.0, description="fixed cost of one forward pass, microseconds")
     per_layer_us: NonNegFloat = Field(2.0, description="extra cost per transformer layer per pass, microseconds")
+    per_layer_multi_token_us: NonNegFloat = Field(
+        0.0,
+        description="further cost per layer of a pass carrying more than one token, microseconds: GPU matmul "
+        "libraries switch from one-row (GEMV) kernels to tiled GEMM kernels with a fixed set-up per matmul "
+        "(validation/README.md section 5); `calibrate` fits it on GPU profiles",
+    )
     per_step_us: NonNegFloat = Field(
         50.0, description="engine scheduling/sampling cost per decode step (outside the passes), microseconds"
     )

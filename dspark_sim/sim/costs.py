@@ -270,6 +270,7 @@ class _FastPass:
                                + n_ar * hw.collective_launch_us * 1e-6)
             self.comm_per_tok = n_ar * 2 * (tp - 1) / tp * msg_per_tok / link
         self.overhead = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
+        self.multi_overhead = hw.overheads.per_layer_multi_token_us * model.num_layers * 1e-6
         self.serial = 1.0 - hw.compute_memory_overlap
         self.multi_reads = hw.multi_token_weight_reads
 
@@ -294,7 +295,8 @@ class _FastPass:
         memory = hbm / self.eff_bw + onchip / self.onchip_div
         comm = self.comm_fixed + self.comm_per_tok * t if self.tp > 1 else 0.0
         longer, shorter = (compute, memory) if compute > memory else (memory, compute)
-        return Cost(longer + self.serial * shorter + comm + self.overhead, hbm, onchip)
+        overhead = self.overhead + (self.multi_overhead if t > 1.0 else 0.0)
+        return Cost(longer + self.serial * shorter + comm + overhead, hbm, onchip)
 
 
 class CostModelSPS:

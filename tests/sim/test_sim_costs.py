@@ -25,6 +25,8 @@ DEPLOYMENTS = {
     "tp4-replicated-dspark": ["deployment.tensor_parallel=4",
                               "deployment.drafter={kind: dspark, num_layers: 1, replicated: true}"],
     "tp4-collective-launch": ["deployment.tensor_parallel=4", "deployment.hardware.collective_launch_us=10"],
+    "multi-token-layer-cost": ["deployment.drafter.kind=draft_model", "deployment.drafter.num_layers=1",
+                               "deployment.hardware.overheads.per_layer_multi_token_us=30"],
     "moe-mtp": ["deployment.tensor_parallel=8", "deployment.hardware.memory_capacity_gb=200",
                 "deployment.drafter={kind: mtp, num_layers: 1, moe_layers: true}"],
 }
