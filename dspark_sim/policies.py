@@ -8,6 +8,9 @@ validated in one is the policy measured in the other. Each step the caller asks:
    verification, from draft-side information only (confidences), which keeps decoding lossless;
 3. `observe(view, verified, accepted, step_time_s)`: feedback for adaptive policies.
 
+A policy whose lengths follow from the batch's shape alone sets `decides_from_shape = True`: a
+tensor-parallel engine then lets every rank decide for itself instead of broadcasting rank 0's choice.
+
 `sps(tokens_per_pass) -> verify steps per second` is the engine's measured (or the cost model's)
 throughput curve, used by the goodput and DSpark policies to price extra verify tokens.
 """
@@ -90,6 +93,7 @@ def expected_tokens_iid(alpha: float | np.ndarray, gamma: np.ndarray | int) -> n
 @dataclass
 class NoSpecPolicy:
     gamma_max: int = 0
+    decides_from_shape = True  # (a class attribute: not a dataclass field)
 
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, 0)
@@ -104,6 +108,7 @@ class NoSpecPolicy:
 @dataclass
 class FixedPolicy:
     gamma: int
+    decides_from_shape = True
 
     @property
     def gamma_max(self) -> int:
@@ -124,6 +129,7 @@ class BatchTablePolicy:
     """vLLM-style static table: gamma from the smallest batch-size bound >= the batch size."""
 
     table: dict[int, int]
+    decides_from_shape = True
 
     @property
     def gamma_max(self) -> int:

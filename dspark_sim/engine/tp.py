@@ -428,18 +428,18 @@ class LeaderPolicy:
     """A speculation policy whose draft / verify lengths rank 0 decides and broadcasts to the others.
 
     Every rank still calls `observe` (its own copy of the policy state is harmless: only rank 0's is
-    read). With tp 1 it is the policy itself. A policy whose lengths depend on the batch's shape alone
-    (no speculation, fixed gamma, a batch-size table) is decided by every rank for itself: each rank
-    computes the same lengths, and the two host broadcasts a step would cost (about 0.5 ms each over
-    gloo on the H200 machines, validation/README.md section 5) are saved.
+    read). With tp 1 it is the policy itself. A policy whose lengths follow from the batch's shape alone
+    (`decides_from_shape`: no speculation, fixed gamma, a batch-size table) is decided by every rank for
+    itself: each computes the same lengths, and the two host broadcasts a step would cost (about 0.8 ms
+    together over gloo on the H200 machines, validation/README.md section 5) are saved.
     """
 
     def __init__(self, policy: Any, tp: TPGroup):
-        from dspark_sim.policies import BatchTablePolicy, FixedPolicy, NoSpecPolicy, make_policy
+        from dspark_sim.policies import make_policy
 
         self.policy = policy if hasattr(policy, "draft_lengths") else make_policy(policy)
         self.tp = tp
-        self.shape_only = isinstance(self.policy, (NoSpecPolicy, FixedPolicy, BatchTablePolicy))
+        self.shape_only = bool(getattr(self.policy, "decides_from_shape", False))
 
     def __getattr__(self, name: str) -> Any:  # gamma_max and anything else the loop reads
         return getattr(self.__dict__["policy"], name)
