@@ -123,8 +123,25 @@ def profile(
     cuda_graphs: Annotated[bool, typer.Option(help="on CUDA: time CUDA-graph replays (as `validate` runs the engine); "
                                               "--no-cuda-graphs: eager calls (as the drafter table's loops)")] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")] = Path("profile.json"),
+    allreduce_ranks: Annotated[int | None, typer.Option(
+        help="instead: time all-reduces of the engine's message sizes on this many local ranks (gloo on cpu, "
+             "NCCL on cuda, one GPU each) and fit the interconnect: a cost per ring hop and per byte")] = None,
+    between_matmuls: Annotated[bool, typer.Option(
+        help="with --allreduce-ranks: time each all-reduce right after the row-parallel matmul it reduces, "
+             "as the model runs it (else back to back)")] = False,
+    shape: Annotated[str, typer.Option(
+        help="with --allreduce-ranks: the model preset whose hidden size (and FFN) sets the messages")] = "llama-3.1-8b",
+    allreduce_tokens: Annotated[str | None, typer.Option(
+        help="with --allreduce-ranks: tokens per message, e.g. 1,8,64,512 (default 1-512)")] = None,
+    hardware: Annotated[str | None, typer.Option(
+        help="with --allreduce-ranks: hardware profile (name or YAML) to write the fitted interconnect into")] = None,
+    hardware_out: Annotated[Path | None, typer.Option(
+        help="with --allreduce-ranks and --hardware: the calibrated hardware YAML to write")] = None,
 ) -> None:
-    """Microbenchmark the engine's target and draft passes (and whole steps) over a grid -> profile JSON."""
+    """Microbenchmark the engine's target and draft passes (and whole steps) over a grid -> profile JSON.
+
+    With --allreduce-ranks: the all-reduce profile of the tensor-parallel engine instead, and its
+    interconnect fit (the simulator's communication model)."""
     import dataclasses
 
     import torch
@@ -134,6 +151,9 @@ def profile(
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
+    if allreduce_ranks is not None:
+        raise typer.Exit(_profile_allreduce(device, dtype, allreduce_ranks, between_matmuls, shape,
+                                            allreduce_tokens, repeats, hardware, hardware_out, out))
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,6 +192,26 @@ def profile(
     write_atomic(out, doc.model_dump_json(indent=2) + "\n")
     console.print(f"{len(doc.samples)} pass shapes and {len(doc.steps)} step shapes on {doc.device.name} "
                   f"({what}) -> {out}")
+
+
+def _profile_allreduce(device: str, dtype: str, ranks: int, between_matmuls: bool, shape: str,
+                       tokens: str | None, repeats: int | None, hardware: str | None, hardware_out: Path | None,
+                       out: Path) -> int:
+    """`profile --allreduce-ranks`: the tensor-parallel module's all-reduce profile, started here."""
+    from dspark_sim.engine import tp
+
+    if ranks < 2:
+        raise InputError("--allreduce-ranks", None, f"got {ranks}, an all-reduce needs at least 2 ranks")
+    if hardware_out is not None and hardware is None:
+        raise InputError("--hardware-out", None, "needs --hardware: the profile to write the fitted interconnect into")
+    argv = ["allreduce", "--tp", str(ranks), "--device", device, "--dtype", dtype, "--shape", shape,
+            "--out", str(out)]
+    argv += ["--between-matmuls"] if between_matmuls else []
+    argv += ["--tokens", tokens] if tokens else []
+    argv += ["--repeats", str(repeats)] if repeats else []
+    argv += ["--hardware", hardware] if hardware else []
+    argv += ["--hardware-out", str(hardware_out)] if hardware_out else []
+    return tp.main(argv)
 
 
 @app.command()

@@ -115,3 +115,28 @@ def test_gloo_allreduce_between_matmuls(tmp_path):
     assert [s["context"] for s in doc["samples"]] == ["between-matmuls"] * 3
     assert all(s["median_s"] > 0 for s in doc["samples"])
     assert doc["fit"]["bandwidth_gbps"] > 0
+
+
+def test_profile_command_runs_the_allreduce_profile(tmp_path):
+    """`dspark-sim profile --allreduce-ranks 2`: the same profile and fit from the main CLI; bad input is
+    one line and exit 2."""
+    pytest.importorskip("torch")
+    out_json, out_hw = tmp_path / "allreduce.json", tmp_path / "hw.yaml"
+    cli = [sys.executable, "-m", "dspark_sim.cli", "profile"]
+    proc = subprocess.run(
+        cli + ["--allreduce-ranks", "2", "--shape", "test-target", "--allreduce-tokens", "1,64,1024",
+               "--repeats", "3", "--between-matmuls", "--hardware", "cpu-generic", "--hardware-out", str(out_hw),
+               "-o", str(out_json)],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out_json.read_text())
+    assert doc["kind"] == "allreduce-profile" and doc["world_size"] == 2
+    assert [s["context"] for s in doc["samples"]] == ["between-matmuls"] * 3
+    hw = HardwareProfile.model_validate(yaml.safe_load(out_hw.read_text()))
+    assert hw.interconnect_latency_us == pytest.approx(doc["fit"]["latency_us"])
+    for bad, field in ((["--allreduce-ranks", "1"], "--allreduce-ranks"),
+                       (["--allreduce-ranks", "2", "--hardware-out", str(out_hw)], "--hardware-out")):
+        proc = subprocess.run(cli + bad + ["-o", str(tmp_path / "x.json")], capture_output=True, text=True,
+                              cwd=REPO, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert field in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
