@@ -232,6 +232,12 @@ def _write_hardware(opts: argparse.Namespace, hw, report: dict[str, Any]) -> Non
         report["hardware_out"] = str(opts.hardware_out)
 
 
+def _calibration_summary(cal) -> dict[str, Any]:
+    """The report's record of a TP-1 calibration: its fit error and the fitted parameters."""
+    return {"median_abs_error_pct": cal.median_abs_error_pct, "max_abs_error_pct": cal.max_abs_error_pct,
+            "parameters": {p.name: p.value for p in cal.parameters}}
+
+
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     from dspark_sim.calibrate import calibrate
     from dspark_sim.config.loader import load_hardware_profile
@@ -279,9 +285,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         # (`dspark-sim calibrate` reads it once saved as its own file)
         report["profile"] = profile_doc
         report["hardware"] = "calibrated on the TP-1 run"
-        report["calibration"] = {"median_abs_error_pct": cal.median_abs_error_pct,
-                                 "max_abs_error_pct": cal.max_abs_error_pct,
-                                 "parameters": {p.name: p.value for p in cal.parameters}}
+        report["calibration"] = _calibration_summary(cal)
     else:
         name = opts.hardware or ("h200-sxm" if opts.device == "cuda" else "cpu-generic")
         hw = load_hardware_profile(name)
@@ -343,9 +347,7 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
         hw, cal = calibrate(EngineProfile.model_validate(old["profile"]), name="calibrated-tp1",
                             temperature=cfg.temperature)
         hardware = "calibrated again on the report's TP-1 profile"
-        report["calibration"] = {"median_abs_error_pct": cal.median_abs_error_pct,
-                                 "max_abs_error_pct": cal.max_abs_error_pct,
-                                 "parameters": {p.name: p.value for p in cal.parameters}}
+        report["calibration"] = _calibration_summary(cal)
     report["repredicted"] = {
         "from": str(opts.repredict), "hardware": hardware, "interconnect": opts.interconnect,
         "previous_hardware": old.get("hardware"),
