@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "realize": {"realize_acc_reads_threshold": 1},
     "realize_opcount": {"realize_opcount_threshold": 0},
     "cublas": {"coordinate_descent_tuning": False},
+    # default options, the one-row matmuls through dspark_sim.engine.kernels.gemv (tiles tuned first)
+    "gemv": {},
 }
 
 
@@ -134,6 +136,11 @@ def profile_shape(shape: str, kernel: str, variant: str, device: str, prompt_len
     args = replace(ModelArgs.from_preset(shape), max_seq_len=prompt_len + new_tokens + 64)
     model = build_model(args, device=device, dtype=torch.bfloat16, seed=0).eval().fuse_projections()
     model.use_attention(kernel)
+    if variant == "gemv":
+        from dspark_sim.engine import kernels
+
+        tuned = kernels.tune_gemv(model.gemv_shapes())
+        model.use_gemv({shape: r["config"] for shape, r in tuned.items()})
     fwd = compile_forward(model, {**DECODE_INDUCTOR_OPTIONS, **VARIANTS[variant]})
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# Without a GPU, Triton kernels (dspark_sim.engine.kernels) run in Triton's interpreter, which must be
+# chosen before triton is first imported: here, ahead of every test module.
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

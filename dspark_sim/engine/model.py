@@ -23,7 +23,29 @@ _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 #: repeating the K/V heads, gpt-fast's pattern); "grouped": two matmuls with the query heads of one K/V
 #: head stacked as rows, so the cache is read once and never copied. Compiled on an H200, "grouped" was
 #: the slower (inductor picks small cutlass matmuls; validation/engine/h200_decode_profile_attention.json).
-ATTENTION_KERNELS = ("sdpa", "grouped")
+#: "triton": one-token passes run kernels.decode_attention (live keys only, GQA in-kernel); wider
+#: passes and int8 caches use SDPA.
+ATTENTION_KERNELS = ("sdpa", "grouped", "triton")
+
+GemvConfigs = dict[tuple[int, int, bool], Any]  # (rows, cols, swiglu) -> kernels.GemvConfig
+
+
+def _linear(x: Tensor, weight: Tensor, gemv: GemvConfigs | None) -> Tensor:
+    """F.linear, or the Triton GEMV when enabled (`Transformer.use_gemv`) and x is a single row."""
+    if gemv is not None and x.numel() == x.shape[-1]:
+        from dspark_sim.engine import kernels
+
+        cfg = gemv.get((weight.shape[0], weight.shape[1], False), kernels.DEFAULT_GEMV)
+        return kernels.gemv(x, weight, cfg)
+    return F.linear(x, weight)
+
+
+def _project(x: Tensor, module: nn.Module, gemv: GemvConfigs | None) -> Tensor:
+    """module(x), through the GEMV when it is a plain Linear (tensor parallelism swaps in modules that
+    all-reduce or all-gather their output: those keep their own forward)."""
+    if gemv is not None and type(module) is nn.Linear:
+        return _linear(x, module.weight, gemv)
+    return module(x)
 
 #: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
 KV_DTYPES: dict[str, torch.dtype] = {
@@ -234,6 +256,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
         self.kernel = "sdpa"  # one of ATTENTION_KERNELS, for cached passes; set by Transformer.use_attention
         self.wqkv: Tensor | None = None  # fused q/k/v weight after fuse(): one matmul instead of three
+        self.gemv: GemvConfigs | None = None  # Triton GEMV tiles for one-row passes (Transformer.use_gemv)
 
     def fuse(self) -> None:
         """One [q; k; v] weight; wq/wk/wv become views of it (same memory, same state dict)."""
@@ -244,9 +267,9 @@ class Attention(nn.Module):
         bsz, t, _ = x.shape
         if self.wqkv is not None:
             nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, self.wqkv).split((nq, nkv, nkv), dim=-1)
+            q, k, v = _linear(x, self.wqkv, self.gemv).split((nq, nkv, nkv), dim=-1)
         else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            q, k, v = (_project(x, lin, self.gemv) for lin in (self.wq, self.wk, self.wv))
         q = q.view(bsz, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -254,7 +277,12 @@ class Attention(nn.Module):
         if self.kv_cache is not None and positions is not None:
             k, v = self.kv_cache.update(positions, k, v)
         rep = self.n_heads // self.n_kv_heads
-        if mask is not None and self.kernel == "grouped":
+        if (self.kernel == "triton" and t == 1 and positions is not None and self.kv_cache is not None
+                and not self.kv_cache.quantized):
+            from dspark_sim.engine import kernels
+
+            y = kernels.decode_attention(q, k, v, positions[:, 0] + 1)
+        elif mask is not None and self.kernel == "grouped":
             y = grouped_query_attention(q, k, v, mask)
         elif rep > 1 and x.device.type == "cpu" and _SDPA_GQA:
             # CPU: grouped heads inside SDPA, no K/V copies (CUDA keeps the gpt-fast pattern below,
@@ -264,7 +292,7 @@ class Attention(nn.Module):
             if rep > 1:
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        return self.wo(y.transpose(1, 2).reshape(bsz, t, -1))
+        return _project(y.transpose(1, 2).reshape(bsz, t, -1), self.wo, self.gemv)
 
 
 class FeedForward(nn.Module):
@@ -276,15 +304,22 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # up
         self.w2 = nn.Linear(args.ffn_hidden, args.dim, bias=False)  # down
         self.w13: Tensor | None = None  # fused [gate; up] weight after fuse()
+        self.gemv: GemvConfigs | None = None  # Triton GEMV tiles for one-row passes (Transformer.use_gemv)
 
     def fuse(self) -> None:
         self.w13 = _fuse_linears(self.w1, self.w3)
 
     def forward(self, x: Tensor) -> Tensor:
+        g = self.gemv
         if self.w13 is not None:
+            if g is not None and x.numel() == x.shape[-1]:  # one row: silu(gate) * up inside the GEMV
+                from dspark_sim.engine import kernels
+
+                cfg = g.get((self.w13.shape[0], self.w13.shape[1], True), kernels.DEFAULT_GEMV)
+                return _project(kernels.gemv(x, self.w13, cfg, swiglu=True), self.w2, g)
             gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return _project(F.silu(gate) * up, self.w2, g)
+        return _project(F.silu(_project(x, self.w1, g)) * _project(x, self.w3, g), self.w2, g)
 
 
 def _fuse_linears(*linears: nn.Linear) -> Tensor:
@@ -333,6 +368,7 @@ class Transformer(nn.Module):
         self._build_rope(args.max_seq_len)
         self.cache_batch = 0
         self.cache_len = 0
+        self.gemv: GemvConfigs | None = None
 
     def _build_rope(self, length: int, device: torch.device | str | None = None) -> None:
         inv = rope_inv_freq(self.args).to(device)
@@ -375,6 +411,32 @@ class Transformer(nn.Module):
         self.buffers_version += 1  # graphs captured with the other kernel must not replay
         return self
 
+    def gemv_shapes(self) -> list[tuple[int, int, bool]]:
+        """(rows, cols, swiglu) of every weight a one-row pass multiplies, for kernels.tune_gemv."""
+        shapes: set[tuple[int, int, bool]] = {(*self.output.weight.shape, False)}
+        for layer in self.layers:
+            att, ffn = layer.attention, layer.feed_forward
+            qkv = [att.wqkv] if att.wqkv is not None else [att.wq.weight, att.wk.weight, att.wv.weight]
+            ffw = [(ffn.w13, True)] if ffn.w13 is not None else [(ffn.w1.weight, False), (ffn.w3.weight, False)]
+            for w, swiglu in [(w, False) for w in qkv] + [(att.wo.weight, False), (ffn.w2.weight, False)] + ffw:
+                shapes.add((w.shape[0], w.shape[1], swiglu))
+        return sorted(shapes)
+
+    def use_gemv(self, configs: GemvConfigs | None = None, enabled: bool = True) -> Transformer:
+        """One-row passes (batch-1 decode) multiply through kernels.gemv, with the tile `configs` gives per
+        weight shape (kernels.tune_gemv's choice; default tile otherwise). enabled=False: back to F.linear."""
+        if enabled:
+            from dspark_sim.engine import kernels
+
+            if not kernels.available(self.device):
+                raise RuntimeError("the Triton GEMV needs triton and a CUDA device (or TRITON_INTERPRET=1)")
+        self.gemv = dict(configs or {}) if enabled else None
+        for layer in self.layers:
+            layer.attention.gemv = self.gemv
+            layer.feed_forward.gemv = self.gemv
+        self.buffers_version += 1  # graphs captured with the other matmuls must not replay
+        return self
+
     def fuse_projections(self) -> Transformer:
         """Inference layout: fused q/k/v and gate/up matmuls (as gpt-fast fuses wqkv). Call after the
         model is on its device and dtype (moving it afterwards would un-share the views); training and
@@ -412,7 +474,7 @@ class Transformer(nn.Module):
         h = self.norm(x)
         if logit_index is not None:
             h = h.gather(1, logit_index.view(bsz, 1, 1).expand(bsz, 1, h.shape[-1]))
-        logits = self.output(h)
+        logits = _project(h, self.output, self.gemv)
         if logits.dtype in (torch.bfloat16, torch.float16):
             logits = logits.float()  # sampling maths in fp32 (fp64 models keep fp64)
         return (logits, h) if return_hidden else logits
