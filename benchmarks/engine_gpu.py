@@ -63,11 +63,8 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
         from dspark_sim.engine import kernels
 
         t_tune = time.perf_counter()
-        tuned = kernels.tune_gemv(model.gemv_shapes(), device=device, dtype=dtype)
-        model.use_gemv({shape: r["config"] for shape, r in tuned.items()}).use_attention("triton")
-        tuning = {"seconds": time.perf_counter() - t_tune,
-                  "shapes": [{"rows": n, "cols": k, "swiglu": sw, **r, "config": r["config"].to_dict()}
-                             for (n, k, sw), r in tuned.items()]}
+        tuning = kernels.use_triton_decode(model)
+        tuning["seconds"] = time.perf_counter() - t_tune
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     if manual_graphs:
         from dspark_sim.engine.cudagraphs import GraphedForward

@@ -139,8 +139,8 @@ def profile_shape(shape: str, kernel: str, variant: str, device: str, prompt_len
     if variant == "gemv":
         from dspark_sim.engine import kernels
 
-        tuned = kernels.tune_gemv(model.gemv_shapes())
-        model.use_gemv({shape: r["config"] for shape, r in tuned.items()})
+        kernels.use_triton_decode(model)
+        model.use_attention(kernel)  # the --kernels choice stands
     fwd = compile_forward(model, {**DECODE_INDUCTOR_OPTIONS, **VARIANTS[variant]})
     prompt = torch.randint(0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()

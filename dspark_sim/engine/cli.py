@@ -124,6 +124,8 @@ def generate(
     kv_dtype: str = typer.Option(None, help="fp32 | bf16 | fp16 | int8 (default: the weights' dtype)"),
     sample_seed: int = typer.Option(0, help="seed of the sampling random numbers"),
     compile: bool = typer.Option(False, "--compile", help="CUDA graphs via torch.compile (cuda only)"),
+    kernels: str = typer.Option("torch", help="torch | triton: one-token passes through the Triton GEMV "
+                                "and decode attention, tuned on this GPU first (cuda only)"),
     trace: Path = typer.Option(None, help="write the speculative run's trace (JSONL) here"),
     baseline: bool = typer.Option(True, help="also time plain decoding in this run, for the speed-up"),
 ) -> None:
@@ -168,6 +170,16 @@ def generate(
     if max(map(len, prompts)) + max_new_tokens + 2 * gamma + 2 > limit:
         raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the models' {limit}-token context")
     pol = build_policy(policy, gamma, threshold, target, batch_size)
+    if kernels not in ("torch", "triton"):
+        raise InputError(src, "--kernels", f"unknown {kernels!r} (allowed: torch, triton)")
+    if kernels == "triton":
+        from dspark_sim.engine import kernels as triton_kernels
+
+        if device != "cuda" or not triton_kernels.available(device):
+            raise InputError(src, "--kernels", "the Triton kernels need --device cuda and triton")
+        for model in (target, draft):
+            model.fuse_projections()
+            triton_kernels.use_triton_decode(model)
     fwd_t = fwd_d = None
     if compile:
         if device != "cuda":

@@ -57,10 +57,11 @@ class GemvConfig:
 DEFAULT_GEMV = GemvConfig()
 
 #: Candidates `tune_gemv` times per weight shape (block_n x block_k from 1k to 8k elements per iteration).
+#: On an H200 the narrowest tiles won (block_n 2, block_k 1024: validation/engine/session6/).
 GEMV_CANDIDATES: tuple[GemvConfig, ...] = tuple(
     GemvConfig(bn, bk, w, s)
-    for bn in (2, 4, 8, 16)
-    for bk in (256, 512, 1024)
+    for bn in (1, 2, 4, 8, 16)
+    for bk in (256, 512, 1024, 2048)
     if 1024 <= bn * bk <= 8192
     for w in (4, 8)
     for s in (2, 4)
@@ -99,40 +100,41 @@ if triton is not None:
     @triton.jit
     def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_ptr, scale,
                                  sq_b, sq_h, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, so_b, so_h,
-                                 REP: tl.constexpr, REP_P2: tl.constexpr, D: tl.constexpr, D_P2: tl.constexpr,
-                                 BLOCK_S: tl.constexpr):
-        """One program per (sequence, K/V head): its REP query heads against keys 0..length-1, online
-        softmax in fp32 over blocks of BLOCK_S keys (flash-attention's recurrence)."""
+                                 REP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, D_P2: tl.constexpr,
+                                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr):
+        """One program per (sequence, K/V head): its REP query heads (padded to ROWS >= 16 rows, the
+        smallest tensor-core tile) against keys 0..length-1, online softmax in fp32 over blocks of
+        BLOCK_S keys (flash-attention's recurrence). PRECISION "ieee": exact dots for fp32 inputs (the
+        default "tf32" rounds them; half-precision inputs are exact either way)."""
         b = tl.program_id(0)
         g = tl.program_id(1)
-        r = tl.arange(0, REP_P2)
+        r = tl.arange(0, ROWS)
         r_ok = r < REP
         d = tl.arange(0, D_P2)
         d_ok = d < D
         heads = g * REP + r
         q = tl.load(q_ptr + b * sq_b + heads[:, None] * sq_h + d[None, :], mask=r_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        q = (q.to(tl.float32) * scale).to(tl.float32)  # scale may arrive as fp64 (torch.compile passes doubles)
         length = tl.load(len_ptr + b)
-        m_i = tl.full((REP_P2,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((REP_P2,), dtype=tl.float32)
-        acc = tl.zeros((REP_P2, D_P2), dtype=tl.float32)
+        m_i = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((ROWS,), dtype=tl.float32)
+        acc = tl.zeros((ROWS, D_P2), dtype=tl.float32)
         s0 = tl.arange(0, BLOCK_S)
         for start in range(0, length, BLOCK_S):
             s = start + s0
             s_ok = s < length
             kv_ok = s_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_ptr + b * sk_b + g * sk_h + s[:, None] * sk_s + d[None, :], mask=kv_ok,
-                        other=0.0).to(tl.float32)
-            scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [REP_P2, BLOCK_S]
-            scores = tl.where(s_ok[None, :], scores, float("-inf"))
+            k = tl.load(k_ptr + b * sk_b + g * sk_h + s[:, None] * sk_s + d[None, :], mask=kv_ok, other=0.0)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            scores = scores.to(tl.float32) * scale
+            scores = tl.where(s_ok[None, :], scores, float("-inf")).to(tl.float32)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(scores - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + b * sv_b + g * sv_h + s[:, None] * sv_s + d[None, :], mask=kv_ok,
-                        other=0.0).to(tl.float32)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+            v = tl.load(v_ptr + b * sv_b + g * sv_h + s[:, None] * sv_s + d[None, :], mask=kv_ok, other=0.0)
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            acc = acc * alpha[:, None] + pv
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(o_ptr + b * so_b + heads[:, None] * so_h + d[None, :], out.to(o_ptr.dtype.element_ty),
@@ -163,6 +165,7 @@ def gemv(x: Tensor, weight: Tensor, config: GemvConfig = DEFAULT_GEMV, *, swiglu
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, block_s: int = 64) -> Tensor:
+    # block_s >= 16: the kernel's dots run on tensor cores, whose smallest tile is 16
     """Attention of one query per sequence over its first lengths[b] cached keys.
 
     q [B, H, 1, D]; k, v [B', Hkv, S, D] with B' >= B (the static cache; rows past B unused); lengths [B]
@@ -181,7 +184,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, block_s: 
         q, k, v, lengths, out, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1),
-        REP=rep, REP_P2=triton.next_power_of_2(rep), D=d, D_P2=triton.next_power_of_2(d), BLOCK_S=block_s, num_warps=4,
+        REP=rep, ROWS=max(16, triton.next_power_of_2(rep)), D=d, D_P2=max(16, triton.next_power_of_2(d)),
+        BLOCK_S=max(16, block_s), PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4,
     )
     return out
 
@@ -236,3 +241,14 @@ def tune_gemv(shapes: Iterable[tuple[int, int, bool]], *, device: str = "cuda", 
     out = {(n, k, sw): _tune_one(n, k, sw, device, dtype, cands, reps) for n, k, sw in shapes}
     torch.cuda.empty_cache()
     return out
+
+
+def use_triton_decode(model: Any, *, tune: bool = True) -> dict[str, Any]:
+    """Switch a model's one-token passes to these kernels: the GEMV (tiles tuned per weight shape on this
+    GPU when `tune`, else the default tile) and the decode attention. Returns the tuning report (JSON-able).
+    Call after `fuse_projections()` and before compiling or capturing graphs."""
+    shapes = model.gemv_shapes()
+    tuned = tune_gemv(shapes, device=str(model.device), dtype=model.dtype) if tune else {}
+    model.use_gemv({shape: r["config"] for shape, r in tuned.items()}).use_attention("triton")
+    return {"tuned": tune, "shapes": [{"rows": n, "cols": k, "swiglu": sw, **{**r, "config": r["config"].to_dict()}}
+                                      for (n, k, sw), r in tuned.items()]}

@@ -55,6 +55,8 @@ def test_generate(cache, tmp_path, extra):
     (["generate", "--preset", "test", "--seed", "1", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["generate", "--preset", "test", "--seed", "1", "--max-new-tokens", "5000"], "context"),
     (["generate", "--preset", "test", "--seed", "1", "--dtype", "fp8"], "--dtype"),
+    (["generate", "--preset", "test", "--seed", "1", "--kernels", "fast"], "--kernels"),
+    (["generate", "--preset", "test", "--seed", "1", "--kernels", "triton"], "--kernels"),  # cpu
 ])
 def test_bad_input_raises_input_error(cache, args, field):
     res = runner.invoke(engine_app, [*args, "--cache-dir", str(cache)])

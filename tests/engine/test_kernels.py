@@ -13,8 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton", minversion="3.6")  # 3.5's interpreter breaks on numpy >= 2.4
 import torch.nn.functional as F  # noqa: E402
 
-from dspark_sim.engine.generate import generate_baseline  # noqa: E402
+from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate  # noqa: E402
 from dspark_sim.engine.model import ModelArgs, build_model  # noqa: E402
+from dspark_sim.policies import FixedGamma  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
@@ -51,7 +52,7 @@ def test_gemv_rejects_more_than_one_row(kernels):
         kernels.gemv(torch.randn(2, 16), torch.randn(8, 16))
 
 
-@pytest.mark.parametrize("heads,kv_heads,block_s", [(6, 2, 16), (4, 4, 8), (8, 1, 32)])
+@pytest.mark.parametrize("heads,kv_heads,block_s", [(6, 2, 16), (4, 4, 16), (8, 1, 32)])
 def test_decode_attention_matches_masked_sdpa(kernels, heads, kv_heads, block_s):
     """Ragged lengths, a cache with more rows than the batch, a length that is not a block multiple."""
     g = torch.Generator().manual_seed(heads)
@@ -88,6 +89,26 @@ def test_model_with_kernels_decodes_as_without(kernels):
         ref_model.setup_caches(1, 32)
         tok, pos = torch.tensor([[4]]), torch.tensor([0])
         torch.testing.assert_close(model(tok, pos), ref_model(tok, pos), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+def test_speculative_decoding_with_kernels_is_lossless(kernels, gamma):
+    """Draft passes (one token) through the kernels, verify passes (gamma + 1 tokens) through torch: greedy
+    output equals the plain target's, and a sampled run draws the same tokens as without the kernels."""
+    t_args = replace(ModelArgs.from_preset("test-target"), max_seq_len=96)
+    d_args = replace(ModelArgs.from_preset("test-draft"), max_seq_len=96)
+    target, draft = build_model(t_args, seed=5).eval(), build_model(d_args, seed=6).eval()
+    prompts = [[7, 1, 4, 4, 2]]
+    ref = generate_baseline(target, prompts, 16)
+    plain_sampled = speculative_generate(target, draft, prompts, 16, FixedGamma(gamma=gamma), Sampling(1.0),
+                                         generator=torch.Generator().manual_seed(0))
+    for model in (target, draft):
+        model.fuse_projections()
+        kernels.use_triton_decode(model, tune=False)
+    assert speculative_generate(target, draft, prompts, 16, FixedGamma(gamma=gamma)).tokens == ref.tokens
+    sampled = speculative_generate(target, draft, prompts, 16, FixedGamma(gamma=gamma), Sampling(1.0),
+                                   generator=torch.Generator().manual_seed(0))
+    assert sampled.tokens == plain_sampled.tokens
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the kernels")
