@@ -180,11 +180,13 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
     sampling = _sampling(case.temperature)
     policy = _policy_spec(case.policy, sps_table)
     cap = case_cache_tokens(case)
+    reallocated = False
     for model in (eng.target, eng.draft):
-        # reallocate only for a new shape: new caches drop every captured CUDA graph, and a repeat of
-        # the same case would then capture its graphs again inside its timed runs
+        # reallocate only for a new shape: new caches drop every captured CUDA graph, which must then be
+        # captured again before the timed runs
         if (model.cache_batch, model.cache_len) != (case.batch_size, cap):
             model.setup_caches(case.batch_size, cap)
+            reallocated = True
 
     def runs(batch, r, new_tokens=case.new_tokens):
         gen = torch.Generator(device=eng.device).manual_seed(seed + r)
@@ -196,13 +198,13 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
                                     draft_forward=eng.draft_forward)
         return base, spec
 
-    if warm:
-        if eng.device.type == "cuda":  # capture every shape outside the timed runs
-            from dspark_sim.engine.cudagraphs import precapture
+    if eng.device.type == "cuda" and (warm or reallocated):  # capture every shape outside the timed runs
+        from dspark_sim.engine.cudagraphs import precapture
 
-            precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
+        precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
+    if warm:
         runs(prompts[0], -1)
-    elif eng.device.type == "cpu":  # after other cases' shapes a CPU needs a few passes to run as in a loop
+    else:  # after other cases' shapes a device needs a few passes (and steps of the host loop) to run as in a loop
         runs(prompts[0], -1, min(case.new_tokens, 8))
     out = CaseRun([], [], [], [], 0, 0, 0, 0)
     for r, batch in enumerate(prompts):
@@ -222,15 +224,13 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
 def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], seed: int,
                   repeats: int = 3) -> list[tuple[Measured, Measured]]:
     """Every case `repeats` times; per round the median time counts (one disturbed run of a busy
-    machine does not decide a point). On a CPU the repeats go in rounds over all cases, so that a slow
-    spell of a shared machine touches one repeat of many cases rather than every repeat of one; on a
-    GPU a case's repeats run back to back (its graphs are captured once)."""
+    machine does not decide a point). The repeats go in rounds over all cases, so that a slow spell of
+    the host touches one repeat of many cases rather than every repeat of one. On a GPU too: the tiny
+    pair's speculative loop is host-bound, and a slow spell once hit every repeat of four neighbouring
+    cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs."""
     prompts = [[eng.take(c.batch_size, c.prompt_tokens) for _ in range(c.rounds)] for c in cases]
     runs: list[list[CaseRun]] = [[] for _ in cases]
-    if eng.device.type == "cuda":
-        order = [i for i in range(len(cases)) for _ in range(repeats)]
-    else:
-        order = [i for _ in range(repeats) for i in range(len(cases))]
+    order = [i for _ in range(repeats) for i in range(len(cases))]
     for i in order:
         runs[i].append(run_case_once(eng, cases[i], prompts[i], sps_table, seed, warm=not runs[i]))
     out = []
