@@ -19,7 +19,7 @@ For every measured row (temperature x batch x drafter config, and plain decoding
    has none), fitted as `calibrate` fits the draft-model loop's; the table's runs are never used.
 
     dspark-sim validate --drafters validation/drafters/cpu.json \
-        --profile validation/reports/cpu/profile.json --out validation/drafters
+        --profile validation/drafters/cpu-profile.json --out validation/drafters
 """
 
 from __future__ import annotations
@@ -177,20 +177,20 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
              gamma: int = 0) -> tuple[float, float]:
     """(full-batch decode tokens/s, tau) over the seeds: the steps with every request decoding, as
     `validate.predict_case` and the benchmark's `full_batch_tokens_per_s` take them."""
-    from dspark_sim.sim.metrics import summarize
     from dspark_sim.sim.run import Simulation
-    from dspark_sim.validate import full_batch_window
+    from dspark_sim.validate import decode_tokens_and_passes, full_batch_window
 
-    tokens = seconds = 0.0
-    taus = []
+    tokens = seconds = gained = passes = 0.0
     for seed in setup.seeds:
         sc = scenario(setup, temperature, batch, drafter, policy, trace, seed, kind, gamma)
         sim = Simulation(sc, "drafters").run()
         window_tokens, window_s = full_batch_window(sim, batch)
         tokens += window_tokens
         seconds += window_s
-        taus.append(summarize(sim, "main", None, None)[0].tau)
-    return tokens / seconds, statistics.mean(taus)
+        g, p = decode_tokens_and_passes(sim)  # tau pooled over the seeds, as the benchmark pools it
+        gained += g
+        passes += p
+    return tokens / seconds, gained / max(passes, 1.0)
 
 
 def _err(pred: float, meas: float) -> float:
