@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="only ours (and ours_inductor with --kernels triton) and HF: no unfused/untuned/manual rows")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
+    if a.kernels == "triton" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        ap.error("--kernels triton: the Triton kernels need a CUDA device (--device cuda on a GPU machine)")
 
     def save(report: dict[str, Any]) -> None:
         if a.out:  # atomically: a run stopped mid-write keeps the previous complete document
