@@ -57,7 +57,7 @@ class GemvConfig:
 DEFAULT_GEMV = GemvConfig()
 
 #: Candidates `tune_gemv` times per weight shape (block_n x block_k from 1k to 8k elements per iteration).
-#: On an H200 the narrowest tiles won (block_n 2, block_k 1024: validation/engine/session6/).
+#: On an H200 the narrowest tiles won (block_n 1-2, block_k 1024-2048: validation/engine/session6/).
 GEMV_CANDIDATES: tuple[GemvConfig, ...] = tuple(
     GemvConfig(bn, bk, w, s)
     for bn in (1, 2, 4, 8, 16)
