@@ -111,25 +111,6 @@ def bench_ours(args: ModelArgs, device: str, dtype: torch.dtype, prompt_len: int
     return out
 
 
-def copy_bandwidth_gbps(device: str, n: int = 1 << 29) -> float:
-    """GB/s of a device-to-device copy of n bf16 values, bytes read + written (the streaming ceiling the
-    issue's 80% target refers to), best of 10."""
-    a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
-    b = torch.empty_like(a)
-    b.copy_(a)
-    best = float("inf")
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        b.copy_(a)
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / 1e3)
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n * 2 / best / 1e9
-
-
 def hf_config(args: ModelArgs) -> Any:
     from transformers import LlamaConfig
 
@@ -190,6 +171,8 @@ def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int 
         "new_tokens": new_tokens, "results": {},
     }
     if device.startswith("cuda"):
+        from dspark_sim.engine.kernels import copy_bandwidth_gbps
+
         report["copy_gbps"] = copy_bandwidth_gbps(device)
 
     def done() -> None:

@@ -210,6 +210,25 @@ def _time_ms(fn: Any, reps: int) -> float:
     return start.elapsed_time(end) / reps
 
 
+def copy_bandwidth_gbps(device: str, n: int = 1 << 29) -> float:
+    """GB/s of a device-to-device copy of n bf16 values, bytes read + written, best of 10: the streaming
+    ceiling a decode step (and the GEMV) is judged against."""
+    a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n * 2 / best / 1e9
+
+
 #: Bytes of distinct weights a tuning run cycles through: well above an H200's 60 MB L2, so a small
 #: weight is timed streaming from memory, as in a decode step, not cached.
 _STREAM_BYTES = 512 << 20

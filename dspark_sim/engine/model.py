@@ -30,13 +30,23 @@ ATTENTION_KERNELS = ("sdpa", "grouped", "triton")
 GemvConfigs = dict[tuple[int, int, bool], Any]  # (rows, cols, swiglu) -> kernels.GemvConfig
 
 
-def _linear(x: Tensor, weight: Tensor, gemv: GemvConfigs | None) -> Tensor:
-    """F.linear, or the Triton GEMV when enabled (`Transformer.use_gemv`) and x is a single row."""
-    if gemv is not None and x.numel() == x.shape[-1]:
-        from dspark_sim.engine import kernels
+def _gemv_applies(x: Tensor, gemv: GemvConfigs | None) -> bool:
+    """The Triton GEMV is enabled (`Transformer.use_gemv`) and x is a single row."""
+    return gemv is not None and x.numel() == x.shape[-1]
 
-        cfg = gemv.get((weight.shape[0], weight.shape[1], False), kernels.DEFAULT_GEMV)
-        return kernels.gemv(x, weight, cfg)
+
+def _gemv(x: Tensor, weight: Tensor, gemv: GemvConfigs, swiglu: bool = False) -> Tensor:
+    """kernels.gemv with the tile tuned for this weight shape (the default tile when untuned)."""
+    from dspark_sim.engine import kernels
+
+    cfg = gemv.get((weight.shape[0], weight.shape[1], swiglu), kernels.DEFAULT_GEMV)
+    return kernels.gemv(x, weight, cfg, swiglu=swiglu)
+
+
+def _linear(x: Tensor, weight: Tensor, gemv: GemvConfigs | None) -> Tensor:
+    """F.linear, or the Triton GEMV when it applies."""
+    if _gemv_applies(x, gemv):
+        return _gemv(x, weight, gemv)
     return F.linear(x, weight)
 
 
@@ -312,11 +322,8 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         g = self.gemv
         if self.w13 is not None:
-            if g is not None and x.numel() == x.shape[-1]:  # one row: silu(gate) * up inside the GEMV
-                from dspark_sim.engine import kernels
-
-                cfg = g.get((self.w13.shape[0], self.w13.shape[1], True), kernels.DEFAULT_GEMV)
-                return _project(kernels.gemv(x, self.w13, cfg, swiglu=True), self.w2, g)
+            if _gemv_applies(x, g):  # one row: silu(gate) * up inside the GEMV
+                return _project(_gemv(x, self.w13, g, swiglu=True), self.w2, g)
             gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
             return _project(F.silu(gate) * up, self.w2, g)
         return _project(F.silu(_project(x, self.w1, g)) * _project(x, self.w3, g), self.w2, g)
