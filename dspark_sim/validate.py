@@ -1,11 +1,14 @@
 """Predict, then measure (`dspark-sim validate`): the simulator's tokens/s and speed-up against the engine's.
 
 The loop, on whichever device the engine runs:
-1. profile the engine's passes and steps, calibrate the cost model (or take a given profile);
+1. profile the engine's passes and steps (or take a given profile); its first round gives the SPS(B)
+   table the engine's DSpark policy runs with;
 2. measure acceptance on prompts held apart from the measured ones (teacher-forced traces, exact for
    greedy decoding; see engine/acceptance_trace.py);
-3. for every point of the grid (temperature x batch x prompt length x policy), simulate the engine's
-   run with the calibrated profile and the held-apart acceptance trace, then run the engine itself;
+3. run the engine on every point of the grid (temperature x batch x prompt length x policy), in rounds
+   over the grid with a profile round before each, so the profile sees the host's speed of the minutes
+   it measures; calibrate the cost model on the merged profile, then simulate every point's run with
+   it and the held-apart acceptance trace;
 4. report the errors (median and worst, by regime) and fail when the median exceeds the tolerance.
 The simulator is told how this engine works (padded verify blocks, attention over the whole static
 cache, a 2-token first draft pass, a leaner plain-decoding loop): those are facts about the engine,
@@ -92,6 +95,8 @@ class Grid:
 #: (neighbouring corpus windows' acceptance is uncorrelated, so only more prompts narrow it).
 MEASURED_SEQUENCES = 16
 ACCEPTANCE_PROMPTS = 96
+#: timed repeats of every case, taken in rounds over the grid, each after a round of profiling
+MEASURE_REPEATS = 3
 
 QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
              new_tokens=48)
@@ -231,20 +236,23 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
 
 
 def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], seed: int,
-                  repeats: int = 3) -> list[tuple[Measured, Measured]]:
+                  repeats: int = 3, between_rounds=None) -> list[tuple[Measured, Measured]]:
     """Every case `repeats` times; per round the median time counts (one disturbed run of a busy
     machine does not decide a point). The repeats go in rounds over all cases, so that a slow spell of
     the host touches one repeat of many cases rather than every repeat of one. On a GPU too: the tiny
     pair's speculative loop is host-bound, and a slow spell once hit every repeat of four neighbouring
-    cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs."""
+    cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs.
+    `between_rounds(r)` runs before round r >= 1 (validate profiles there)."""
     prompts = []
     for c in cases:  # each case's rounds x batch prompts spread over the whole pool, then cut into rounds
         flat = eng.take(c.rounds * c.batch_size, c.prompt_tokens)
         prompts.append([flat[r * c.batch_size: (r + 1) * c.batch_size] for r in range(c.rounds)])
     runs: list[list[CaseRun]] = [[] for _ in cases]
-    order = [i for _ in range(repeats) for i in range(len(cases))]
-    for i in order:
-        runs[i].append(run_case_once(eng, cases[i], prompts[i], sps_table, seed, warm=not runs[i]))
+    for r in range(repeats):
+        if r and between_rounds is not None:
+            between_rounds(r)
+        for i, case in enumerate(cases):
+            runs[i].append(run_case_once(eng, case, prompts[i], sps_table, seed, warm=not runs[i]))
     out = []
     for rs in runs:
         rounds = len(rs[0].spec_s)
@@ -485,7 +493,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
     from dspark_sim.engine.cudagraphs import GraphedForward
     from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.profile import ProfileGrid, engine_version, run_profile
+    from dspark_sim.engine.profile import ProfileGrid, engine_version, merge_profiles, run_profile
     from dspark_sim.engine.train import train_pair
 
     grid = QUICK if quick else FULL
@@ -505,19 +513,24 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t0 = time.perf_counter()
     _gpu_warm(dev)
     ref_before = reference_step_s(target, draft, dev)
+    # Profile in rounds, one before each measurement round: a shared host's speed drifts by 14-55%
+    # within one run (validation/README.md), and a calibration from a profile taken before all the
+    # measuring predicted whatever speed the host had then. The engine's DSpark policy needs its SPS
+    # table before measuring: it comes from the first round and is kept in the report.
+    profile_rounds: list[EngineProfile] = []
+    round_grid = None
     if profile is None:
-        log("profiling the engine's passes and steps ...")
+        log(f"profiling the engine's passes and steps (round 1 of {MEASURE_REPEATS}) ...")
         pgrid = ProfileGrid.quick() if quick else ProfileGrid(batch_sizes=(1, 2, 4, 8, 16, 32, 64))
-        profile = run_profile(target, draft, pgrid, created_by="dspark-sim validate")
+        round_grid = pgrid.round_of(MEASURE_REPEATS)
+        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate"))
+        first = profile_rounds[0]
+    else:
+        first = profile
+    t_first = grid.temperatures[0]
+    sps = calibrate(first, f"calibrated-{device}-T{t_first:g}",
+                    temperature=t_first if t_first in {s.temperature for s in first.steps} else None)[1].sps_table
     timings["profile_s"] = time.perf_counter() - t0
-    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, device)
-    cal = cal_by_temp[grid.temperatures[0]]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "profile.json", profile.model_dump_json(indent=1) + "\n")
-    for t, c in cal_by_temp.items():
-        write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
-    for t, c in cal_by_temp.items():
-        log(f"calibration T={t:g}: median |error| {c.median_abs_error_pct:.1f}% over {len(c.points)} pass and step shapes")
 
     t0 = time.perf_counter()
     corpus = load_corpus(2_000_000)
@@ -542,18 +555,36 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     if dev.type == "cuda":
         eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
     points: list[ValidationPoint] = []
+
+    def profile_round(r: int) -> None:
+        if round_grid is None:  # a profile was given: nothing to profile
+            return
+        t = time.perf_counter()
+        log(f"profiling round {r + 1} of {MEASURE_REPEATS} ...")
+        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate"))
+        timings["profile_s"] += time.perf_counter() - t
+
     # measure everything first, then predict: the GPU stays busy (and its clocks up) while measuring
     t0 = time.perf_counter()
+    t_profile_first = timings["profile_s"]
     _gpu_warm(dev)
-    measured = measure_cases(eng, grid.cases(), cal.sps_table, seed)
+    log(f"measuring {len(grid.cases())} cases, {MEASURE_REPEATS} rounds ...")
+    measured = measure_cases(eng, grid.cases(), sps, seed, repeats=MEASURE_REPEATS, between_rounds=profile_round)
     drift_pct = _err(reference_step_s(target, draft, dev), ref_before)
     log(f"host drift: a reference run stepped {drift_pct:+.1f}% slower after measuring than at the start")
-    t_measure = time.perf_counter() - t0
+    t_measure = time.perf_counter() - t0 - (timings["profile_s"] - t_profile_first)
+    if profile_rounds:
+        profile = merge_profiles(profile_rounds)
+    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, device)
+    write_atomic(out_dir / "profile.json", profile.model_dump_json(indent=1) + "\n")
+    for t, c in cal_by_temp.items():
+        write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
+        log(f"calibration T={t:g}: median |error| {c.median_abs_error_pct:.1f}% over {len(c.points)} pass and step shapes")
     t_predict = 0.0
     for case, (spec_m, base_m) in zip(grid.cases(), measured, strict=True):
         t0 = time.perf_counter()
         spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature],
-                                       cal.sps_table, seed)
+                                       sps, seed)
         t_predict += time.perf_counter() - t0
         pt = make_point(case, grid.new_tokens, spec_m, base_m, spec_p, base_p)
         points.append(pt)
@@ -569,7 +600,8 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
         tolerance_pct=tolerance_pct, passed=passed, command="dspark-sim " + " ".join(sys.argv[1:]),
         calibration_median_error_pct=float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])), acceptance_by_temperature=acceptance,
-        summary=summary, points=points, host_drift_pct=drift_pct, timings_s=timings,
+        summary=summary, points=points, host_drift_pct=drift_pct, timings_s=timings, sps_table=sps,
+        profile_rounds=max(len(profile_rounds), 1),
     )
 
 
@@ -601,7 +633,8 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
             raise InputError(str(path), None, "acceptance trace missing (validate writes one per temperature)")
     t0 = time.perf_counter()
     hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, old.device.kind)
-    sps = cal_by_temp[grid.temperatures[0]].sps_table
+    # the table the engine's DSpark policy ran with (reports before it was kept: the calibration's)
+    sps = old.sps_table or cal_by_temp[grid.temperatures[0]].sps_table
     points = []
     for p in old.points:
         case = Case(p.temperature, p.batch_size, p.prompt_tokens, p.policy, p.rounds, p.new_tokens, p.cross_prediction)

@@ -160,3 +160,8 @@ class ValidationReport(Doc):
         "stepped after measuring than at the start of the run (before profiling, when it profiled): the machine's own drift, which a prediction made "
         "from the profile cannot know")
     timings_s: dict[str, float] = Field(description="wall time of each phase")
+    sps_table: dict[int, float] | None = Field(
+        None, description="the SPS(B) table the engine's DSpark policy ran with while measuring (from the first "
+        "profile round), which the predictions use too; null in reports that predate the field")
+    profile_rounds: int = Field(1, description="profile rounds taken between the measurement rounds and merged "
+                                "into profile.json (1: one profile before measuring, or a given one)")

@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -298,6 +298,11 @@ class ProfileGrid:
                    step_gammas=(0, 3, 5), step_prompt_tokens=(64,), step_new_tokens=32, repeats=3, warmup=1,
                    step_repeats=2)
 
+    def round_of(self, rounds: int) -> ProfileGrid:
+        """The grid one of `rounds` profile rounds runs: the repeats shared out (rounded up), so the
+        rounds' merged profile (merge_profiles) has at least the whole grid's repeats."""
+        return replace(self, repeats=-(-self.repeats // rounds), step_repeats=-(-self.step_repeats // rounds))
+
 
 def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
                        random_weights: bool) -> tuple[Transformer, Transformer, str]:
@@ -350,6 +355,33 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                           target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
+
+
+def merge_profiles(rounds: list[EngineProfile]) -> EngineProfile:
+    """Profiles of one grid taken at different times -> one profile: every pass shape's repeats pooled
+    (median and spread recomputed), every step configuration's median run (lower middle).
+
+    Why: `validate` profiles in rounds between its measurement rounds, so that the calibration sees the
+    same slow and fast spells of a shared host as the measurements it predicts."""
+    if len(rounds) == 1:
+        return rounds[0]
+    passes: dict[tuple, list[PassSample]] = {}
+    for prof in rounds:
+        for s in prof.samples:
+            passes.setdefault((s.role, s.batch_size, s.query_tokens, s.context_tokens, s.attended_tokens,
+                               s.kv_dtype), []).append(s)
+    samples = []
+    for group in passes.values():
+        times = [t for s in group for t in s.times_s]
+        med, spread = _summary(times)
+        samples.append(group[0].model_copy(update={"times_s": times, "median_s": med, "spread": spread}))
+    steps_by: dict[tuple, list[StepSample]] = {}
+    for prof in rounds:
+        for st in prof.steps:
+            steps_by.setdefault((st.batch_size, st.gamma, st.context_tokens, st.attended_tokens, st.temperature,
+                                 st.baseline_loop), []).append(st)
+    steps = [sorted(g, key=lambda st: st.step_s)[(len(g) - 1) // 2] for g in steps_by.values()]
+    return rounds[0].model_copy(update={"samples": samples, "steps": steps})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -120,6 +120,11 @@ def test_validate_quick_end_to_end(tmp_path):
         assert 1 + p["tokens_per_s_error_pct"] / 100 == pytest.approx(tau * rate)
     assert report["summary"][0]["median_abs_tau_error_pct"] is not None
     assert np.isfinite(report["host_drift_pct"]) and "host drift" in html
+    # profiled in three rounds between the measurement rounds; the merged profile holds every round's
+    # repeats, and the SPS table the engine's DSpark policy ran with is kept for re-prediction
+    assert report["profile_rounds"] == 3 and report["sps_table"]
+    prof = json.loads((tmp_path / "report" / "profile.json").read_text())
+    assert all(len(s["times_s"]) == 3 for s in prof["samples"])
     # --repredict: the same code predicts the stored measurements again, byte for byte the same figures
     again = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "25",
                  "-o", str(tmp_path / "again"))
@@ -132,6 +137,29 @@ def test_validate_quick_end_to_end(tmp_path):
         bad = _cli("validate", *args)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
     assert "tok/s per tau err" in html
+
+
+def test_profile_rounds_merge(tmp_path):
+    """validate's profile rounds: each round runs its share of the repeats; merged, every pass shape
+    pools all rounds' timings and every step configuration keeps its median run."""
+    from dspark_sim.engine.profile import ProfileGrid, load_engine_models, merge_profiles, run_profile
+
+    target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
+    grid = ProfileGrid(batch_sizes=(1, 2), query_tokens=(1, 3), contexts=(16,), step_batch_sizes=(1,),
+                       step_gammas=(0, 2), step_prompt_tokens=(16,), step_temperatures=(0.0,), step_new_tokens=8,
+                       repeats=5, step_repeats=3, warmup=1)
+    one = grid.round_of(3)
+    assert (one.repeats, one.step_repeats) == (2, 1)
+    rounds = [run_profile(target, draft, one, created_by="test") for _ in range(3)]
+    merged = merge_profiles(rounds)
+    assert len(merged.samples) == len(rounds[0].samples) and len(merged.steps) == len(rounds[0].steps)
+    for k, s in enumerate(merged.samples):
+        pooled = [t for r in rounds for t in r.samples[k].times_s]
+        assert s.times_s == pooled and len(pooled) == 6
+        assert s.median_s == pytest.approx(float(np.median(pooled)))
+    for k, st in enumerate(merged.steps):
+        assert st.step_s == sorted(r.steps[k].step_s for r in rounds)[1]
+    assert merge_profiles(rounds[:1]) is rounds[0]
 
 
 def test_validate_refuses_foreign_profile(tmp_path):
