@@ -29,8 +29,11 @@ case "${1:-}" in
     timeout 200 python3 benchmarks/engine_gpu.py --shapes llama-3.2-1b --out "$OUT/engine_1b.json" > "$OUT/engine_1b.log" 2>&1 || true ;;
   validate)
     # profile + measure + predict on one machine: about 220 s of profiling alone on an H200 (session 4)
-    timeout 560 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
-      -o "$OUT/validation-cuda" > "$OUT/validate.log" 2>&1 || true ;;
+    # packed into one archive: the report folder alone is more files than a call brings back
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 540 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+      -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
   drafters)
     # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)

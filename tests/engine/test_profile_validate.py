@@ -162,6 +162,22 @@ def test_profile_rounds_merge(tmp_path):
     assert merge_profiles(rounds[:1]) is rounds[0]
 
 
+def test_plain_loop_step_sample_allocates_once(tmp_path):
+    """The plain loop's step sample sizes the caches for its timed run before the untimed one: a
+    reallocation between them (on a GPU, a CUDA-graph re-capture inside the clock) once doubled the
+    H200's plain-loop step time in validate's profile rounds."""
+    from dspark_sim.engine.profile import _step_run, load_engine_models
+
+    target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
+    target.setup_caches(1, 8)  # what a smaller earlier configuration leaves behind
+    calls = []
+    real = target.setup_caches
+    target.setup_caches = lambda *a, **k: (calls.append(a), real(*a, **k))[1]
+    prompts = [[1, 2, 3, 4]] * 2
+    _step_run(target, draft, prompts, 0, 24, 0.0, None, None, warm=True)
+    assert len(calls) == 1 and target.cache_len >= 4 + 24 + 1
+
+
 def test_validate_refuses_foreign_profile(tmp_path):
     prof = tmp_path / "p.json"
     out = _cli("profile", "--random-weights", "--preset", "test", "--batch-sizes", "1", "--query-tokens", "1",
