@@ -34,9 +34,10 @@ PARAMS = (
     ("compute_memory_overlap", "fraction"),
     ("multi_token_weight_reads", "x"),
     ("per_layer_multi_token_us", "us"),
+    ("per_layer_multi_query_us", "us"),
 )
 _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
-_MULTI_READS, _MULTI_LAYER = 8, 9
+_MULTI_READS, _MULTI_LAYER, _MULTI_QUERY = 8, 9, 10
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     overlap = min(max(vals[7], 0.0), 1.0) if len(vals) > 7 else base.compute_memory_overlap
     multi_reads = vals[8] if len(vals) > 8 else base.multi_token_weight_reads
     multi_layer = vals[9] if len(vals) > 9 else base.overheads.per_layer_multi_token_us
+    multi_query = vals[10] if len(vals) > 10 else base.overheads.per_layer_multi_query_us
     return base.model_copy(
         update={
             "name": name,
@@ -93,7 +95,8 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
             "efficiency": Efficiency(memory_bandwidth=1.0, compute=1.0, onchip_bandwidth=1.0,
                                      interconnect=base.efficiency.interconnect),
             "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=step,
-                                   per_baseline_step_us=base_step, per_layer_multi_token_us=multi_layer),
+                                   per_baseline_step_us=base_step, per_layer_multi_token_us=multi_layer,
+                                   per_layer_multi_query_us=multi_query),
         }
     )
 
@@ -125,8 +128,48 @@ def base_profile_for(profile: EngineProfile) -> HardwareProfile:
     )
 
 
-def _steps_of(profile: EngineProfile, temperature: float | None) -> list:
-    return [s for s in profile.steps if temperature is None or s.temperature == temperature]
+def _steps_of(profile: EngineProfile, temperature: float | None, policy: str = "fixed") -> list:
+    return [s for s in profile.steps
+            if (temperature is None or s.temperature == temperature) and s.policy == policy]
+
+
+def dspark_steps_without_scheduler(profile: EngineProfile, hw: HardwareProfile, steps: list) -> np.ndarray:
+    """DSpark steps priced as fixed-gamma steps would be: the draft of `gamma` tokens, the verify pass
+    at each step's chosen width (averaged over the recorded widths), the per-step overhead. What the
+    measured step takes beyond this is the scheduler's own decision time."""
+    out = np.zeros(len(steps))
+    for i, s in enumerate(steps):
+        coster = engine_coster(profile, hw, s.attended_tokens)
+        counts = s.verify_counts or {s.gamma: 1}
+        k = np.array(sorted(counts), dtype=float)
+        w = np.array([counts[int(j)] for j in k], dtype=float)
+        b, c = float(s.batch_size), float(s.context_tokens)
+        draft = float(np.asarray(coster.draft(b, float(s.gamma), c).time_s))
+        verify = np.asarray(coster.verify(np.full_like(k, b), k, np.full_like(k, c)).time_s, dtype=float)
+        out[i] = draft + float((verify * w).sum() / w.sum()) + coster.step_overhead_s()
+    return out
+
+
+def fit_scheduler_overhead(profile: EngineProfile, hw: HardwareProfile, temperature: float | None
+                           ) -> tuple[HardwareProfile, ParameterFit, list[dict]]:
+    """per_scheduler_step_us: the median of what the profile's DSpark steps took beyond their fixed-gamma
+    price (never below 0), with the DSpark steps' fit errors. Fitted after the main fit, which it does
+    not change (the other parameters see fixed-gamma steps only)."""
+    steps = _steps_of(profile, temperature, "dspark")
+    if not steps:
+        fit = ParameterFit(name="per_scheduler_step_us", value=hw.overheads.per_scheduler_step_us, unit="us",
+                           identified=False, note="not identified: the profile has no DSpark scheduler steps; "
+                           "kept the base value")
+        return hw, fit, []
+    base = dspark_steps_without_scheduler(profile, hw, steps)
+    measured = np.array([s.step_s for s in steps], dtype=float)
+    us = max(float(np.median(measured - base)) * 1e6, 0.0)
+    hw = hw.model_copy(update={"overheads": hw.overheads.model_copy(update={"per_scheduler_step_us": us})})
+    err = 100.0 * ((base + us * 1e-6) / measured - 1.0)
+    points = [{"role": "step-dspark", "batch_size": s.batch_size, "query_tokens": s.gamma + 1,
+               "context_tokens": s.context_tokens, "measured_s": s.step_s,
+               "predicted_s": float(s.step_s * (1 + e / 100)), "error_pct": float(e)} for s, e in zip(steps, err, strict=True)]
+    return hw, ParameterFit(name="per_scheduler_step_us", value=us, unit="us", identified=True), points
 
 
 def predict_steps(profile: EngineProfile, hw: HardwareProfile, steps: list) -> np.ndarray:
@@ -175,7 +218,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         base.memory_bandwidth_gbps, base.onchip_bandwidth_gbps, base.matmul_tflops(dtype),
         base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
         base.overheads.per_step_us, base.compute_memory_overlap, base.multi_token_weight_reads,
-        base.overheads.per_layer_multi_token_us,
+        base.overheads.per_layer_multi_token_us, base.overheads.per_layer_multi_query_us,
     ])
 
     def to_params(z: np.ndarray) -> np.ndarray:
@@ -189,7 +232,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     # switches to tiled GEMM kernels with a set-up per matmul (per layer), streaming the weights once
     gpu = profile.device.kind == "cuda"
     free = np.ones(len(PARAMS), dtype=bool)
-    free[_MULTI_READS if gpu else _MULTI_LAYER] = False
+    free[[_MULTI_READS] if gpu else [_MULTI_LAYER, _MULTI_QUERY]] = False
     x_fixed = np.where(np.arange(len(PARAMS)) == _MULTI_READS, 1.0, 0.0)
 
     def full(zf: np.ndarray) -> np.ndarray:
@@ -223,7 +266,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
                 start = np.log([x0[0] * scale, x0[1] * scale, x0[2] * scale,
                                 max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
                                 max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5,
-                                max(0.1 * share * floor_us / layers, 0.01)])
+                                max(0.1 * share * floor_us / layers, 0.01), max(0.1 * share * floor_us / layers, 0.01)])
                 start[_OVERLAP] = overlap_logit
                 fit = least_squares(residuals, start[free], method="trf", x_scale="jac", max_nfev=400)
                 if best is None or fit.cost < best.cost:
@@ -250,10 +293,13 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     identified[6] = has_plain
     has_multi = any(s.batch_size * s.query_tokens > 1 for s in profile.samples)
     identified[_MULTI_LAYER] = has_multi and free[_MULTI_LAYER]
+    has_multi_query = any(s.query_tokens > 1 for s in profile.samples)
+    identified[_MULTI_QUERY] = has_multi_query and free[_MULTI_QUERY]
     identified[_MULTI_READS] &= bool(free[_MULTI_READS])
     fallback = x0.copy()
     fallback[6] = x[5] if identified[5] else x0[6]
     fallback[_MULTI_READS], fallback[_MULTI_LAYER] = 1.0, 0.0  # a multi-token pass costs what a 1-token one does
+    fallback[_MULTI_QUERY] = 0.0
     x_final = np.where(identified, x, fallback)
     hw = hardware_from_params(base, x_final, name, dtype)
     if not identified[6]:
@@ -265,7 +311,8 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     params = []
     notes = {5: "the profile has no speculative step samples", 6: "no plain-loop step samples; per_step_us applies",
              _MULTI_READS: "not fitted on a GPU (its GEMMs stream the weights once); kept 1",
-             _MULTI_LAYER: "not fitted on a CPU (its GEMMs re-read the weights: multi_token_weight_reads); kept 0"}
+             _MULTI_LAYER: "not fitted on a CPU (its GEMMs re-read the weights: multi_token_weight_reads); kept 0",
+             _MULTI_QUERY: "not fitted on a CPU (one attention path for any query count); kept 0"}
     for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
         if not free[i]:
             params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=False, note=notes[i]))
@@ -292,7 +339,10 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         }
         for s, e in zip(steps, step_err, strict=True)
     ]
-    all_err = np.abs(np.concatenate([err, step_err]))
+    hw, sched_fit, sched_points = fit_scheduler_overhead(profile, hw, temperature)
+    params.append(sched_fit)
+    points += sched_points
+    all_err = np.abs(np.concatenate([err, step_err, [p["error_pct"] for p in sched_points]]))
     report = CalibrationReport(
         profile_device=profile.device.name,
         engine_version=profile.engine_version,

@@ -238,8 +238,10 @@ def forward_cost(
         comm_bytes = np.zeros_like(t)
 
     multi = hw.overheads.per_layer_multi_token_us * model.num_layers
+    multi_query = hw.overheads.per_layer_multi_query_us * model.num_layers
     overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers
-                  + np.where(t > 1.0, multi, 0.0)) * 1e-6
+                  + np.where(t > 1.0, multi, 0.0)
+                  + np.where(t > np.asarray(batch.num_seqs, dtype=float), multi_query, 0.0)) * 1e-6
     memory_s = hbm_s + onchip_s
     # the larger of compute and memory time, plus the part of the smaller one that does not overlap
     serial = 1.0 - hw.compute_memory_overlap

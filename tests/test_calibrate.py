@@ -153,3 +153,58 @@ def test_gpu_profile_fits_the_per_layer_cost_of_multi_token_passes():
     _, cpu_rep = calibrate(_profile())
     cpu = {p.name: p for p in cpu_rep.parameters}
     assert cpu["per_layer_multi_token_us"].value == 0.0 and not cpu["per_layer_multi_token_us"].identified
+
+
+def test_gpu_profile_tells_multi_query_passes_from_multi_row_ones():
+    """A GPU pass whose sequences carry several tokens each (a verify block) pays a further per-layer
+    cost that a batch of one-token sequences does not (attention leaves its decode kernel): with both
+    kinds of shapes in the profile, calibration fits the two costs apart."""
+    prof = _profile(contexts=(64, 512))
+    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})})
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
+    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(
+        update={"per_layer_multi_token_us": 10.0, "per_layer_multi_query_us": 20.0})})
+    times = predict_samples(sample_shapes(prof), truth)
+    for s, t in zip(prof.samples, times, strict=True):
+        s.median_s = s.times_s[0] = float(t)
+    _, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert rep.median_abs_error_pct < 1.0
+    assert fitted["per_layer_multi_query_us"].identified
+    assert fitted["per_layer_multi_query_us"].value == pytest.approx(20.0, rel=0.15)
+    assert fitted["per_layer_multi_token_us"].value == pytest.approx(10.0, rel=0.25)
+    # a one-token-a-sequence batch does not pay it
+    from dspark_sim.costmodel import BatchShape, forward_cost
+
+    wide = BatchShape(4.0, 4.0, 400.0, 400.0, 400.0, 400.0)  # 4 sequences x 1 token
+    block = BatchShape(1.0, 4.0, 100.0, 100.0, 400.0, 400.0)  # 1 sequence x 4 tokens
+    without = truth.model_copy(update={"overheads": truth.overheads.model_copy(
+        update={"per_layer_multi_query_us": 0.0})})
+    for shape, extra in ((wide, 0.0), (block, 20.0 * TARGET.num_layers * 1e-6)):
+        gap = float(forward_cost(TARGET, truth, shape).time_s) - float(forward_cost(TARGET, without, shape).time_s)
+        assert gap == pytest.approx(extra, abs=1e-12)
+
+
+def test_scheduler_overhead_is_fitted_from_dspark_steps():
+    """DSpark steps that take 150 us more than their fixed-gamma price (draft of gamma, verify at the
+    recorded widths): calibration reports that as the scheduler's per-step time, and the simulator adds
+    it to DSpark steps only."""
+    from dspark_sim.calibrate import dspark_steps_without_scheduler
+
+    prof = _profile()
+    fixed = [StepSample(batch_size=b, gamma=g, step_s=0.01, draft_s=0.0, verify_s=0.0, context_tokens=64,
+                        attended_tokens=80) for b in (1, 4) for g in (1, 3)]
+    dspark = [StepSample(batch_size=b, gamma=5, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
+                         attended_tokens=80, policy="dspark", verify_counts={0: 3, 2: 5, 5: 2}) for b in (1, 4)]
+    prof.steps = fixed + dspark
+    hw0, _ = calibrate(prof)
+    price = dspark_steps_without_scheduler(prof, hw0, dspark)
+    for s, p in zip(dspark, price, strict=True):
+        s.step_s = float(p) + 150e-6
+    hw, rep = calibrate(prof)
+    fit = next(p for p in rep.parameters if p.name == "per_scheduler_step_us")
+    assert fit.identified and fit.value == pytest.approx(150.0, rel=0.02)
+    assert hw.overheads.per_scheduler_step_us == pytest.approx(150.0, rel=0.02)
+    assert [p["error_pct"] for p in rep.points if p["role"] == "step-dspark"] == pytest.approx([0.0, 0.0], abs=0.5)
+    _, plain = calibrate(_profile())
+    assert not next(p for p in plain.parameters if p.name == "per_scheduler_step_us").identified

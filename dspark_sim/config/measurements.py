@@ -54,6 +54,11 @@ class StepSample(Doc):
     attended_tokens: int = Field(description="static cache length every query attends over")
     baseline_loop: bool = Field(False, description="measured with the engine's plain decoding loop")
     temperature: float = Field(0.0, description="sampling temperature of the run (0 = greedy)")
+    policy: Literal["fixed", "dspark"] = Field(
+        "fixed", description="fixed gamma, or the DSpark prefix scheduler drafting `gamma` and verifying a prefix")
+    verify_counts: dict[int, int] | None = Field(
+        None, description="DSpark steps: how many steps verified k draft tokens in their widest sequence, by k "
+        "(the padded verify pass is k + 1 tokens a sequence)")
 
 
 class EngineProfile(Doc):

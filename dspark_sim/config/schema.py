@@ -63,8 +63,21 @@ class Overheads(Strict):
         "libraries switch from one-row (GEMV) kernels to tiled GEMM kernels with a fixed set-up per matmul "
         "(validation/README.md section 5); `calibrate` fits it on GPU profiles",
     )
+    per_layer_multi_query_us: NonNegFloat = Field(
+        0.0,
+        description="further cost per layer of a pass in which sequences carry more than one new token "
+        "(verify blocks, a draft's catch-up), microseconds: GPU attention leaves its one-query decode kernel "
+        "for the masked multi-query one; a batch of one-token sequences does not pay it "
+        "(validation/README.md section 3); `calibrate` fits it on GPU profiles",
+    )
     per_step_us: NonNegFloat = Field(
         50.0, description="engine scheduling/sampling cost per decode step (outside the passes), microseconds"
+    )
+    per_scheduler_step_us: NonNegFloat = Field(
+        0.0,
+        description="further cost per step under the DSpark prefix scheduler, microseconds: its search over "
+        "the draft's confidences runs on the host between the draft and the verify pass; `calibrate` fits it "
+        "from whole DSpark steps in the profile",
     )
     per_baseline_step_us: NonNegFloat | None = Field(
         None,

@@ -207,8 +207,11 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
 def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int], gammas: list[int],
                   prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
                   target_forward=None, draft_forward=None, seed: int = 0, progress=None,
-                  repeats: int = 1) -> list[StepSample]:
-    """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out.
+                  repeats: int = 1, dspark_gamma: int = 0,
+                  dspark_sps_table: dict[int, float] | None = None) -> list[StepSample]:
+    """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out;
+    with `dspark_gamma`, also steps of the DSpark prefix scheduler drafting that many tokens (its
+    decision's host time, which fixed-gamma steps do not have), priced with `dspark_sps_table`.
 
     Each configuration runs `repeats` times and keeps the median; on a CPU in rounds over all
     configurations (see profile_passes for why), on a GPU back to back after capturing its graphs.
@@ -216,16 +219,18 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     gen = torch.Generator(device="cpu").manual_seed(seed)
     prompts = {(p, b): torch.randint(0, target.args.vocab_size, (b, p), generator=gen).tolist()
                for p in prompt_lens for b in batch_sizes}
-    configs = [(t, p, b, g) for t in temperatures for p in prompt_lens for b in batch_sizes for g in gammas]
+    kinds = [(g, None) for g in gammas] + ([(dspark_gamma, dspark_sps_table or {1: 1.0})] if dspark_gamma else [])
+    configs = [(t, p, b, k) for t in temperatures for p in prompt_lens for b in batch_sizes for k in range(len(kinds))]
     runs: dict[tuple, list[StepSample]] = {c: [] for c in configs}
     on_gpu = target.device.type == "cuda"
     order = ([c for c in configs for _ in range(repeats)] if on_gpu
              else [c for _ in range(repeats) for c in configs])
     for c in order:
-        t, p, b, g = c
+        t, p, b, k = c
+        g, table = kinds[k]
         first = not runs[c]
         runs[c].append(_step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
-                                 warm=first or not on_gpu))
+                                 warm=first or not on_gpu, dspark_sps_table=table))
         if progress is not None and len(runs[c]) == repeats:
             progress()
     out = []
@@ -237,10 +242,10 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
 
 
 def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_forward, draft_forward,
-              warm: bool) -> StepSample:
+              warm: bool, dspark_sps_table: dict[int, float] | None = None) -> StepSample:
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
-    configuration's graphs captured)."""
-    from dspark_sim.config.schema import FixedGamma
+    configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
+    from dspark_sim.config.schema import DSparkScheduler, FixedGamma
     from dspark_sim.engine.generate import Sampling, ensure_caches, generate_baseline, speculative_generate
 
     sampling = Sampling(temperature=temperature)
@@ -254,7 +259,9 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     def run(n=new_tokens):
         if gamma == 0:
             return generate_baseline(target, prompts, n, sampling, forward=target_forward)
-        return speculative_generate(target, draft, prompts, n, FixedGamma(gamma=gamma), sampling,
+        policy = (FixedGamma(gamma=gamma) if dspark_sps_table is None else
+                  DSparkScheduler(gamma_max=gamma, sps_source="table", sps_table=dspark_sps_table))
+        return speculative_generate(target, draft, prompts, n, policy, sampling,
                                     target_forward=target_forward, draft_forward=draft_forward)
 
     if warm:
@@ -276,10 +283,15 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
                           context_tokens=ctx, attended_tokens=target.cache_len, baseline_loop=True,
                           temperature=temperature)
     n = max(len(res.steps), 1)
+    counts = None
+    if dspark_sps_table is not None:  # the padded verify width of each step: what the scheduler chose
+        widths = [int(s.verified.max(initial=0)) for s in res.steps]
+        counts = {k: widths.count(k) for k in sorted(set(widths))}
     return StepSample(batch_size=b, gamma=gamma, step_s=res.decode_time_s / n,
                       draft_s=sum(s.draft_time_s for s in res.steps) / n,
                       verify_s=sum(s.verify_time_s for s in res.steps) / n,
-                      context_tokens=ctx, attended_tokens=target.cache_len, temperature=temperature)
+                      context_tokens=ctx, attended_tokens=target.cache_len, temperature=temperature,
+                      policy="fixed" if counts is None else "dspark", verify_counts=counts)
 
 
 @dataclass(frozen=True)
@@ -293,6 +305,7 @@ class ProfileGrid:
     step_prompt_tokens: tuple[int, ...] = (64, 256)
     step_temperatures: tuple[float, ...] = (0.0, 1.0)
     step_new_tokens: int = 48
+    step_dspark_gamma: int = 5  # DSpark scheduler steps drafting this many tokens (0: none)
     repeats: int = 5
     warmup: int = 2
     step_repeats: int = 3
@@ -333,6 +346,22 @@ def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, 
     return t, d, what
 
 
+def _pass_sps_table(samples: list[PassSample]) -> dict[int, float]:
+    """Verify passes a second by tokens a pass, from the target's timed passes at the shortest context:
+    the table the DSpark steps of a profile schedule with (the steps record the verify widths chosen,
+    so any sensible table serves)."""
+    target = [s for s in samples if s.role == "target"]
+    if not target:
+        return {1: 1.0}
+    ctx = min(s.context_tokens for s in target)
+    table: dict[int, float] = {}
+    for s in target:
+        if s.context_tokens == ctx:
+            k = s.batch_size * s.query_tokens
+            table[k] = max(table.get(k, 0.0), 1.0 / s.median_s)
+    return dict(sorted(table.items()))
+
+
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
                 progress=None, cuda_graphs: bool = True) -> EngineProfile:
     """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
@@ -357,7 +386,8 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
     df = GraphedForward(draft) if graphs else None
     steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas),
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
-                          target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats)
+                          target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats,
+                          dspark_gamma=grid.step_dspark_gamma, dspark_sps_table=_pass_sps_table(samples))
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
 
@@ -384,7 +414,7 @@ def merge_profiles(rounds: list[EngineProfile]) -> EngineProfile:
     for prof in rounds:
         for st in prof.steps:
             steps_by.setdefault((st.batch_size, st.gamma, st.context_tokens, st.attended_tokens, st.temperature,
-                                 st.baseline_loop), []).append(st)
+                                 st.baseline_loop, st.policy), []).append(st)
     steps = [sorted(g, key=lambda st: st.step_s)[(len(g) - 1) // 2] for g in steps_by.values()]
     return rounds[0].model_copy(update={"samples": samples, "steps": steps})
 

@@ -69,6 +69,8 @@ class Costs:
         speculative = sc.policy.kind != "none" and dep.drafter.kind != "none"
         base_over = getattr(self.coster, "baseline_step_overhead_s", None)
         self.step_overhead_s = self.coster.step_overhead_s() if speculative or base_over is None else base_over()
+        if speculative and sc.policy.kind == "dspark":  # its prefix search runs on the host every step
+            self.step_overhead_s += self.hw.overheads.per_scheduler_step_us * 1e-6
         self._first_pass = getattr(dep.drafter, "first_pass_tokens", None)
         self._t_fast = self._d_fast = None
         plain = not getattr(self.coster, "pad_verify", False) and getattr(self.coster, "static_kv_tokens", None) is None
@@ -98,7 +100,7 @@ class Costs:
             s_pw = float((q * (np.minimum(c, w) + (q + 1.0) * 0.5)).sum())
         else:
             s_kvw, s_pw = s_kv, s_pairs
-        return self._t_fast(float(q.sum()), s_kv, s_kvw, s_pairs, s_pw)
+        return self._t_fast(float(q.sum()), s_kv, s_kvw, s_pairs, s_pw, float(len(q)))
 
     def target_shape(self, shape: BatchShape) -> PassCost:
         """Vectorised reference pricing (SPS curves)."""
@@ -124,11 +126,11 @@ class Costs:
         assert d is not None and self.draft_arch is not None
         w = self.draft_arch.sliding_window_tokens
         if self.drafter.is_autoregressive:
-            first = d(*_uniform(b, catch, ctx, w))
-            rest = d(*_uniform(b, 1.0, ctx + catch + (g - 1.0) / 2.0, w))
+            first = d(*_uniform(b, catch, ctx, w), b)
+            rest = d(*_uniform(b, 1.0, ctx + catch + (g - 1.0) / 2.0, w), b)
             k1, k2 = min(g, 1.0), max(g - 1.0, 0.0)
             return Cost(first[0] * k1 + rest[0] * k2, first[1] * k1 + rest[1] * k2, first[2] * k1 + rest[2] * k2)
-        block = d(*_uniform(b, g + catch, ctx, w))
+        block = d(*_uniform(b, g + catch, ctx, w), b)
         k = min(g, 1.0)
         t, hbm, on = block[0] * k, block[1] * k, block[2] * k
         if kind == "dspark":
@@ -166,7 +168,7 @@ class Costs:
         pairs_w = q * (np.minimum(c, w) + (q + 1.0) * 0.5) if w else pairs
         agg = (float(q.sum()), float(kv.sum()), float(kvw.sum()), float(pairs.sum()), float(pairs_w.sum()))
         if self._d_fast is not None:
-            return self._d_fast(*agg)
+            return self._d_fast(*agg, float(len(q)))
         shape = BatchShape(float(len(q)), *agg)
         return _cost(forward_cost(
             self.draft_arch, self.hw, shape, self.draft_tp, stats=self.draft_stats,
@@ -271,10 +273,12 @@ class _FastPass:
             self.comm_per_tok = n_ar * 2 * (tp - 1) / tp * msg_per_tok / link
         self.overhead = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers) * 1e-6
         self.multi_overhead = hw.overheads.per_layer_multi_token_us * model.num_layers * 1e-6
+        self.multi_query_overhead = hw.overheads.per_layer_multi_query_us * model.num_layers * 1e-6
         self.serial = 1.0 - hw.compute_memory_overlap
         self.multi_reads = hw.multi_token_weight_reads
 
-    def __call__(self, t: float, kv: float, kvw: float, pairs: float, pairs_w: float) -> Cost:
+    def __call__(self, t: float, kv: float, kvw: float, pairs: float, pairs_w: float, n: float) -> Cost:
+        """t new tokens over n sequences (kv, pairs: as BatchShape's sums)."""
         weight_params = self.w_fixed
         if self.moe is not None:
             weight_params += self.w_expert * self.n_exp * (1.0 - self.miss**t)
@@ -295,7 +299,8 @@ class _FastPass:
         memory = hbm / self.eff_bw + onchip / self.onchip_div
         comm = self.comm_fixed + self.comm_per_tok * t if self.tp > 1 else 0.0
         longer, shorter = (compute, memory) if compute > memory else (memory, compute)
-        overhead = self.overhead + (self.multi_overhead if t > 1.0 else 0.0)
+        overhead = (self.overhead + (self.multi_overhead if t > 1.0 else 0.0)
+                    + (self.multi_query_overhead if t > n else 0.0))
         return Cost(longer + self.serial * shorter + comm + overhead, hbm, onchip)
 
 

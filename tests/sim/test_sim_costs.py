@@ -73,3 +73,10 @@ def test_sps_falls_as_the_pass_grows():
     sps.set_batch(np.full(64, 1000), 1e-3, (0.0,) * 6)
     values = sps(np.arange(64, 64 * 8, 16))
     assert (np.diff(values) <= 0).all() and (values > 0).all()
+
+
+def test_scheduler_overhead_applies_to_dspark_steps_only():
+    sets = ["deployment.hardware.overheads.per_scheduler_step_us=200"]
+    fixed = Costs(_scenario(sets))
+    dspark = Costs(_scenario(sets + ["policy={kind: dspark, gamma_max: 4}"]))
+    assert dspark.step_overhead_s - fixed.step_overhead_s == pytest.approx(200e-6)
