@@ -35,9 +35,10 @@ PARAMS = (
     ("multi_token_weight_reads", "x"),
     ("per_layer_multi_token_us", "us"),
     ("per_layer_multi_query_us", "us"),
+    ("per_draft_pass_us", "us"),
 )
 _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
-_MULTI_READS, _MULTI_LAYER, _MULTI_QUERY = 8, 9, 10
+_MULTI_READS, _MULTI_LAYER, _MULTI_QUERY, _DRAFT_PASS = 8, 9, 10, 11
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     multi_reads = vals[8] if len(vals) > 8 else base.multi_token_weight_reads
     multi_layer = vals[9] if len(vals) > 9 else base.overheads.per_layer_multi_token_us
     multi_query = vals[10] if len(vals) > 10 else base.overheads.per_layer_multi_query_us
+    draft_pass = vals[11] if len(vals) > 11 else base.overheads.per_draft_pass_us
     return base.model_copy(
         update={
             "name": name,
@@ -96,7 +98,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
                                      interconnect=base.efficiency.interconnect),
             "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=step,
                                    per_baseline_step_us=base_step, per_layer_multi_token_us=multi_layer,
-                                   per_layer_multi_query_us=multi_query),
+                                   per_layer_multi_query_us=multi_query, per_draft_pass_us=draft_pass),
         }
     )
 
@@ -219,6 +221,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         base.overheads.per_pass_us, base.overheads.per_layer_us, base.overheads.per_step_us,
         base.overheads.per_step_us, base.compute_memory_overlap, base.multi_token_weight_reads,
         base.overheads.per_layer_multi_token_us, base.overheads.per_layer_multi_query_us,
+        base.overheads.per_draft_pass_us,
     ])
 
     def to_params(z: np.ndarray) -> np.ndarray:
@@ -266,7 +269,8 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
                 start = np.log([x0[0] * scale, x0[1] * scale, x0[2] * scale,
                                 max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
                                 max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5,
-                                max(0.1 * share * floor_us / layers, 0.01), max(0.1 * share * floor_us / layers, 0.01)])
+                                max(0.1 * share * floor_us / layers, 0.01), max(0.1 * share * floor_us / layers, 0.01),
+                                max(0.05 * step_floor_us, 0.1)])
                 start[_OVERLAP] = overlap_logit
                 fit = least_squares(residuals, start[free], method="trf", x_scale="jac", max_nfev=400)
                 if best is None or fit.cost < best.cost:
@@ -295,11 +299,12 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     identified[_MULTI_LAYER] = has_multi and free[_MULTI_LAYER]
     has_multi_query = any(s.query_tokens > 1 for s in profile.samples)
     identified[_MULTI_QUERY] = has_multi_query and free[_MULTI_QUERY]
+    identified[_DRAFT_PASS] = len({s.gamma for s in steps if s.gamma > 0}) >= 2  # tells it from per_step_us
     identified[_MULTI_READS] &= bool(free[_MULTI_READS])
     fallback = x0.copy()
     fallback[6] = x[5] if identified[5] else x0[6]
     fallback[_MULTI_READS], fallback[_MULTI_LAYER] = 1.0, 0.0  # a multi-token pass costs what a 1-token one does
-    fallback[_MULTI_QUERY] = 0.0
+    fallback[_MULTI_QUERY] = fallback[_DRAFT_PASS] = 0.0
     x_final = np.where(identified, x, fallback)
     hw = hardware_from_params(base, x_final, name, dtype)
     if not identified[6]:
@@ -312,13 +317,15 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     notes = {5: "the profile has no speculative step samples", 6: "no plain-loop step samples; per_step_us applies",
              _MULTI_READS: "not fitted on a GPU (its GEMMs stream the weights once); kept 1",
              _MULTI_LAYER: "not fitted on a CPU (its GEMMs re-read the weights: multi_token_weight_reads); kept 0",
-             _MULTI_QUERY: "not fitted on a CPU (one attention path for any query count); kept 0"}
+             _MULTI_QUERY: "not fitted on a CPU (one attention path for any query count); kept 0",
+             _DRAFT_PASS: "the profile has speculative steps of fewer than two gammas"}
     for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
         if not free[i]:
             params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=False, note=notes[i]))
             continue
         note = "" if ok else (
             f"not identified: {notes[i]}" if i in (5, 6) and not (has_spec if i == 5 else has_plain) else
+            f"not identified: {notes[i]}; kept 0" if i == _DRAFT_PASS else
             f"not identified: no profiled shape depends on it ({'0 -> 1' if i == _OVERLAP else 'doubling it'} moves "
             f"predictions {100 * s:.2f}% rms); "
             f"kept the base value"

@@ -370,7 +370,9 @@ class StepCoster:
             rest_ctx = self._ctx(ctx + catch_up_tokens + (g - 1.0) / 2.0, 1.0)
             rest = self._draft_pass(uniform_batch(b, 1.0, rest_ctx, window))
             total = first.scaled(np.minimum(g, 1.0)) + rest.scaled(np.maximum(g - 1.0, 0.0))
-            return total
+            host = self.hw.overheads.per_draft_pass_us * 1e-6 * g * np.ones_like(b * ctx)
+            z = np.zeros_like(host)
+            return total + PassCost(host, z, z, z, z, host, z, z, z, z)
         # parallel drafters: one pass over the block (+ the anchor token)
         q_block = g + catch_up_tokens
         block = self._draft_pass(uniform_batch(b, q_block, self._ctx(ctx, q_block), window))

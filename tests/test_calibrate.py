@@ -208,3 +208,26 @@ def test_scheduler_overhead_is_fitted_from_dspark_steps():
     assert [p["error_pct"] for p in rep.points if p["role"] == "step-dspark"] == pytest.approx([0.0, 0.0], abs=0.5)
     _, plain = calibrate(_profile())
     assert not next(p for p in plain.parameters if p.name == "per_scheduler_step_us").identified
+
+
+def test_draft_pass_host_time_is_told_from_the_step_overhead():
+    """Steps of several gammas: a host cost per draft pass grows with gamma, the per-step one does not;
+    calibration fits both (whole steps generated with 80 us a draft pass and 300 us a step)."""
+    from dspark_sim.calibrate import predict_steps
+
+    prof = _profile()
+    prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
+                             attended_tokens=80) for b in (1, 4, 16) for g in (1, 3, 5)]
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 300.0)
+    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(update={"per_draft_pass_us": 80.0})})
+    for s, t in zip(prof.steps, predict_steps(prof, truth, prof.steps), strict=True):
+        s.step_s = float(t)
+    hw, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert fitted["per_draft_pass_us"].identified
+    assert fitted["per_draft_pass_us"].value == pytest.approx(80.0, rel=0.1)
+    assert fitted["per_step_us"].value == pytest.approx(300.0, rel=0.1)
+    one_gamma = _profile()
+    one_gamma.steps = prof.steps[:1]
+    _, rep1 = calibrate(one_gamma)
+    assert not next(p for p in rep1.parameters if p.name == "per_draft_pass_us").identified

@@ -73,6 +73,12 @@ class Overheads(Strict):
     per_step_us: NonNegFloat = Field(
         50.0, description="engine scheduling/sampling cost per decode step (outside the passes), microseconds"
     )
+    per_draft_pass_us: NonNegFloat = Field(
+        0.0,
+        description="host time of each autoregressive draft pass beyond the pass itself (taking the drafted "
+        "token and its probability, the next pass's input), microseconds; `calibrate` fits it from whole steps "
+        "of several gammas",
+    )
     per_scheduler_step_us: NonNegFloat = Field(
         0.0,
         description="further cost per step under the DSpark prefix scheduler, microseconds: its search over "

@@ -27,6 +27,8 @@ DEPLOYMENTS = {
     "tp4-collective-launch": ["deployment.tensor_parallel=4", "deployment.hardware.collective_launch_us=10"],
     "multi-token-layer-cost": ["deployment.drafter.kind=draft_model", "deployment.drafter.num_layers=1",
                                "deployment.hardware.overheads.per_layer_multi_token_us=30"],
+    "draft-pass-host-time": ["deployment.drafter.kind=draft_model", "deployment.drafter.num_layers=1",
+                             "deployment.hardware.overheads.per_draft_pass_us=40"],
     "moe-mtp": ["deployment.tensor_parallel=8", "deployment.hardware.memory_capacity_gb=200",
                 "deployment.drafter={kind: mtp, num_layers: 1, moe_layers: true}"],
 }
