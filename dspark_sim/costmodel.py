@@ -318,8 +318,11 @@ class StepCoster:
         c = self._ctx(np.asarray(context_lens, dtype=float), q)
         return self.target_pass(ragged_batch(q, c, self.target.sliding_window_tokens))
 
-    def step_overhead_s(self) -> float:
-        return self.hw.overheads.per_step_us * 1e-6
+    def step_overhead_s(self, dspark_scheduler: bool = False) -> float:
+        """Host time of a speculative step outside its passes; under the DSpark prefix scheduler also
+        its search over the draft's confidences."""
+        o = self.hw.overheads
+        return (o.per_step_us + (o.per_scheduler_step_us if dspark_scheduler else 0.0)) * 1e-6
 
     def baseline_step_overhead_s(self) -> float:
         o = self.hw.overheads

@@ -68,9 +68,8 @@ class Costs:
         self.window = dep.model.sliding_window_tokens
         speculative = sc.policy.kind != "none" and dep.drafter.kind != "none"
         base_over = getattr(self.coster, "baseline_step_overhead_s", None)
-        self.step_overhead_s = self.coster.step_overhead_s() if speculative or base_over is None else base_over()
-        if speculative and sc.policy.kind == "dspark":  # its prefix search runs on the host every step
-            self.step_overhead_s += self.hw.overheads.per_scheduler_step_us * 1e-6
+        self.step_overhead_s = (self.coster.step_overhead_s(dspark_scheduler=sc.policy.kind == "dspark")
+                                if speculative or base_over is None else base_over())
         self._first_pass = getattr(dep.drafter, "first_pass_tokens", None)
         self._t_fast = self._d_fast = None
         plain = not getattr(self.coster, "pad_verify", False) and getattr(self.coster, "static_kv_tokens", None) is None
