@@ -14,6 +14,7 @@
 #                                                 #   (TP_DRAFT=--replicate-draft: the draft unsharded on every GPU)
 #   bash benchmarks/device_session.sh two         # on nvidia-h200-x2: validate and the drafters stage side by side
 #   bash benchmarks/device_session.sh solo        # on nvidia-h200-x2: validate alone, then the 8B TP run with its profile kept
+#   bash benchmarks/device_session.sh noise       # validate's measurement sequence re-run with diagnostics
 #   bash benchmarks/device_session.sh tp2         # on nvidia-h200-x2: TP 1/2 8B, TP 2 70B, the draft replicated
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -30,10 +31,27 @@ case "${1:-}" in
   validate)
     # profile + measure + predict on one machine: about 220 s of profiling alone on an H200 (session 4)
     # packed into one archive: the report folder alone is more files than a call brings back
+    # (with a log of the GPU's SM clock and load beside it)
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 500 \
+      > "$R/clocks.csv" 2>&1 &
+    SMI=$!
     timeout 540 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    kill $SMI || true
     tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  noise)
+    # where the GPU outliers come from: the batch >= 4 cases' step walls, rounds with and without a matmul
+    # burst before each case, beside a log of the GPU's SM clock (benchmarks/gpu_case_noise.py)
+    export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 200 \
+      > "$OUT/clocks.csv" 2>&1 &
+    SMI=$!
+    timeout 330 python3 benchmarks/gpu_case_noise.py --device cuda --cache-dir .carry/engine --min-batch 4 \
+      --sps-from validation/reports/cuda/report.json --rounds cold,burst,cold \
+      -o "$OUT/noise.json" > "$OUT/noise.log" 2>&1 || true
+    kill $SMI || true
+    tar czf "$OUT/noise.tgz" -C "$OUT" noise.json clocks.csv && rm -f "$OUT/noise.json" "$OUT/clocks.csv" ;;
   drafters)
     # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
@@ -131,5 +149,5 @@ case "${1:-}" in
       2> "$OUT/tp2_70b.log" > /dev/null || true
     ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
 esac

@@ -30,6 +30,8 @@ from dspark_sim.calibrate import calibrate, engine_coster
 from dspark_sim.config.measurements import (
     EngineProfile,
     ErrorSummary,
+    MeasuredCase,
+    ValidationMeasurements,
     ValidationPoint,
     ValidationReport,
 )
@@ -110,6 +112,7 @@ class Measured:
     tokens_per_s: float  # while every sequence of the batch is generating (plain decoding: all along)
     tau: float
     batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
+    repeats: list[float] | None = None  # tokens_per_s of each timed repeat
 
 
 @dataclass
@@ -181,11 +184,12 @@ def case_cache_tokens(case: Case) -> int:
 
 
 def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_table: dict[int, float],
-                  seed: int, warm: bool) -> CaseRun:
+                  seed: int, warm: bool, steps_out: list | None = None) -> CaseRun:
     """Run the engine once over the case's rounds: baseline and speculative decoding of the same prompts.
 
     Both loops share one static cache (sized for the speculative run) so that, on a GPU, the graphs
-    captured in an untimed warm-up pass are the ones the timed runs replay.
+    captured in an untimed warm-up pass are the ones the timed runs replay. `steps_out` gets each
+    round's speculative step walls (seconds), for diagnostics.
     """
     import torch
 
@@ -223,6 +227,8 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
     out = CaseRun([], [], [], [], 0, 0, 0, 0)
     for r, batch in enumerate(prompts):
         base, spec = runs(batch, r)
+        if steps_out is not None:
+            steps_out.append(list(spec.step_wall_s))
         out.base_s.append(base.decode_time_s)
         out.spec_s.append(spec.decode_time_s)
         full = [(s, w) for s, w in zip(spec.steps, spec.step_wall_s, strict=True) if s.active.all()]
@@ -253,7 +259,7 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
             between_rounds(r)
         for i, case in enumerate(cases):
             runs[i].append(run_case_once(eng, case, prompts[i], sps_table, seed, warm=not runs[i]))
-    spec_out, base_rates = [], []
+    spec_out, base_rates, base_repeats = [], [], []
     for rs in runs:
         rounds = len(rs[0].spec_s)
         spec_time = sum(statistics.median(r.spec_s[k] for r in rs) for k in range(rounds))
@@ -262,7 +268,9 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
         first = rs[0]
         base_rates.append(first.base_tokens / base_time)
         spec_out.append(Measured(sum(first.spec_full_tokens) / full_time, first.gained / max(first.passes, 1),
-                                 first.spec_tokens / spec_time))
+                                 first.spec_tokens / spec_time,
+                                 [sum(first.spec_full_tokens) / sum(r.spec_full_s) for r in rs]))
+        base_repeats.append([first.base_tokens / sum(r.base_s) for r in rs])
     # Plain decoding does not depend on the policy: every case of one (temperature, batch, prompt
     # length) times the same baseline, next to each other in time. Their median is the setting's
     # baseline: one case's own baseline carried +-5% of a 2-core host's noise into its speed-up.
@@ -270,9 +278,9 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     for case, rate in zip(cases, base_rates, strict=True):
         groups.setdefault((case.temperature, case.batch_size, case.prompt_tokens), []).append(rate)
     out = []
-    for case, spec in zip(cases, spec_out, strict=True):
+    for case, spec, own in zip(cases, spec_out, base_repeats, strict=True):
         base = statistics.median(groups[(case.temperature, case.batch_size, case.prompt_tokens)])
-        out.append((spec, Measured(base, 1.0, base)))
+        out.append((spec, Measured(base, 1.0, base, own)))
     return out
 
 
@@ -486,28 +494,24 @@ def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, 
         per_tau_error_pct=_err(spec_p.tokens_per_s / spec_p.tau, spec_m.tokens_per_s / spec_m.tau),
         cross_prediction=case.cross,
         measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
+        measured_repeats_tokens_per_s=spec_m.repeats, measured_baseline_repeats_tokens_per_s=base_m.repeats,
     )
 
 
 def _log_point(log, pt: ValidationPoint) -> None:
     log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
         f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
-        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
+        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%"
+        + (" | repeats " + "/".join(f"{r:.0f}" for r in pt.measured_repeats_tokens_per_s)
+           if pt.measured_repeats_tokens_per_s else ""))
 
 
-def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_dir, profile: EngineProfile | None,
-                   out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32") -> ValidationReport:
+def load_pair(preset: str, seed: int, cache_dir, device: str, dtype: str = "fp32", log=print):
+    """The bundled pair (trained on first use), on the device in the engine's inference layout."""
     import torch
 
-    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
-    from dspark_sim.engine.cudagraphs import GraphedForward
-    from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.profile import ProfileGrid, engine_version, merge_profiles, run_profile
     from dspark_sim.engine.train import train_pair
 
-    grid = QUICK if quick else FULL
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     pair = train_pair(preset, seed, cache_dir, device=device, log=lambda m: log(f"  train: {m}"))
     dev = torch.device(device)
     tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -517,6 +521,20 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         m._build_rope(m.args.max_seq_len, dev)
         if dev.type == "cuda":  # the GPU engine's inference layout (fewer, larger matmuls)
             m.fuse_projections()
+    return target, draft, dev
+
+
+def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_dir, profile: EngineProfile | None,
+                   out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32") -> ValidationReport:
+    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
+    from dspark_sim.engine.cudagraphs import GraphedForward
+    from dspark_sim.engine.data import load_corpus
+    from dspark_sim.engine.profile import ProfileGrid, engine_version, merge_profiles, run_profile
+
+    grid = QUICK if quick else FULL
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    target, draft, dev = load_pair(preset, seed, cache_dir, device, dtype, log)
     timings["train_or_load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -565,7 +583,6 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     eng = Engine(target, draft, dev, set_a, set_b)
     if dev.type == "cuda":
         eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
-    points: list[ValidationPoint] = []
 
     def profile_round(r: int) -> None:
         if round_grid is None:  # a profile was given: nothing to profile
@@ -586,33 +603,68 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t_measure = time.perf_counter() - t0 - (timings["profile_s"] - t_profile_first)
     if profile_rounds:
         profile = merge_profiles(profile_rounds)
-    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, device)
+    timings["measure_s"] = t_measure
+    # everything measured is on disk before predicting (minutes on a slow host): a run cut short there is
+    # finished with `validate --repredict` on any machine
     write_atomic(out_dir / "profile.json", profile.model_dump_json(indent=1) + "\n")
+    for r, prof in enumerate(profile_rounds if len(profile_rounds) > 1 else []):  # what was merged, for re-analysis
+        write_atomic(out_dir / f"profile-round-{r + 1}.json", prof.model_dump_json() + "\n")
+    meas = ValidationMeasurements(
+        device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
+        command="dspark-sim " + " ".join(sys.argv[1:]), acceptance_by_temperature=acceptance,
+        host_drift_pct=drift_pct, timings_s=timings, sps_table=sps, profile_rounds=max(len(profile_rounds), 1),
+        cases=[measured_case(c, grid.new_tokens, spec_m, base_m) for c, (spec_m, base_m) in zip(grid.cases(), measured,
+                                                                                                 strict=True)])
+    write_atomic(out_dir / MEASUREMENTS_FILE, meas.model_dump_json(indent=1) + "\n")
+    return predict_measurements(meas, profile, traces, out_dir, tolerance_pct, seed, log, progress)
+
+
+#: what `validate` writes after measuring, before predicting
+MEASUREMENTS_FILE = "measurements.json"
+
+
+def measured_case(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured) -> MeasuredCase:
+    return MeasuredCase(
+        temperature=case.temperature, batch_size=case.batch_size, prompt_tokens=case.prompt_tokens,
+        new_tokens=new_tokens, policy=case.policy, rounds=case.rounds, cross_prediction=case.cross,
+        tokens_per_s=spec_m.tokens_per_s, tau=spec_m.tau, batch_tokens_per_s=spec_m.batch_tokens_per_s,
+        repeats_tokens_per_s=spec_m.repeats or [], baseline_tokens_per_s=base_m.tokens_per_s,
+        baseline_repeats_tokens_per_s=base_m.repeats or [])
+
+
+def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, traces: dict[float, Path],
+                         out_dir: Path, tolerance_pct: float, seed: int, log=print, progress=None) -> ValidationReport:
+    """The predict half of `validate` (and all of `--repredict`): calibrate on the profile, simulate every
+    measured case, and compare. Writes the calibrations; the caller writes the report."""
+    grid = QUICK if meas.quick else FULL
+    t0 = time.perf_counter()
+    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, meas.device.kind)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for t, c in cal_by_temp.items():
         write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
         log(f"calibration T={t:g}: median |error| {c.median_abs_error_pct:.1f}% over {len(c.points)} pass and step shapes")
-    t_predict = 0.0
-    for case, (spec_m, base_m) in zip(grid.cases(), measured, strict=True):
-        t0 = time.perf_counter()
+    points = []
+    for m in meas.cases:
+        case = Case(m.temperature, m.batch_size, m.prompt_tokens, m.policy, m.rounds, m.new_tokens, m.cross_prediction)
+        spec_m = Measured(m.tokens_per_s, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None)
+        base_m = Measured(m.baseline_tokens_per_s, 1.0, m.baseline_tokens_per_s, m.baseline_repeats_tokens_per_s or None)
         spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature],
-                                       sps, seed)
-        t_predict += time.perf_counter() - t0
-        pt = make_point(case, grid.new_tokens, spec_m, base_m, spec_p, base_p)
+                                       meas.sps_table, seed)
+        pt = make_point(case, m.new_tokens, spec_m, base_m, spec_p, base_p)
         points.append(pt)
         _log_point(log, pt)
         if progress:
             progress()
-    timings["measure_s"] = t_measure
-    timings["predict_s"] = t_predict
     summary = summarise(points)
     main = summary[0]
     passed = max(main.median_abs_speedup_error_pct, main.median_abs_tokens_per_s_error_pct) <= tolerance_pct
     return ValidationReport(
-        device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
-        tolerance_pct=tolerance_pct, passed=passed, command="dspark-sim " + " ".join(sys.argv[1:]),
-        calibration_median_error_pct=float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])), acceptance_by_temperature=acceptance,
-        summary=summary, points=points, host_drift_pct=drift_pct, timings_s=timings, sps_table=sps,
-        profile_rounds=max(len(profile_rounds), 1),
+        device=meas.device, engine_version=meas.engine_version, preset=meas.preset, quick=meas.quick,
+        tolerance_pct=tolerance_pct, passed=passed, command=meas.command,
+        calibration_median_error_pct=float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])),
+        acceptance_by_temperature=meas.acceptance_by_temperature, summary=summary, points=points,
+        host_drift_pct=meas.host_drift_pct, timings_s={**meas.timings_s, "predict_s": time.perf_counter() - t0},
+        sps_table=meas.sps_table, profile_rounds=meas.profile_rounds,
     )
 
 
@@ -621,52 +673,62 @@ __all__ = ["FULL", "QUICK", "Case", "Grid", "engine_coster", "run_validation"]
 
 def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None = None, seed: int = 0,
                      log=print) -> ValidationReport:
-    """A validation report's measured points predicted again by this code (calibration included), from
-    the report's own profile and acceptance traces: a change to the cost model or the simulator is
-    judged on the same measurements, free of the machine's run-to-run drift. Measured fields are kept."""
+    """A validation folder's measured points predicted again by this code (calibration included), from
+    its own profile and acceptance traces: a change to the cost model or the simulator is judged on the
+    same measurements, free of the machine's run-to-run drift. Measured fields are kept. The folder's
+    report.json, or, where validate was cut short while predicting, its measurements.json."""
     from pydantic import ValidationError
 
     from dspark_sim.calibrate import load_profile
     from dspark_sim.config.errors import InputError, from_validation_error
     from dspark_sim.io import read_json
 
-    raw = read_json(folder / "report.json", "validation report",
+    report_path, meas_path = folder / "report.json", folder / MEASUREMENTS_FILE
+    path, doc = (report_path, ValidationReport) if report_path.is_file() or not meas_path.is_file() else \
+        (meas_path, ValidationMeasurements)
+    raw = read_json(path, "validation report",
                     "validation report not found (a folder written by `dspark-sim validate`)")
     try:
-        old = ValidationReport.model_validate(raw)
+        old = doc.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation_error(str(folder / "report.json"), exc, data=raw) from None
+        raise from_validation_error(str(path), exc, data=raw) from None
     profile = load_profile(folder / "profile.json")
     grid = QUICK if old.quick else FULL
     traces = {t: folder / f"acceptance-T{t:g}.jsonl" for t in grid.temperatures}
-    for path in traces.values():
-        if not path.is_file():
-            raise InputError(str(path), None, "acceptance trace missing (validate writes one per temperature)")
+    for trace in traces.values():
+        if not trace.is_file():
+            raise InputError(str(trace), None, "acceptance trace missing (validate writes one per temperature)")
+    if isinstance(old, ValidationReport):
+        # the table the engine's DSpark policy ran with (reports before it was kept: the calibration's)
+        t_first = grid.temperatures[0]
+        sps = old.sps_table or calibrate(profile, "sps", temperature=t_first if t_first in
+                                         {st.temperature for st in profile.steps} else None)[1].sps_table
+        meas = ValidationMeasurements(
+            device=old.device, engine_version=old.engine_version, preset=old.preset, quick=old.quick,
+            command=old.command, acceptance_by_temperature=old.acceptance_by_temperature,
+            host_drift_pct=old.host_drift_pct or 0.0, timings_s=old.timings_s, sps_table=sps,
+            profile_rounds=old.profile_rounds, cases=[_measured_from_point(p) for p in old.points])
+    else:
+        meas = old
     t0 = time.perf_counter()
-    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, old.device.kind)
-    # the table the engine's DSpark policy ran with (reports before it was kept: the calibration's)
-    sps = old.sps_table or cal_by_temp[grid.temperatures[0]].sps_table
-    points = []
-    for p in old.points:
-        case = Case(p.temperature, p.batch_size, p.prompt_tokens, p.policy, p.rounds, p.new_tokens, p.cross_prediction)
-        spec_m = Measured(p.measured_tokens_per_s, p.measured_tau, p.measured_batch_tokens_per_s or 0.0)
-        base_m = Measured(p.measured_baseline_tokens_per_s, 1.0, p.measured_baseline_tokens_per_s)
-        spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature], sps, seed)
-        pt = make_point(case, p.new_tokens, spec_m, base_m, spec_p, base_p)
-        points.append(pt)
-        _log_point(log, pt)
-    summary = summarise(points)
-    tol = old.tolerance_pct if tolerance_pct is None else tolerance_pct
-    main = summary[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for t, c in cal_by_temp.items():
-        write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
-    for src in (folder / "profile.json", *traces.values()):  # the new folder can be re-predicted in turn
+    tol = (old.tolerance_pct if isinstance(old, ValidationReport) else (15.0 if old.quick else 5.0)) \
+        if tolerance_pct is None else tolerance_pct
+    report = predict_measurements(meas, profile, traces, out_dir, tol, seed, log)
+    rounds = sorted(folder.glob("profile-round-*.json"))
+    extra = [meas_path] if meas_path.is_file() else []
+    for src in (folder / "profile.json", *rounds, *extra, *traces.values()):  # the new folder can be re-predicted
         write_atomic(out_dir / src.name, src.read_bytes())
-    return old.model_copy(update={
-        "points": points, "summary": summary, "tolerance_pct": tol,
-        "passed": max(main.median_abs_speedup_error_pct, main.median_abs_tokens_per_s_error_pct) <= tol,
-        "calibration_median_error_pct": float(np.median([c.median_abs_error_pct for c in cal_by_temp.values()])),
+    return report.model_copy(update={
         "command": "dspark-sim " + " ".join(sys.argv[1:]),
-        "timings_s": {**old.timings_s, "repredict_s": time.perf_counter() - t0},
+        "timings_s": {**meas.timings_s, "repredict_s": time.perf_counter() - t0},
     })
+
+
+def _measured_from_point(p: ValidationPoint) -> MeasuredCase:
+    return MeasuredCase(
+        temperature=p.temperature, batch_size=p.batch_size, prompt_tokens=p.prompt_tokens, new_tokens=p.new_tokens,
+        policy=p.policy, rounds=p.rounds, cross_prediction=p.cross_prediction, tokens_per_s=p.measured_tokens_per_s,
+        tau=p.measured_tau, batch_tokens_per_s=p.measured_batch_tokens_per_s or 0.0,
+        repeats_tokens_per_s=p.measured_repeats_tokens_per_s or [],
+        baseline_tokens_per_s=p.measured_baseline_tokens_per_s,
+        baseline_repeats_tokens_per_s=p.measured_baseline_repeats_tokens_per_s or [])

@@ -132,6 +132,48 @@ class ValidationPoint(Doc):
         None, description="speculative decode tokens per second of the whole static batch, first token to last "
         "finish: its drain tail (the unluckiest sequences stepping the full batch) included")
     predicted_batch_tokens_per_s: float | None = None
+    measured_repeats_tokens_per_s: list[float] | None = Field(
+        None, description="measured_tokens_per_s of each timed repeat, in time order (the figure above takes "
+        "each prompt round's median over them; a wide spread says the machine changed speed)")
+    measured_baseline_repeats_tokens_per_s: list[float] | None = Field(
+        None, description="this case's own plain-decoding tokens per second in each timed repeat (the baseline "
+        "above is the median over every case of its temperature, batch and prompt length)")
+
+
+class MeasuredCase(Doc):
+    """One engine configuration as `validate` measured it, before any prediction."""
+
+    temperature: float
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    policy: str
+    rounds: int
+    cross_prediction: bool = False
+    tokens_per_s: float = Field(description="as ValidationPoint.measured_tokens_per_s")
+    tau: float
+    batch_tokens_per_s: float
+    repeats_tokens_per_s: list[float]
+    baseline_tokens_per_s: float
+    baseline_repeats_tokens_per_s: list[float]
+
+
+class ValidationMeasurements(Doc):
+    """What `validate` measured, written before it predicts: a run cut short while predicting (a slow host)
+    is finished by `validate --repredict` on any machine, from this file and the profile beside it."""
+
+    kind: Literal["validation-measurements"] = "validation-measurements"
+    device: DeviceInfo
+    engine_version: str
+    preset: str
+    quick: bool
+    command: str
+    acceptance_by_temperature: dict[str, list[float]]
+    host_drift_pct: float
+    timings_s: dict[str, float]
+    sps_table: dict[int, float]
+    profile_rounds: int
+    cases: list[MeasuredCase]
 
 
 class ErrorSummary(Doc):

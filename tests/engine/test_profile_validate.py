@@ -132,6 +132,20 @@ def test_validate_quick_end_to_end(tmp_path):
     redo = json.loads((tmp_path / "again" / "report.json").read_text())
     assert redo["points"] == report["points"] and redo["summary"] == report["summary"]
     assert (tmp_path / "again" / "profile.json").is_file() and (tmp_path / "again" / "report.html").is_file()
+    # every timed repeat is kept, and the measurements were on disk before predicting: a run cut short
+    # while predicting (no report.json) is finished by --repredict with the same figures
+    assert all(len(p["measured_repeats_tokens_per_s"]) == 3 for p in report["points"])
+    assert sorted(x.name for x in (tmp_path / "report").glob("profile-round-*.json")) == [
+        "profile-round-1.json", "profile-round-2.json", "profile-round-3.json"]
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in (tmp_path / "report").iterdir():
+        if f.name not in ("report.json", "report.html") and not f.name.startswith("calibration"):
+            (cut / f.name).write_bytes(f.read_bytes())
+    finished = _cli("validate", "--repredict", str(cut), "--tolerance", "25", "-o", str(tmp_path / "finished"))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    done = json.loads((tmp_path / "finished" / "report.json").read_text())
+    assert done["points"] == report["points"] and done["summary"] == report["summary"]
     for args, words in ((["--repredict", str(tmp_path / "report")], "needs --out"),
                         (["--repredict", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], "not found")):
         bad = _cli("validate", *args)
