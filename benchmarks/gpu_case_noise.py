@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: bf16 on cuda, fp32 on cpu, as validate)")
     ap.add_argument("--sps-from", required=True, help="a validate report.json whose sps_table DSpark uses")
     ap.add_argument("--rounds", default="cold,burst,cold", help="per round: cold or burst "
                     "(pin-cold etc.: also pinned to one core)")
@@ -51,7 +52,7 @@ def main() -> None:
     from dspark_sim.engine.data import load_corpus
 
     sps = {int(k): float(v) for k, v in json.loads(Path(a.sps_from).read_text())["sps_table"].items()}
-    target, draft, dev = load_pair("tiny", 0, a.cache_dir, a.device)
+    target, draft, dev = load_pair("tiny", 0, a.cache_dir, a.device, a.dtype or ("bf16" if a.device == "cuda" else "fp32"))
     grid = QUICK if a.quick else FULL
     set_a, set_b = _prompt_sets(load_corpus(2_000_000).eval, max(grid.prompt_tokens), ACCEPTANCE_PROMPTS)
     eng = Engine(target, draft, dev, set_a, set_b)

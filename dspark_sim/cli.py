@@ -257,6 +257,8 @@ def validate(
     repredict: Annotated[Path | None, typer.Option(
         "--repredict", help="instead: predict a report folder's measured points again with this code (its own "
                             "profile and traces; nothing measured) into --out")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="processes that simulate the measured cases (default: one a CPU core; same figures for any count)")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
@@ -270,7 +272,10 @@ def validate(
         if out_dir is None or out_dir.resolve() == repredict.resolve():
             raise InputError("--out", None, "--repredict needs --out, another folder than the report's")
         console = _console()
-        report = repredict_report(repredict, out_dir, tolerance_pct=tolerance, seed=seed, log=console.print)
+        if workers is not None and workers < 1:
+            raise InputError("--workers", None, f"must be >= 1, got {workers}")
+        report = repredict_report(repredict, out_dir, tolerance_pct=tolerance, seed=seed, log=console.print,
+                                  workers=workers)
         _write_validation(report, out_dir, console)
         return
 
@@ -280,6 +285,8 @@ def validate(
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
+    if workers is not None and workers < 1:
+        raise InputError("--workers", None, f"must be >= 1, got {workers}")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
     preset = preset or ("test" if quick else "tiny")
@@ -295,7 +302,7 @@ def validate(
     if dtype not in ("fp32", "bf16", "fp16"):
         raise InputError("--dtype", None, f"got {dtype!r}, allowed: fp32, bf16, fp16")
     report = run_validation(device=device, quick=quick, preset=preset, seed=seed, cache_dir=cache_dir, profile=prof,
-                            out_dir=folder, tolerance_pct=tol, log=console.print, dtype=dtype)
+                            out_dir=folder, tolerance_pct=tol, log=console.print, dtype=dtype, workers=workers)
     _write_validation(report, folder, console)
 
 

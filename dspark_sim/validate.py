@@ -501,9 +501,7 @@ def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, 
 def _log_point(log, pt: ValidationPoint) -> None:
     log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
         f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
-        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%"
-        + (" | repeats " + "/".join(f"{r:.0f}" for r in pt.measured_repeats_tokens_per_s)
-           if pt.measured_repeats_tokens_per_s else ""))
+        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
 
 
 def load_pair(preset: str, seed: int, cache_dir, device: str, dtype: str = "fp32", log=print):
@@ -525,7 +523,8 @@ def load_pair(preset: str, seed: int, cache_dir, device: str, dtype: str = "fp32
 
 
 def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_dir, profile: EngineProfile | None,
-                   out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32") -> ValidationReport:
+                   out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32",
+                   workers: int | None = None) -> ValidationReport:
     from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
     from dspark_sim.engine.cudagraphs import GraphedForward
     from dspark_sim.engine.data import load_corpus
@@ -616,7 +615,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         cases=[measured_case(c, grid.new_tokens, spec_m, base_m) for c, (spec_m, base_m) in zip(grid.cases(), measured,
                                                                                                  strict=True)])
     write_atomic(out_dir / MEASUREMENTS_FILE, meas.model_dump_json(indent=1) + "\n")
-    return predict_measurements(meas, profile, traces, out_dir, tolerance_pct, seed, log, progress)
+    return predict_measurements(meas, profile, traces, out_dir, tolerance_pct, seed, log, progress, workers)
 
 
 #: what `validate` writes after measuring, before predicting
@@ -632,29 +631,44 @@ def measured_case(case: Case, new_tokens: int, spec_m: Measured, base_m: Measure
         baseline_repeats_tokens_per_s=base_m.repeats or [])
 
 
+def _predict_task(task: tuple) -> tuple[int, Measured, Measured]:
+    i, *args = task
+    return i, *predict_point(*args)
+
+
 def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, traces: dict[float, Path],
-                         out_dir: Path, tolerance_pct: float, seed: int, log=print, progress=None) -> ValidationReport:
+                         out_dir: Path, tolerance_pct: float, seed: int, log=print, progress=None,
+                         workers: int | None = None) -> ValidationReport:
     """The predict half of `validate` (and all of `--repredict`): calibrate on the profile, simulate every
     measured case, and compare. Writes the calibrations; the caller writes the report."""
+    from dspark_sim.sweep import default_workers, map_unordered
+
     grid = QUICK if meas.quick else FULL
+    workers = min(workers or default_workers(), len(meas.cases))
     t0 = time.perf_counter()
     hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, meas.device.kind)
     out_dir.mkdir(parents=True, exist_ok=True)
     for t, c in cal_by_temp.items():
         write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
         log(f"calibration T={t:g}: median |error| {c.median_abs_error_pct:.1f}% over {len(c.points)} pass and step shapes")
-    points = []
-    for m in meas.cases:
-        case = Case(m.temperature, m.batch_size, m.prompt_tokens, m.policy, m.rounds, m.new_tokens, m.cross_prediction)
-        spec_m = Measured(m.tokens_per_s, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None)
-        base_m = Measured(m.baseline_tokens_per_s, 1.0, m.baseline_tokens_per_s, m.baseline_repeats_tokens_per_s or None)
-        spec_p, base_p = predict_point(case, profile, hw_by_temp, cross_by_temp, traces[case.temperature],
-                                       meas.sps_table, seed)
-        pt = make_point(case, m.new_tokens, spec_m, base_m, spec_p, base_p)
-        points.append(pt)
-        _log_point(log, pt)
+    cases = [Case(m.temperature, m.batch_size, m.prompt_tokens, m.policy, m.rounds, m.new_tokens, m.cross_prediction)
+             for m in meas.cases]
+    # cases are simulated in parallel processes, each from its own seeds: the same figures for any worker
+    # count (a slow host once spent more than 140 s here on one core)
+    tasks = [(i, case, profile, hw_by_temp, cross_by_temp, traces[case.temperature], meas.sps_table, seed)
+             for i, case in enumerate(cases)]
+    predicted: dict[int, tuple[Measured, Measured]] = {}
+    for i, spec_p, base_p in map_unordered(_predict_task, tasks, "local" if workers > 1 else "inline", workers):
+        predicted[i] = (spec_p, base_p)
         if progress:
             progress()
+    points = []
+    for i, (case, m) in enumerate(zip(cases, meas.cases, strict=True)):
+        spec_m = Measured(m.tokens_per_s, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None)
+        base_m = Measured(m.baseline_tokens_per_s, 1.0, m.baseline_tokens_per_s, m.baseline_repeats_tokens_per_s or None)
+        pt = make_point(case, m.new_tokens, spec_m, base_m, *predicted[i])
+        points.append(pt)
+        _log_point(log, pt)
     summary = summarise(points)
     main = summary[0]
     passed = max(main.median_abs_speedup_error_pct, main.median_abs_tokens_per_s_error_pct) <= tolerance_pct
@@ -672,7 +686,7 @@ __all__ = ["FULL", "QUICK", "Case", "Grid", "engine_coster", "run_validation"]
 
 
 def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None = None, seed: int = 0,
-                     log=print) -> ValidationReport:
+                     log=print, workers: int | None = None) -> ValidationReport:
     """A validation folder's measured points predicted again by this code (calibration included), from
     its own profile and acceptance traces: a change to the cost model or the simulator is judged on the
     same measurements, free of the machine's run-to-run drift. Measured fields are kept. The folder's
@@ -713,7 +727,7 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
     t0 = time.perf_counter()
     tol = (old.tolerance_pct if isinstance(old, ValidationReport) else (15.0 if old.quick else 5.0)) \
         if tolerance_pct is None else tolerance_pct
-    report = predict_measurements(meas, profile, traces, out_dir, tol, seed, log)
+    report = predict_measurements(meas, profile, traces, out_dir, tol, seed, log, workers=workers)
     rounds = sorted(folder.glob("profile-round-*.json"))
     extra = [meas_path] if meas_path.is_file() else []
     for src in (folder / "profile.json", *rounds, *extra, *traces.values()):  # the new folder can be re-predicted

@@ -246,15 +246,23 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
     configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
     from dspark_sim.config.schema import DSparkScheduler, FixedGamma
-    from dspark_sim.engine.generate import Sampling, ensure_caches, generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
 
     sampling = Sampling(temperature=temperature)
     prompt_len, b = len(prompts[0]), len(prompts)
-    if gamma == 0:
-        # caches for the timed run before the untimed one: a shorter warm-up run would size them for
-        # itself, and the timed run would then reallocate them and re-capture its CUDA graph inside
-        # the clock (on an H200 that doubled the plain loop's step time, 0.48 -> 0.93-1.15 ms)
-        ensure_caches(target, b, prompt_len + new_tokens + 1, None)
+    # Caches sized exactly as the engine's own run sizes them (prompt, new tokens, the last step's drafts),
+    # and before the untimed run. Exactly: the loops attend over the whole static cache, and a cache kept
+    # from a bigger earlier configuration had every CPU step sample attend over 529 tokens, where the
+    # measured runs attend over 113-332: the fit then split a step between attention and fixed cost
+    # wrongly (plain batch-16 steps predicted 10-20% fast; validation/README.md, session 8). Before: a
+    # shorter warm-up run would size them for itself, and the timed run would then reallocate them and
+    # re-capture its CUDA graphs inside the clock (on an H200 that doubled the plain loop's step time).
+    cap = prompt_len + new_tokens + 2 * gamma + 2
+    for model in (target, draft) if gamma > 0 else (target,):
+        layer0 = model.layers[0].attention.kv_cache
+        if (layer0 is None or (model.cache_batch, model.cache_len) != (b, cap)
+                or layer0.k.dtype != model.dtype):
+            model.setup_caches(b, cap)
 
     def run(n=new_tokens):
         if gamma == 0:
@@ -268,9 +276,6 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
         if target.device.type == "cuda" and gamma > 0:
             from dspark_sim.engine.cudagraphs import precapture
 
-            cap = prompt_len + new_tokens + 2 * gamma + 2
-            target.setup_caches(b, cap)
-            draft.setup_caches(b, cap)
             precapture(target_forward, draft_forward, b, gamma)
             run()
         else:  # a CPU: a few untimed steps after other configurations' shapes (see profile_passes)

@@ -142,12 +142,15 @@ def test_validate_quick_end_to_end(tmp_path):
     for f in (tmp_path / "report").iterdir():
         if f.name not in ("report.json", "report.html") and not f.name.startswith("calibration"):
             (cut / f.name).write_bytes(f.read_bytes())
-    finished = _cli("validate", "--repredict", str(cut), "--tolerance", "25", "-o", str(tmp_path / "finished"))
+    # (predicted by one process where the run used one a core: the same figures for any worker count)
+    finished = _cli("validate", "--repredict", str(cut), "--tolerance", "25", "--workers", "1",
+                    "-o", str(tmp_path / "finished"))
     assert finished.returncode == 0, finished.stderr[-2000:]
     done = json.loads((tmp_path / "finished" / "report.json").read_text())
     assert done["points"] == report["points"] and done["summary"] == report["summary"]
     for args, words in ((["--repredict", str(tmp_path / "report")], "needs --out"),
-                        (["--repredict", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], "not found")):
+                        (["--repredict", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], "not found"),
+                        (["--repredict", str(cut), "-o", str(tmp_path / "x"), "--workers", "0"], "--workers")):
         bad = _cli("validate", *args)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
     assert "tok/s per tau err" in html
