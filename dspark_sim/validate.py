@@ -452,17 +452,30 @@ def _gpu_warm(device, seconds: float = 2.0) -> None:
         torch.cuda.synchronize(device)
 
 
-def calibrations(profile: EngineProfile, grid: Grid, device: str) -> tuple[dict, dict, dict]:
+def _calibrate_task(task: tuple) -> tuple[tuple, object, object]:
+    key, profile, name, temperature = task
+    return key, *calibrate(profile, name, temperature=temperature)
+
+
+def calibrations(profile: EngineProfile, grid: Grid, device: str, workers: int = 1) -> tuple[dict, dict, dict]:
     """One calibration per temperature (sampling costs more per step than greedy decoding), and the
-    cross-prediction's calibration on small batches only: (hardware, report, small-batch hardware) by T."""
+    cross-prediction's calibration on small batches only: (hardware, report, small-batch hardware) by T.
+    The fits are independent, so they run in `workers` processes (a fit of a CPU profile can take 15 s)."""
+    from dspark_sim.sweep import map_unordered
+
     measured_temps = {s.temperature for s in profile.steps}
-    hw_by_temp, cal_by_temp, cross_by_temp = {}, {}, {}
+    tasks = []
     for t in grid.temperatures:
         t_fit = t if t in measured_temps else None
-        hw_by_temp[t], cal_by_temp[t] = calibrate(profile, f"calibrated-{device}-T{t:g}", temperature=t_fit)
+        tasks.append((("all", t), profile, f"calibrated-{device}-T{t:g}", t_fit))
         if grid.calibrate_max_batch:
-            cross_by_temp[t], _ = calibrate(restrict_profile(profile, grid.calibrate_max_batch),
-                                            f"calibrated-{device}-T{t:g}-small-batch", temperature=t_fit)
+            tasks.append((("small", t), restrict_profile(profile, grid.calibrate_max_batch),
+                          f"calibrated-{device}-T{t:g}-small-batch", t_fit))
+    fits = {key: (hw, rep) for key, hw, rep in map_unordered(_calibrate_task, tasks, "local" if workers > 1 else
+                                                             "inline", min(workers, len(tasks)))}
+    hw_by_temp = {t: fits[("all", t)][0] for t in grid.temperatures}
+    cal_by_temp = {t: fits[("all", t)][1] for t in grid.temperatures}
+    cross_by_temp = {t: fits[("small", t)][0] for t in grid.temperatures if ("small", t) in fits}
     return hw_by_temp, cal_by_temp, cross_by_temp
 
 
@@ -646,7 +659,7 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
     grid = QUICK if meas.quick else FULL
     workers = min(workers or default_workers(), len(meas.cases))
     t0 = time.perf_counter()
-    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, meas.device.kind)
+    hw_by_temp, cal_by_temp, cross_by_temp = calibrations(profile, grid, meas.device.kind, workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     for t, c in cal_by_temp.items():
         write_atomic(out_dir / f"calibration-T{t:g}.json", c.model_dump_json(indent=1) + "\n")
