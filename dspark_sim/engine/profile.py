@@ -253,7 +253,7 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     # Caches sized exactly as the engine's own run sizes them (prompt, new tokens, the last step's drafts),
     # and before the untimed run. Exactly: the loops attend over the whole static cache, and a cache kept
     # from a bigger earlier configuration had every CPU step sample attend over 529 tokens, where the
-    # measured runs attend over 113-332: the fit then split a step between attention and fixed cost
+    # measured runs attend over 130-332: the fit then split a step between attention and fixed cost
     # wrongly (plain batch-16 steps predicted 10-20% fast; validation/README.md, session 8). Before: a
     # shorter warm-up run would size them for itself, and the timed run would then reallocate them and
     # re-capture its CUDA graphs inside the clock (on an H200 that doubled the plain loop's step time).

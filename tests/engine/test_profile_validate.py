@@ -195,6 +195,22 @@ def test_plain_loop_step_sample_allocates_once(tmp_path):
     assert len(calls) == 1 and target.cache_len >= 4 + 24 + 1
 
 
+def test_step_samples_attend_over_the_engine_runs_cache(tmp_path):
+    """Step samples run with caches sized exactly as the engine's run (prompt + new tokens + the last step's
+    drafts), whatever a bigger earlier configuration left: the loops attend over the whole static cache, and
+    a kept 529-token cache once made every CPU step sample attend over four times the measured length."""
+    from dspark_sim.engine.profile import _step_run, load_engine_models
+
+    target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
+    prompts = [[1, 2, 3, 4]] * 2
+    for gamma in (0, 1, 3):
+        target.setup_caches(8, 300)  # what a bigger earlier configuration leaves behind
+        draft.setup_caches(8, 300)
+        sample = _step_run(target, draft, prompts, gamma, 12, 0.0, None, None, warm=True)
+        assert sample.attended_tokens == 4 + 12 + 2 * gamma + 2 == target.cache_len
+        assert target.cache_batch == 2
+
+
 def test_validate_refuses_foreign_profile(tmp_path):
     prof = tmp_path / "p.json"
     out = _cli("profile", "--random-weights", "--preset", "test", "--batch-sizes", "1", "--query-tokens", "1",
