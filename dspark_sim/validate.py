@@ -733,7 +733,7 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
         meas = ValidationMeasurements(
             device=old.device, engine_version=old.engine_version, preset=old.preset, quick=old.quick,
             command=old.command, acceptance_by_temperature=old.acceptance_by_temperature,
-            host_drift_pct=old.host_drift_pct or 0.0, timings_s=old.timings_s, sps_table=sps,
+            host_drift_pct=old.host_drift_pct, timings_s=old.timings_s, sps_table=sps,
             profile_rounds=old.profile_rounds, cases=[_measured_from_point(p) for p in old.points])
     else:
         meas = old

@@ -169,7 +169,7 @@ class ValidationMeasurements(Doc):
     quick: bool
     command: str
     acceptance_by_temperature: dict[str, list[float]]
-    host_drift_pct: float
+    host_drift_pct: float | None = Field(None, description="as ValidationReport.host_drift_pct")
     timings_s: dict[str, float]
     sps_table: dict[int, float]
     profile_rounds: int
