@@ -30,6 +30,7 @@ from dspark_sim.validate import (
     Engine,
     _gpu_warm,
     _prompt_sets,
+    case_prompts,
     load_pair,
     run_case_once,
 )
@@ -59,10 +60,7 @@ def main() -> None:
     if dev.type == "cuda":
         eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
     cases = grid.cases()
-    prompts = []
-    for c in cases:  # the same prompts as validate's measure_cases
-        flat = eng.take(c.rounds * c.batch_size, c.prompt_tokens)
-        prompts.append([flat[r * c.batch_size: (r + 1) * c.batch_size] for r in range(c.rounds)])
+    prompts = case_prompts(eng, cases)  # the same prompts as validate's measure_cases
     keep_idx = [i for i, c in enumerate(cases) if c.batch_size >= a.min_batch]
     cases, prompts = [cases[i] for i in keep_idx], [prompts[i] for i in keep_idx]
     all_cpus = sorted(os.sched_getaffinity(0))

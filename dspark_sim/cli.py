@@ -263,6 +263,8 @@ def validate(
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
 
+    if workers is not None and workers < 1:
+        raise InputError("--workers", None, f"must be >= 1, got {workers}")
     if drafters is not None:
         _validate_drafters(drafters, profile_path, out_dir, device, cache_dir, tolerance)
         return
@@ -272,8 +274,6 @@ def validate(
         if out_dir is None or out_dir.resolve() == repredict.resolve():
             raise InputError("--out", None, "--repredict needs --out, another folder than the report's")
         console = _console()
-        if workers is not None and workers < 1:
-            raise InputError("--workers", None, f"must be >= 1, got {workers}")
         report = repredict_report(repredict, out_dir, tolerance_pct=tolerance, seed=seed, log=console.print,
                                   workers=workers)
         _write_validation(report, out_dir, console)
@@ -285,8 +285,6 @@ def validate(
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
-    if workers is not None and workers < 1:
-        raise InputError("--workers", None, f"must be >= 1, got {workers}")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
     preset = preset or ("test" if quick else "tiny")

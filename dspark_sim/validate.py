@@ -180,7 +180,10 @@ class CaseRun:
 
 
 def case_cache_tokens(case: Case) -> int:
-    return case.prompt_tokens + case.new_tokens + 2 * case.gamma_max + 2
+    """The static cache the engine's run of this case attends over (the simulator is told the same)."""
+    from dspark_sim.engine.generate import cache_tokens
+
+    return cache_tokens(case.prompt_tokens, case.new_tokens, case.gamma_max)
 
 
 def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_table: dict[int, float],
@@ -241,6 +244,16 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
     return out
 
 
+def case_prompts(eng: Engine, cases: list[Case]) -> list[list[list[list[int]]]]:
+    """Each case's rounds x batch prompts, spread over the whole pool, then cut into rounds (in case order:
+    the pool is dealt out in turn, so the same cases get the same prompts)."""
+    out = []
+    for c in cases:
+        flat = eng.take(c.rounds * c.batch_size, c.prompt_tokens)
+        out.append([flat[r * c.batch_size: (r + 1) * c.batch_size] for r in range(c.rounds)])
+    return out
+
+
 def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], seed: int,
                   repeats: int = 3, between_rounds=None) -> list[tuple[Measured, Measured]]:
     """Every case `repeats` times; per round the median time counts (one disturbed run of a busy
@@ -249,10 +262,7 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     pair's speculative loop is host-bound, and a slow spell once hit every repeat of four neighbouring
     cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs.
     `between_rounds(r)` runs before round r >= 1 (validate profiles there)."""
-    prompts = []
-    for c in cases:  # each case's rounds x batch prompts spread over the whole pool, then cut into rounds
-        flat = eng.take(c.rounds * c.batch_size, c.prompt_tokens)
-        prompts.append([flat[r * c.batch_size: (r + 1) * c.batch_size] for r in range(c.rounds)])
+    prompts = case_prompts(eng, cases)
     runs: list[list[CaseRun]] = [[] for _ in cases]
     for r in range(repeats):
         if r and between_rounds is not None:

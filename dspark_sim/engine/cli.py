@@ -133,7 +133,13 @@ def generate(
     import torch
 
     from dspark_sim.engine.data import decode, encode
-    from dspark_sim.engine.generate import Sampling, compile_forward, generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import (
+        Sampling,
+        cache_tokens,
+        compile_forward,
+        generate_baseline,
+        speculative_generate,
+    )
     from dspark_sim.engine.model import KV_DTYPES
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
     from dspark_sim.traces import write_trace
@@ -167,7 +173,7 @@ def generate(
     if any(not p for p in prompts):
         raise InputError(src, "--prompt", "prompts must not be empty")
     limit = min(target.args.max_seq_len, draft.args.max_seq_len)
-    if max(map(len, prompts)) + max_new_tokens + 2 * gamma + 2 > limit:
+    if cache_tokens(max(map(len, prompts)), max_new_tokens, gamma) > limit:
         raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the models' {limit}-token context")
     pol = build_policy(policy, gamma, threshold, target, batch_size)
     if kernels not in ("torch", "triton"):
@@ -292,7 +298,7 @@ def drafters_generate(
     from dspark_sim.engine.data import decode, encode
     from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
     from dspark_sim.engine.drafters import KINDS, drafter_dir
-    from dspark_sim.engine.generate import Sampling, generate_baseline
+    from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
     from dspark_sim.engine.train_drafters import load_drafters
     from dspark_sim.policies import make_policy
@@ -326,7 +332,7 @@ def drafters_generate(
     prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
     if any(not p for p in prompts):
         raise InputError(src, "--prompt", "prompts must not be empty")
-    if max(map(len, prompts)) + max_new_tokens + 2 * gamma + 2 > target.args.max_seq_len:
+    if cache_tokens(max(map(len, prompts)), max_new_tokens, gamma) > target.args.max_seq_len:
         raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the target's {target.args.max_seq_len}")
 
     def make() -> Any:

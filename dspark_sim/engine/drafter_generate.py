@@ -31,6 +31,7 @@ from dspark_sim.engine.generate import (
     _draft,
     _prefill,
     _prompt_tensor,
+    cache_tokens,
     ensure_caches,
     logits_to_probs,
     next_token,
@@ -97,7 +98,7 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
     dev = target.device
     tfwd = target_forward or target
     bsz, width = len(prompts), max(len(p) for p in prompts)
-    cap = width + max_new_tokens + 2 * gamma + 2
+    cap = cache_tokens(width, max_new_tokens, gamma)
     ensure_caches(target, bsz, cap, kv_dtype)
     ids = np.asarray(seq_ids if seq_ids is not None else range(bsz), dtype=np.int64)
     clock = _Clock(dev)

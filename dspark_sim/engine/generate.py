@@ -271,6 +271,13 @@ class _Clock:
             torch.cuda.synchronize()
 
 
+def cache_tokens(prompt_len: int, max_new_tokens: int, gamma: int) -> int:
+    """Static KV-cache length a speculative run needs: prompt + outputs + the drafts of the last step, and
+    room for finished rows that keep stepping with the batch. One rule for the engine, its profile and
+    validate, because the loops attend over the whole static cache (its length is part of the cost)."""
+    return prompt_len + max_new_tokens + 2 * gamma + 2
+
+
 def ensure_caches(model: Transformer, batch: int, length: int, kv_dtype: str | None) -> None:
     """Allocate caches unless the current ones already fit (keeps captured CUDA graphs valid)."""
     want = KV_DTYPES[kv_dtype] if kv_dtype else model.dtype
@@ -418,8 +425,7 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     dev = target.device
     tfwd, dfwd = target_forward or target, draft_forward or draft
     bsz, width = len(prompts), max(len(p) for p in prompts)
-    # room for: prompt + outputs + drafts of the last step, and finished rows that keep stepping
-    cap = width + max_new_tokens + 2 * gamma + 2
+    cap = cache_tokens(width, max_new_tokens, gamma)
     ensure_caches(target, bsz, cap, kv_dtype)
     if gamma > 0:
         ensure_caches(draft, bsz, cap, kv_dtype)  # type: ignore[arg-type]

@@ -246,7 +246,7 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
     configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
     from dspark_sim.config.schema import DSparkScheduler, FixedGamma
-    from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
 
     sampling = Sampling(temperature=temperature)
     prompt_len, b = len(prompts[0]), len(prompts)
@@ -257,7 +257,7 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     # wrongly (plain batch-16 steps predicted 10-20% fast; validation/README.md, session 8). Before: a
     # shorter warm-up run would size them for itself, and the timed run would then reallocate them and
     # re-capture its CUDA graphs inside the clock (on an H200 that doubled the plain loop's step time).
-    cap = prompt_len + new_tokens + 2 * gamma + 2
+    cap = cache_tokens(prompt_len, new_tokens, gamma)
     for model in (target, draft) if gamma > 0 else (target,):
         layer0 = model.layers[0].attention.kv_cache
         if (layer0 is None or (model.cache_batch, model.cache_len) != (b, cap)

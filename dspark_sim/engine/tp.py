@@ -741,7 +741,9 @@ class MeasureConfig:
 
 def measure_args(cfg: MeasureConfig) -> tuple[ModelArgs, ModelArgs | None, int]:
     """Model shapes of a MeasureConfig, their static cache length."""
-    cap = cfg.prompt_len + cfg.new_tokens + 2 * cfg.gamma + 2
+    from dspark_sim.engine.generate import cache_tokens
+
+    cap = cache_tokens(cfg.prompt_len, cfg.new_tokens, cfg.gamma)
     over: dict[str, Any] = {"max_seq_len": cap + cfg.gamma + 8}
     target = ModelArgs.from_preset(cfg.target_shape, **over, **({"vocab_size": cfg.vocab_size} if cfg.vocab_size else {}))
     draft = (ModelArgs.from_preset(cfg.draft_shape, **over, vocab_size=target.vocab_size)
