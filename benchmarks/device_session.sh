@@ -15,6 +15,7 @@
 #   bash benchmarks/device_session.sh two         # on nvidia-h200-x2: validate and the drafters stage side by side
 #   bash benchmarks/device_session.sh solo        # on nvidia-h200-x2: validate alone, then the 8B TP run with its profile kept
 #   bash benchmarks/device_session.sh noise       # validate's measurement sequence re-run with diagnostics
+#   bash benchmarks/device_session.sh steps       # graphed speculative steps: GPU tests, eager vs graphed, quick validate
 #   bash benchmarks/device_session.sh tp2         # on nvidia-h200-x2: TP 1/2 8B, TP 2 70B, the draft replicated
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -52,6 +53,16 @@ case "${1:-}" in
       -o "$OUT/noise.json" > "$OUT/noise.log" 2>&1 || true
     kill $SMI || true
     tar czf "$OUT/noise.tgz" -C "$OUT" noise.json clocks.csv && rm -f "$OUT/noise.json" "$OUT/clocks.csv" ;;
+  steps)
+    # the step graphs (cudagraphs.StepGraphs) on a GPU: their tests (pytest from the carried wheels), the
+    # step time against the eager-phase loop, and validate --quick with the trained pair, in one archive
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine/test_step_graphs.py > "$R/pytest.log" 2>&1 || true
+    timeout 180 python3 benchmarks/step_graphs_gpu.py --cache-dir .carry/engine --out "$R/step_graphs.json" \
+      > "$R/step_graphs.log" 2>&1 || true
+    timeout 150 python3 -m dspark_sim.cli validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
+      -o "$R/validation-cuda-quick" > "$R/validate-quick.log" 2>&1 || true
+    tar czf "$OUT/steps.tgz" -C "$OUT" r && rm -rf "$R" ;;
   drafters)
     # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
@@ -149,5 +160,5 @@ case "${1:-}" in
       2> "$OUT/tp2_70b.log" > /dev/null || true
     ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|steps|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
 esac

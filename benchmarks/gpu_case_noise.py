@@ -46,10 +46,12 @@ def main() -> None:
                     "(pin-cold etc.: also pinned to one core)")
     ap.add_argument("--min-batch", type=int, default=1, help="only cases with at least this batch")
     ap.add_argument("--quick", action="store_true", help="the quick grid (a smoke test of this script)")
+    ap.add_argument("--eager-steps", action="store_true", help="steps' phases eager (only the passes graphed), "
+                    "as validate ran them before session 9")
     ap.add_argument("-o", "--out", type=Path, required=True)
     a = ap.parse_args()
 
-    from dspark_sim.engine.cudagraphs import GraphedForward
+    from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
 
     sps = {int(k): float(v) for k, v in json.loads(Path(a.sps_from).read_text())["sps_table"].items()}
@@ -59,6 +61,7 @@ def main() -> None:
     eng = Engine(target, draft, dev, set_a, set_b)
     if dev.type == "cuda":
         eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
+        eng.step_graphs = None if a.eager_steps else StepGraphs(target, draft)
     cases = grid.cases()
     prompts = case_prompts(eng, cases)  # the same prompts as validate's measure_cases
     keep_idx = [i for i, c in enumerate(cases) if c.batch_size >= a.min_batch]

@@ -126,6 +126,7 @@ class Engine:
     prompts_measure: list[list[int]]
     target_forward: object = None
     draft_forward: object = None
+    step_graphs: object = None  # cudagraphs.StepGraphs on a GPU: each step's phases as CUDA graphs
     _next: dict = field(default_factory=dict)
 
     def take(self, n: int, length: int) -> list[list[int]]:
@@ -216,13 +217,15 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
         gen = torch.Generator(device=eng.device).manual_seed(seed + 1000 + r)
         spec = speculative_generate(eng.target, eng.draft, batch, new_tokens, policy, sampling,
                                     generator=gen, target_forward=eng.target_forward,
-                                    draft_forward=eng.draft_forward)
+                                    draft_forward=eng.draft_forward, step_graphs=eng.step_graphs)
         return base, spec
 
     if eng.device.type == "cuda" and (warm or reallocated):  # capture every shape outside the timed runs
         from dspark_sim.engine.cudagraphs import precapture
 
         precapture(eng.target_forward, eng.draft_forward, case.batch_size, case.gamma_max)
+        if eng.step_graphs is not None:
+            eng.step_graphs.precapture(case.batch_size, case.prompt_tokens, case.new_tokens, case.gamma_max, sampling)
     if warm:
         runs(prompts[0], -1)
     else:  # after other cases' shapes a device needs a few passes (and steps of the host loop) to run as in a loop
@@ -549,7 +552,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
                    out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32",
                    workers: int | None = None) -> ValidationReport:
     from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
-    from dspark_sim.engine.cudagraphs import GraphedForward
+    from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
     from dspark_sim.engine.profile import ProfileGrid, engine_version, merge_profiles, run_profile
 
@@ -605,6 +608,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     eng = Engine(target, draft, dev, set_a, set_b)
     if dev.type == "cuda":
         eng.target_forward, eng.draft_forward = GraphedForward(target), GraphedForward(draft)
+        eng.step_graphs = StepGraphs(target, draft)
 
     def profile_round(r: int) -> None:
         if round_grid is None:  # a profile was given: nothing to profile

@@ -1,4 +1,5 @@
-"""Manual CUDA graphs for the engine's forward passes: one capture per input shape, then replays.
+"""Manual CUDA graphs for the engine: forward passes (GraphedForward) and a speculative step's two phases
+of device work (StepGraphs), one capture per input shape, then replays.
 
 Why not only torch.compile: a speculative engine meets many shapes (batch sizes x verify lengths
 1..gamma+1 that a policy picks step by step); compiling each costs seconds to minutes, capturing
@@ -7,6 +8,7 @@ one costs milliseconds. Replays remove the per-kernel launch cost that dominates
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,3 +86,154 @@ def precapture(target_forward: GraphedForward | None, draft_forward: GraphedForw
             positions = position + torch.arange(q, device=dev).expand(batch, q)
             index = torch.full((batch,), q - 1, dtype=torch.long, device=dev) if with_index else None
             fwd(tokens, positions, logit_index=index)
+
+
+class StepGraphs:
+    """A speculative step's two phases of device work (`generate.draft_phase`, `generate.verify_phase`)
+    as CUDA graphs, one capture per shape; pass it to `speculative_generate(step_graphs=...)`.
+
+    Why: with only the forward passes graphed (GraphedForward), the host still launches about 20 small
+    kernels a drafted token and 30 a verify (sampling, rejection maths, buffer writes). On the H200 that
+    launching took longer than the tiny pair's passes, so the loop ran at the host's speed, which moved
+    by up to 2x between minutes (validation/README.md, session 8). Graphed, a step costs the host about
+    ten calls whatever gamma is, and the GPU sets its pace, as it does for plain decoding.
+
+    The phases read and write the step's own buffers (`buffers()`), and their random numbers are drawn
+    outside the graphs, into static tensors, by the same calls the eager loop makes: a graphed run gives
+    the very tokens of an eager run with the same generator. Each capture runs its phase `warmup` times
+    first (on a side stream) and restores the token buffer and positions after each run; the K/V those
+    runs write lies at positions the real step rewrites.
+    """
+
+    def __init__(self, target: Transformer, draft: Transformer | None, warmup: int = 2):
+        self.target_model, self.draft_model, self.warmup = target, draft, warmup
+        self.vocab = target.args.vocab_size
+        self._io: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._phases: dict[tuple, tuple] = {}
+        self._version = self._versions()
+
+    def _versions(self) -> tuple[int, int]:
+        d = self.draft_model
+        return self.target_model.buffers_version, (d.buffers_version if d is not None else -1)
+
+    def buffers(self, bsz: int, length: int) -> tuple[Tensor, Tensor]:
+        """The token buffer [bsz, length] and pending positions [bsz] every run of this shape uses."""
+        return self._io_of(bsz, length)[:2]
+
+    def _io_of(self, bsz: int, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        io = self._io.get((bsz, length))
+        if io is None:
+            dev = self.target_model.device
+            zeros = [torch.zeros(bsz, dtype=torch.long, device=dev) for _ in range(3)]
+            io = (torch.zeros(bsz, length, dtype=torch.long, device=dev), *zeros)  # buf, pend, verify, active
+            self._io[(bsz, length)] = io
+        return io  # type: ignore[return-value]
+
+    def _check(self, buf: Tensor, pend: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # graphs bake in the addresses of every cache: new caches (setup_caches) make them all stale
+        if self._versions() != self._version:
+            self._phases.clear()
+            self._version = self._versions()
+        io = self._io_of(*buf.shape)
+        if buf is not io[0] or pend is not io[1]:
+            raise ValueError("step graphs run on their own buffers: take them from StepGraphs.buffers()")
+        return io
+
+    def _capture(self, run, keep: tuple[Tensor, ...]) -> tuple[torch.cuda.CUDAGraph, object]:
+        """`run`'s warm-up runs on a side stream, then its capture -> (graph, its static outputs)."""
+        if self.target_model.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA model")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._warm(run, keep)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():  # capture runs nothing: buf and pend stay as restored
+            out = run()
+        return graph, out
+
+    def _warm(self, run, keep: tuple[Tensor, ...]) -> None:
+        """Run `run` `warmup` times, putting `keep` (the token buffer, the positions) back after each."""
+        saved = [t.clone() for t in keep]
+        with torch.no_grad():
+            for _ in range(self.warmup):
+                run()
+                for t, s in zip(keep, saved, strict=True):
+                    t.copy_(s)
+
+    def _draft_entry(self, io, gamma: int, sampling) -> tuple:
+        from dspark_sim.engine.generate import draft_phase
+
+        buf, pend = io[0], io[1]
+        key = ("draft", *buf.shape, gamma, sampling)
+        entry = self._phases.get(key)
+        if entry is None:
+            draft = self.draft_model
+            if draft is None:
+                raise ValueError("a policy that speculates needs a draft model")
+            noise = None if sampling.greedy else torch.ones(buf.shape[0], gamma, self.vocab, device=buf.device)
+            graph, out = self._capture(lambda: draft_phase(draft, buf, pend, gamma, sampling, noise), (buf, pend))
+            entry = self._phases[key] = (graph, out, noise)
+        return entry
+
+    def _verify_entry(self, io, gamma: int, g: int, sampling) -> tuple:
+        from dspark_sim.engine.generate import verify_phase
+
+        buf, pend, verify, active = io
+        key = ("verify", *buf.shape, gamma, g, sampling)
+        entry = self._phases.get(key)
+        if entry is None:
+            drafts = q = None
+            if gamma > 0:  # the drafts this verify reads are the draft graph's outputs
+                drafts, q, _ = self._draft_entry(io, gamma, sampling)[1]
+            bsz = buf.shape[0]
+            u = e = None
+            if not sampling.greedy:
+                u = torch.full((bsz, g), 0.5, device=buf.device)
+                e = torch.ones(bsz, self.vocab, device=buf.device)
+            graph, _ = self._capture(
+                lambda: verify_phase(self.target_model, buf, pend, drafts, q, verify, active, g, sampling, u, e),
+                (buf, pend))
+            entry = self._phases[key] = (graph, (u, e))
+        return entry
+
+    def draft(self, buf: Tensor, pend: Tensor, gamma: int, sampling, generator: torch.Generator | None
+              ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """`draft_phase` replayed: drafts, q and the host read (static tensors, valid until the next replay)."""
+        from dspark_sim.engine.generate import draft_noise
+
+        io = self._check(buf, pend)
+        graph, out, noise = self._draft_entry(io, gamma, sampling)
+        if noise is not None:
+            draft_noise(buf.shape[0], gamma, self.vocab, sampling, generator, buf.device, out=noise)
+        graph.replay()
+        return out
+
+    def verify(self, buf: Tensor, pend: Tensor, gamma: int, verified: np.ndarray, active: np.ndarray, g: int,
+               sampling, generator: torch.Generator | None) -> None:
+        """`verify_phase` replayed on this step's drafts (gamma 0: a step that drafted nothing)."""
+        from dspark_sim.engine.generate import verify_noise
+
+        io = self._check(buf, pend)
+        graph, (u, e) = self._verify_entry(io, gamma, g, sampling)
+        io[2].copy_(torch.from_numpy(np.ascontiguousarray(verified, dtype=np.int64)), non_blocking=True)
+        io[3].copy_(torch.from_numpy(np.ascontiguousarray(active, dtype=np.int64)), non_blocking=True)
+        if u is not None:
+            verify_noise(buf.shape[0], g, self.vocab, sampling, generator, buf.device, out=(u, e))
+        graph.replay()
+
+    def precapture(self, bsz: int, prompt_len: int, max_new_tokens: int, gamma: int, sampling) -> None:
+        """Capture every phase a run of this shape can meet (the draft phase; verifying 0..gamma drafts;
+        a step that drafted nothing), so that no capture lands inside a timed run. The model caches must
+        already have the run's size. Works on the buffers from position 1; every run refills them."""
+        from dspark_sim.engine.generate import token_buffer_len
+
+        io = self._io_of(bsz, token_buffer_len(prompt_len, max_new_tokens, gamma))
+        io[0].zero_()
+        io[1].fill_(1)
+        self._check(io[0], io[1])
+        if gamma > 0:
+            for g in range(gamma + 1):
+                self._verify_entry(io, gamma, g, sampling)
+        self._verify_entry(io, 0, 0, sampling)

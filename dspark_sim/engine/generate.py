@@ -76,26 +76,30 @@ def logits_to_probs(logits: Tensor, sampling: Sampling) -> Tensor:
     return probs
 
 
-def sample(weights: Tensor, greedy: bool, generator: torch.Generator | None = None) -> Tensor:
+def sample(weights: Tensor, greedy: bool, generator: torch.Generator | None = None,
+           noise: Tensor | None = None) -> Tensor:
     """One draw per row from (unnormalised) non-negative weights, without a host sync.
 
     argmax(w / E) with E ~ Exp(1) picks index i with probability w_i / sum(w) (the exponential race).
+    `noise`: the E's, drawn beforehand (shaped like `weights`); else drawn here from `generator`.
     """
     if greedy:
         return weights.argmax(-1)
-    e = torch.empty_like(weights).exponential_(1.0, generator=generator)
-    return (weights / e.clamp_min_(torch.finfo(e.dtype).tiny)).argmax(-1)
+    e = torch.empty_like(weights).exponential_(1.0, generator=generator) if noise is None else noise
+    return (weights / e.clamp_min(torch.finfo(e.dtype).tiny)).argmax(-1)
 
 
-def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> Tensor:
+def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> Tensor:
     """Sample one token per row from logits [..., V] (argmax straight away when greedy: fewer kernels)."""
     if sampling.greedy:
         return logits.argmax(-1)
-    return sample(logits_to_probs(logits, sampling), False, generator)
+    return sample(logits_to_probs(logits, sampling), False, generator, noise)
 
 
 def verify_drafts(p: Tensor, q: Tensor | None, drafts: Tensor, verify: Tensor, greedy: bool,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                  generator: torch.Generator | None = None, uniforms: Tensor | None = None,
+                  noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Rejection sampling over a batch with ragged verify lengths, all on the device.
 
     p: target distributions [B, G+1, V] at the pending token and each draft token; q: draft
@@ -103,23 +107,25 @@ def verify_drafts(p: Tensor, q: Tensor | None, drafts: Tensor, verify: Tensor, g
     verifies. Draft k is accepted with probability min(1, p(x)/q(x)) while all before it were; at the
     first rejection the next token comes from norm(max(0, p - q)), and when every verified draft passed
     it is the bonus token drawn from p. Returns (accepted [B], next_token [B]).
+    `uniforms` [B, G] (the accept tests) and `noise` [B, V] (the next token's Exp(1) draws) may come
+    drawn beforehand (`verify_noise`); else they are drawn here from `generator`.
     """
     bsz, t, _ = p.shape
     g = t - 1
     rows = torch.arange(bsz, device=p.device)
     if g == 0 or q is None:
-        return torch.zeros(bsz, dtype=torch.long, device=p.device), sample(p[:, 0], greedy, generator)
+        return torch.zeros(bsz, dtype=torch.long, device=p.device), sample(p[:, 0], greedy, generator, noise)
     drafts, q = drafts[:, :g], q[:, :g]
     p_d = p[:, :g].gather(-1, drafts[..., None]).squeeze(-1)
     q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
-    u = torch.rand(p_d.shape, device=p.device, generator=generator)
+    u = torch.rand(p_d.shape, device=p.device, generator=generator) if uniforms is None else uniforms[:, :g]
     ok = (u * q_d < p_d) & (torch.arange(g, device=p.device)[None, :] < verify[:, None])
     accepted = ok.long().cumprod(-1).sum(-1)
     p_a = p[rows, accepted]
     q_a = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)[rows, accepted]
     residual = (p_a - q_a).clamp_min(0.0)
     use_residual = (accepted < verify)[:, None] & (residual.sum(-1, keepdim=True) > 0)
-    return accepted, sample(torch.where(use_residual, residual, p_a), greedy, generator)
+    return accepted, sample(torch.where(use_residual, residual, p_a), greedy, generator, noise)
 
 
 def verify_greedy(logits: Tensor, drafts: Tensor, verify: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,9 +382,11 @@ def generate_baseline(model: Transformer, prompts: Sequence[Sequence[int]], max_
 
 
 def _draft(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling,
-           generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
+           generator: torch.Generator | None = None,
+           noise: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """Propose `gamma` tokens per sequence; write them into buf after each pending token.
     Returns drafts [B, gamma], their distributions q [B, gamma, V] (None when greedy), confidences.
+    `noise` [B, gamma, V]: the sampled drafts' Exp(1) draws (`draft_noise`), else drawn from `generator`.
 
     The first pass re-feeds the token before the pending one: the draft has no K/V for the last
     draft token of a step whose drafts were all accepted, so this one fixed-shape pass catches it up
@@ -394,7 +402,7 @@ def _draft(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampli
             confs.append(torch.softmax(logits, -1).gather(-1, d[:, None])[:, 0])
         else:  # confidence = the drafter's probability of its own token under the sampled q
             q = logits_to_probs(logits, sampling)
-            d = sample(q, False, generator)
+            d = sample(q, False, generator, None if noise is None else noise[:, j])
             confs.append(q.gather(-1, d[:, None])[:, 0])
             probs.append(q)
         drafts.append(d)
@@ -404,16 +412,82 @@ def _draft(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampli
     return torch.stack(drafts, 1), (torch.stack(probs, 1) if probs else None), torch.stack(confs, 1)
 
 
+# A speculative step is two phases of device work around its one host sync: the draft phase (draft
+# passes, sampling, the small tensor the host reads) and the verify phase (the target pass over the
+# verified blocks, rejection sampling, the buffer update). Both are functions of tensors the step owns,
+# with their random numbers drawn beforehand in one call each, so that `cudagraphs.StepGraphs` can
+# replay each phase as one CUDA graph and still produce the very tokens of this eager loop.
+
+
+def draft_noise(bsz: int, gamma: int, vocab: int, sampling: Sampling, generator: torch.Generator | None,
+                device: torch.device, out: Tensor | None = None) -> Tensor | None:
+    """The draft phase's random numbers: Exp(1) per row, drafted token and vocabulary entry (None when greedy)."""
+    if sampling.greedy or gamma == 0:
+        return None
+    if out is None:
+        out = torch.empty(bsz, gamma, vocab, dtype=torch.float32, device=device)
+    return out.exponential_(1.0, generator=generator)
+
+
+def verify_noise(bsz: int, g: int, vocab: int, sampling: Sampling, generator: torch.Generator | None,
+                 device: torch.device, out: tuple[Tensor, Tensor] | None = None
+                 ) -> tuple[Tensor | None, Tensor | None]:
+    """The verify phase's: a uniform per verified draft (the accept tests) and Exp(1) per vocabulary entry
+    (the next token), per row (None, None when greedy)."""
+    if sampling.greedy:
+        return None, None
+    u, e = out if out is not None else (torch.empty(bsz, g, dtype=torch.float32, device=device),
+                                        torch.empty(bsz, vocab, dtype=torch.float32, device=device))
+    return u.uniform_(0.0, 1.0, generator=generator), e.exponential_(1.0, generator=generator)
+
+
+def draft_phase(fwd: Forward, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling,
+                noise: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Draft `gamma` tokens a row; returns drafts, q (None when greedy) and the step's one host read:
+    [B, 1 + gamma] doubles, each row's pending position then its drafts' confidences."""
+    drafts, q, conf = _draft(fwd, buf, pend, gamma, sampling, None, noise)
+    return drafts, q, torch.cat([pend[:, None].double(), conf.double()], dim=1)
+
+
+def verify_phase(fwd: Forward, buf: Tensor, pend: Tensor, drafts: Tensor | None, q: Tensor | None,
+                 verify: Tensor, active: Tensor, g: int, sampling: Sampling, uniforms: Tensor | None,
+                 noise: Tensor | None) -> None:
+    """One target pass over each row's pending token and its first `g` drafts, rejection sampling of the
+    `verify` [B] leading drafts each row verifies, then in place: the next token written into `buf` after
+    the accepted drafts, `pend` advanced past them for the `active` [B] (0/1) rows."""
+    rows = torch.arange(buf.shape[0], device=buf.device)
+    positions = pend[:, None] + torch.arange(g + 1, device=buf.device)
+    logits = fwd(buf.gather(1, positions), positions)
+    if drafts is None or g == 0:
+        acc = torch.zeros_like(pend)
+        nxt = next_token(logits[:, 0], sampling, noise=noise)
+    elif sampling.greedy:
+        acc, nxt = verify_greedy(logits, drafts, verify)
+    else:
+        acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, verify, False,
+                                 uniforms=uniforms, noise=noise)
+    acc = acc * active
+    buf[rows, pend + acc + 1] = nxt
+    pend.add_((acc + 1) * active)
+
+
+def token_buffer_len(prompt_len: int, max_new_tokens: int, gamma: int) -> int:
+    """Width of a speculative run's token buffer: its cache plus room for the last step's drafts."""
+    return cache_tokens(prompt_len, max_new_tokens, gamma) + gamma + 2
+
+
 @torch.no_grad()
 def speculative_generate(target: Transformer, draft: Transformer | None, prompts: Sequence[Sequence[int]],
                          max_new_tokens: int, policy: object, sampling: Sampling = Sampling(), *,
                          generator: torch.Generator | None = None, kv_dtype: str | None = None,
                          target_forward: Forward | None = None, draft_forward: Forward | None = None,
-                         seq_ids: Sequence[int] | None = None) -> GenerationResult:
+                         seq_ids: Sequence[int] | None = None, step_graphs: Any = None) -> GenerationResult:
     """Speculative decoding of a batch with a draft model, ragged acceptance, one host sync per step.
 
     `policy` is a `dspark_sim.policies` policy or a schema policy spec (FixedGamma, NoSpeculation,
     ConfidenceThreshold, ...). With gamma_max 0 (NoSpeculation) this is plain decoding, same loop.
+    `step_graphs` (a `cudagraphs.StepGraphs` of these models, on a GPU): each step's draft and verify
+    phases replay as CUDA graphs (the forwards given are then unused after prefill); same tokens.
     """
     if not hasattr(policy, "draft_lengths"):
         policy = make_policy(policy)
@@ -432,16 +506,23 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     ids = np.asarray(seq_ids if seq_ids is not None else range(bsz), dtype=np.int64)
     clock = _Clock(dev)
 
+    vocab = target.args.vocab_size
+
     t0 = clock.mark()
     prompt_buf, lens_t = _prompt_tensor(prompts, width, dev)
-    buf = torch.zeros(bsz, cap + gamma + 2, dtype=torch.long, device=dev)
+    length = token_buffer_len(width, max_new_tokens, gamma)
+    if step_graphs is None:
+        buf, pend = torch.zeros(bsz, length, dtype=torch.long, device=dev), torch.zeros_like(lens_t)
+    else:  # the graphs' own buffers (a graph reads and writes fixed addresses)
+        buf, pend = step_graphs.buffers(bsz, length)
+        buf.zero_()
     buf[:, :width] = prompt_buf
     first = next_token(_prefill(target, buf, lens_t, width), sampling, generator)
     rows = torch.arange(bsz, device=dev)
     buf[rows, lens_t] = first
     if gamma > 0:
         _prefill(draft, buf, lens_t, width)  # type: ignore[arg-type]
-    pend = lens_t.clone()  # position of each sequence's newest token (not yet run through the target)
+    pend.copy_(lens_t)  # position of each sequence's newest token (not yet run through the target)
     t1 = clock.mark()
 
     lens = np.array([len(p) for p in prompts], dtype=np.int64)
@@ -454,10 +535,13 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         least = host_pend - lens + 1 + (1 if steps else 0)
         t_s = clock.mark()
         if gamma > 0 and bool((least + 1 < max_new_tokens).any()):  # someone may still use a draft
-            drafts, q, conf = _draft(dfwd, buf, pend, gamma, sampling, generator)  # type: ignore[arg-type]
-            payload = torch.cat([pend[:, None].double(), conf.double()], dim=1)
+            if step_graphs is None:
+                noise = draft_noise(bsz, gamma, vocab, sampling, generator, dev)
+                drafts, q, payload = draft_phase(dfwd, buf, pend, gamma, sampling, noise)  # type: ignore[arg-type]
+            else:
+                drafts, q, payload = step_graphs.draft(buf, pend, gamma, sampling, generator)
         else:
-            drafts = q = conf = None
+            drafts = q = None
             payload = pend[:, None].double()
         t_d = clock.mark()
         host = payload.cpu().numpy()  # the one host sync of the step
@@ -478,7 +562,7 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         view = StepView(context_lens=host_pend.copy(), step=step, seq_ids=ids)
         drafted = np.zeros(bsz, dtype=np.int64)
         conf_np = None
-        if conf is not None:
+        if drafts is not None:
             drafted = np.asarray(policy.draft_lengths(view), dtype=np.int64)  # type: ignore[attr-defined]
             drafted = np.clip(np.minimum(drafted, max_new_tokens - generated - 1), 0, gamma) * active
             conf_np = host[:, 1:].copy()
@@ -487,20 +571,15 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         verified = np.clip(verified, 0, drafted) * active
         t_v = clock.mark()
         g = int(verified.max(initial=0))
-        v_dev = torch.from_numpy(verified).to(dev, non_blocking=True)
-        act_dev = torch.from_numpy(active).to(dev, non_blocking=True)
-        positions = pend[:, None] + torch.arange(g + 1, device=dev)
-        logits = tfwd(buf.gather(1, positions), positions)
-        if drafts is None or g == 0:
-            acc = torch.zeros_like(pend)
-            nxt = next_token(logits[:, 0], sampling, generator)
-        elif sampling.greedy:
-            acc, nxt = verify_greedy(logits, drafts, v_dev)
+        act64 = active.astype(np.int64)
+        if step_graphs is None:
+            u, e = verify_noise(bsz, g, vocab, sampling, generator, dev)
+            v_dev = torch.from_numpy(verified).to(dev, non_blocking=True)
+            act_dev = torch.from_numpy(act64).to(dev, non_blocking=True)
+            verify_phase(tfwd, buf, pend, drafts, q, v_dev, act_dev, g, sampling, u, e)
         else:
-            acc, nxt = verify_drafts(logits_to_probs(logits, sampling), q, drafts, v_dev, False, generator)
-        acc = acc * act_dev
-        buf[rows, pend + acc + 1] = nxt
-        pend = pend + (acc + 1) * act_dev
+            step_graphs.verify(buf, pend, gamma if drafts is not None else 0, verified, act64, g, sampling,
+                               generator)
         passes += 1
         t_e = clock.mark()
         steps.append(StepStats(step, host_pend.copy(), active, drafted, verified, np.zeros(bsz, np.int64), conf_np))

@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 import dspark_sim
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import ModelSpec
-from dspark_sim.engine.cudagraphs import GraphedForward
+from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
 from dspark_sim.engine.model import ModelArgs, Transformer
 
-_ENGINE_FILES = ("model.py", "generate.py")
+_ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
 
 
 def engine_version() -> str:
@@ -208,13 +208,14 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                   prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
                   target_forward=None, draft_forward=None, seed: int = 0, progress=None,
                   repeats: int = 1, dspark_gamma: int = 0,
-                  dspark_sps_table: dict[int, float] | None = None) -> list[StepSample]:
+                  dspark_sps_table: dict[int, float] | None = None, step_graphs=None) -> list[StepSample]:
     """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out;
     with `dspark_gamma`, also steps of the DSpark prefix scheduler drafting that many tokens (its
     decision's host time, which fixed-gamma steps do not have), priced with `dspark_sps_table`.
 
     Each configuration runs `repeats` times and keeps the median; on a CPU in rounds over all
     configurations (see profile_passes for why), on a GPU back to back after capturing its graphs.
+    `step_graphs` (cudagraphs.StepGraphs): the speculative steps' phases replay as CUDA graphs.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     prompts = {(p, b): torch.randint(0, target.args.vocab_size, (b, p), generator=gen).tolist()
@@ -230,7 +231,7 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
         g, table = kinds[k]
         first = not runs[c]
         runs[c].append(_step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
-                                 warm=first or not on_gpu, dspark_sps_table=table))
+                                 warm=first or not on_gpu, dspark_sps_table=table, step_graphs=step_graphs))
         if progress is not None and len(runs[c]) == repeats:
             progress()
     out = []
@@ -242,7 +243,7 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
 
 
 def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_forward, draft_forward,
-              warm: bool, dspark_sps_table: dict[int, float] | None = None) -> StepSample:
+              warm: bool, dspark_sps_table: dict[int, float] | None = None, step_graphs=None) -> StepSample:
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
     configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
     from dspark_sim.config.schema import DSparkScheduler, FixedGamma
@@ -270,13 +271,16 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
         policy = (FixedGamma(gamma=gamma) if dspark_sps_table is None else
                   DSparkScheduler(gamma_max=gamma, sps_source="table", sps_table=dspark_sps_table))
         return speculative_generate(target, draft, prompts, n, policy, sampling,
-                                    target_forward=target_forward, draft_forward=draft_forward)
+                                    target_forward=target_forward, draft_forward=draft_forward,
+                                    step_graphs=step_graphs)
 
     if warm:
         if target.device.type == "cuda" and gamma > 0:
             from dspark_sim.engine.cudagraphs import precapture
 
             precapture(target_forward, draft_forward, b, gamma)
+            if step_graphs is not None:
+                step_graphs.precapture(b, prompt_len, new_tokens, gamma, sampling)
             run()
         else:  # a CPU: a few untimed steps after other configurations' shapes (see profile_passes)
             run(min(new_tokens, 8))
@@ -370,8 +374,8 @@ def _pass_sps_table(samples: list[PassSample]) -> dict[int, float]:
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
                 progress=None, cuda_graphs: bool = True) -> EngineProfile:
     """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
-    them: on a GPU as CUDA-graph replays (`validate`'s engine) or, with cuda_graphs=False, as eager
-    calls (the drafter table's loops); eager on a CPU."""
+    them: on a GPU as CUDA-graph replays, the speculative steps' draft and verify phases too (`validate`'s
+    engine), or, with cuda_graphs=False, as eager calls (the drafter table's loops); eager on a CPU."""
     dev = target.device
     graphs = dev.type == "cuda" and cuda_graphs
     tf = GraphedForward(target) if graphs else None
@@ -392,7 +396,8 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
     steps = profile_steps(target, draft, list(grid.step_batch_sizes), list(grid.step_gammas),
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
                           target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats,
-                          dspark_gamma=grid.step_dspark_gamma, dspark_sps_table=_pass_sps_table(samples))
+                          dspark_gamma=grid.step_dspark_gamma, dspark_sps_table=_pass_sps_table(samples),
+                          step_graphs=StepGraphs(target, draft) if graphs else None)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
 
