@@ -16,6 +16,7 @@
 #   bash benchmarks/device_session.sh solo        # on nvidia-h200-x2: validate alone, then the 8B TP run with its profile kept
 #   bash benchmarks/device_session.sh noise       # validate's measurement sequence re-run with diagnostics
 #   bash benchmarks/device_session.sh steps       # graphed speculative steps: GPU tests, eager vs graphed, quick validate
+#   bash benchmarks/device_session.sh checked     # the step-graph GPU tests, then (if they pass) validate, one archive
 #   bash benchmarks/device_session.sh tp2         # on nvidia-h200-x2: TP 1/2 8B, TP 2 70B, the draft replicated
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -63,6 +64,18 @@ case "${1:-}" in
     timeout 150 python3 -m dspark_sim.cli validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda-quick" > "$R/validate-quick.log" 2>&1 || true
     tar czf "$OUT/steps.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  checked)
+    # validate as in `validate`, behind the step graphs' GPU tests (a failing test stops the call there)
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 500 \
+      > "$R/clocks.csv" 2>&1 &
+    SMI=$!
+    if timeout 90 python3 -m pytest -q -p no:cacheprovider tests/engine/test_step_graphs.py > "$R/pytest.log" 2>&1; then
+      timeout 520 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+        -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
+    fi
+    kill $SMI || true
+    tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
   drafters)
     # the eager-pass profile `validate --drafters` pairs with the table (the table's loops are eager),
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
@@ -160,5 +173,5 @@ case "${1:-}" in
       2> "$OUT/tp2_70b.log" > /dev/null || true
     ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|steps|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|steps|checked|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
 esac

@@ -359,13 +359,25 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
     """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
     drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
     policy = _policy_spec(case.policy, sps_table).model_dump()
-    # the draft model's traces record, per output position, the probability its token there is accepted
-    # given the target's tokens before it: exactly what each step's draw needs (block drafters' traces
-    # only hold their first block position's, so `validate --drafters` replays their yields instead)
-    prob = "alpha" if _trace_has(trace_path, "alpha") else None
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
                                policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
-                               probability_field=prob)
+                               probability_field=trace_probability_field(case.policy, trace_path))
+
+
+def trace_probability_field(policy: str, trace_path: Path) -> str | None:
+    """Which per-position acceptance probability of an engine trace the simulator draws from.
+
+    The draft model's traces record, per output position, the probability its token there is accepted
+    given the target's tokens before it: exactly what each step's draw needs (block drafters' traces only
+    hold their first block position's, so `validate --drafters` replays their yields instead). A policy
+    that reads the confidences (DSpark) gets the one coupled to them (sampled traces' accept_prob:
+    min(1, p(x)/q(x)) of the token x whose q(x) is the confidence); the others the expectation over the
+    draft's sample (alpha), which has the same mean and less noise."""
+    if not _trace_has(trace_path, "alpha"):
+        return None
+    if policy.startswith("dspark") and _trace_has(trace_path, "accept_prob"):
+        return "accept_prob"
+    return "alpha"
 
 
 def decode_tokens_and_passes(sim) -> tuple[float, float]:

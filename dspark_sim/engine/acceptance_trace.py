@@ -57,13 +57,22 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
             # the engine's confidence when sampling: q of the token the draft samples
             u = torch.rand(q.shape[0], 1, generator=gen, device=q.device)
             pick = torch.searchsorted(q.float().cumsum(-1), u).clamp_max(q.shape[-1] - 1)
-            conf = q.gather(-1, pick)[:, 0].float().cpu().numpy()
+            q_x = q.gather(-1, pick)[:, 0].float()
+            conf = q_x.cpu().numpy()
+            # and the probability that this very token is accepted, min(1, p(x)/q(x)): its mean over x ~ q
+            # is alpha, but beside the confidence q(x) it keeps the two coupled, as they are live (whether
+            # a confident draft token is accepted more or less often depends on the pair), which is what
+            # a policy reading confidences acts on
+            accept_prob = (p.gather(-1, pick)[:, 0].float() / q_x.clamp_min(1e-30)).clamp_max(1.0).cpu().numpy()
         accept_len = (1 + _runs(ok)).tolist()
-        records.append({
+        record = {
             "prompt_len": n, "output_len": len(out), "accept_len": accept_len,
             "alpha": [round(float(a), 6) for a in alpha],
             "confidence": [round(float(c), 6) for c in conf],
-        })
+        }
+        if not sampling.greedy:
+            record["accept_prob"] = [round(float(a), 6) for a in accept_prob]
+        records.append(record)
     return records
 
 

@@ -95,20 +95,22 @@ class StepGraphs:
     Why: with only the forward passes graphed (GraphedForward), the host still launches about 20 small
     kernels a drafted token and 30 a verify (sampling, rejection maths, buffer writes). On the H200 that
     launching took longer than the tiny pair's passes, so the loop ran at the host's speed, which moved
-    by up to 2x between minutes (validation/README.md, session 8). Graphed, a step costs the host about
-    ten calls whatever gamma is, and the GPU sets its pace, as it does for plain decoding.
+    by up to 2x between minutes (validation/README.md, session 8). Graphed, a step costs the host a few
+    calls whatever gamma is, and the GPU sets its pace, as it does for plain decoding.
 
     The phases read and write the step's own buffers (`buffers()`), and their random numbers are drawn
     outside the graphs, into static tensors, by the same calls the eager loop makes: a graphed run gives
-    the very tokens of an eager run with the same generator. Each capture runs its phase `warmup` times
-    first (on a side stream) and restores the token buffer and positions after each run; the K/V those
-    runs write lies at positions the real step rewrites.
+    the very tokens of an eager run with the same generator. The verify lengths and active rows go to
+    the GPU in one copy from pinned memory. Each capture runs its phase `warmup` times first (on a side
+    stream) and restores the token buffer and positions after each run; the K/V those runs write lies
+    at positions the real step rewrites.
     """
 
     def __init__(self, target: Transformer, draft: Transformer | None, warmup: int = 2):
         self.target_model, self.draft_model, self.warmup = target, draft, warmup
         self.vocab = target.args.vocab_size
         self._io: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._noise: dict[tuple, tuple[Tensor, Tensor] | None] = {}
         self._phases: dict[tuple, tuple] = {}
         self._version = self._versions()
 
@@ -121,13 +123,16 @@ class StepGraphs:
         return self._io_of(bsz, length)[:2]
 
     def _io_of(self, bsz: int, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """buf, pend, and the step's control rows (verify lengths, active) on the device and pinned on the host."""
         io = self._io.get((bsz, length))
         if io is None:
             dev = self.target_model.device
-            zeros = [torch.zeros(bsz, dtype=torch.long, device=dev) for _ in range(3)]
-            io = (torch.zeros(bsz, length, dtype=torch.long, device=dev), *zeros)  # buf, pend, verify, active
+            ctl = torch.zeros(2, bsz, dtype=torch.long, device=dev)
+            host = torch.zeros(2, bsz, dtype=torch.long, pin_memory=dev.type == "cuda")
+            io = (torch.zeros(bsz, length, dtype=torch.long, device=dev), torch.zeros(bsz, dtype=torch.long, device=dev),
+                  ctl, host)
             self._io[(bsz, length)] = io
-        return io  # type: ignore[return-value]
+        return io
 
     def _check(self, buf: Tensor, pend: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # graphs bake in the addresses of every cache: new caches (setup_caches) make them all stale
@@ -162,6 +167,15 @@ class StepGraphs:
                 for t, s in zip(keep, saved, strict=True):
                     t.copy_(s)
 
+    def _verify_noise_of(self, buf: Tensor, gamma: int, sampling) -> tuple[Tensor, Tensor] | None:
+        """The static verify noise of a run shape (uniforms for up to gamma drafts, Exp(1) per token)."""
+        key = (*buf.shape, gamma, sampling)
+        if key not in self._noise:
+            self._noise[key] = None if sampling.greedy else (
+                torch.full((buf.shape[0], gamma), 0.5, device=buf.device),
+                torch.ones(buf.shape[0], self.vocab, device=buf.device))
+        return self._noise[key]
+
     def _draft_entry(self, io, gamma: int, sampling) -> tuple:
         from dspark_sim.engine.generate import draft_phase
 
@@ -177,26 +191,22 @@ class StepGraphs:
             entry = self._phases[key] = (graph, out, noise)
         return entry
 
-    def _verify_entry(self, io, gamma: int, g: int, sampling) -> tuple:
+    def _verify_entry(self, io, gamma: int, drafted: bool, g: int, sampling) -> torch.cuda.CUDAGraph:
         from dspark_sim.engine.generate import verify_phase
 
-        buf, pend, verify, active = io
-        key = ("verify", *buf.shape, gamma, g, sampling)
-        entry = self._phases.get(key)
-        if entry is None:
+        buf, pend, ctl = io[0], io[1], io[2]
+        key = ("verify", *buf.shape, gamma, drafted, g, sampling)
+        graph = self._phases.get(key)
+        if graph is None:
             drafts = q = None
-            if gamma > 0:  # the drafts this verify reads are the draft graph's outputs
+            if drafted:  # the drafts this verify reads are the draft graph's outputs
                 drafts, q, _ = self._draft_entry(io, gamma, sampling)[1]
-            bsz = buf.shape[0]
-            u = e = None
-            if not sampling.greedy:
-                u = torch.full((bsz, g), 0.5, device=buf.device)
-                e = torch.ones(bsz, self.vocab, device=buf.device)
+            u, e = self._verify_noise_of(buf, gamma, sampling) or (None, None)
             graph, _ = self._capture(
-                lambda: verify_phase(self.target_model, buf, pend, drafts, q, verify, active, g, sampling, u, e),
+                lambda: verify_phase(self.target_model, buf, pend, drafts, q, ctl[0], ctl[1], g, sampling, u, e),
                 (buf, pend))
-            entry = self._phases[key] = (graph, (u, e))
-        return entry
+            self._phases[key] = graph
+        return graph
 
     def draft(self, buf: Tensor, pend: Tensor, gamma: int, sampling, generator: torch.Generator | None
               ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -210,17 +220,22 @@ class StepGraphs:
         graph.replay()
         return out
 
-    def verify(self, buf: Tensor, pend: Tensor, gamma: int, verified: np.ndarray, active: np.ndarray, g: int,
-               sampling, generator: torch.Generator | None) -> None:
-        """`verify_phase` replayed on this step's drafts (gamma 0: a step that drafted nothing)."""
+    def draw_verify_noise(self, buf: Tensor, gamma: int, sampling, generator: torch.Generator | None) -> None:
+        """The next verify's random numbers, into the static tensors its graphs read (`generate.verify_noise`)."""
         from dspark_sim.engine.generate import verify_noise
 
+        noise = self._verify_noise_of(buf, gamma, sampling)
+        if noise is not None:
+            verify_noise(buf.shape[0], gamma, self.vocab, sampling, generator, buf.device, out=noise)
+
+    def verify(self, buf: Tensor, pend: Tensor, gamma: int, drafted: bool, verified: np.ndarray,
+               active: np.ndarray, g: int, sampling) -> None:
+        """`verify_phase` replayed on this step's drafts (`drafted` False: a step that drafted nothing)."""
         io = self._check(buf, pend)
-        graph, (u, e) = self._verify_entry(io, gamma, g, sampling)
-        io[2].copy_(torch.from_numpy(np.ascontiguousarray(verified, dtype=np.int64)), non_blocking=True)
-        io[3].copy_(torch.from_numpy(np.ascontiguousarray(active, dtype=np.int64)), non_blocking=True)
-        if u is not None:
-            verify_noise(buf.shape[0], g, self.vocab, sampling, generator, buf.device, out=(u, e))
+        graph = self._verify_entry(io, gamma, drafted, g, sampling)
+        host = io[3].numpy()  # pinned: the copy below is asynchronous; the next write comes after a sync
+        host[0], host[1] = verified, active
+        io[2].copy_(io[3], non_blocking=True)
         graph.replay()
 
     def precapture(self, bsz: int, prompt_len: int, max_new_tokens: int, gamma: int, sampling) -> None:
@@ -235,5 +250,5 @@ class StepGraphs:
         self._check(io[0], io[1])
         if gamma > 0:
             for g in range(gamma + 1):
-                self._verify_entry(io, gamma, g, sampling)
-        self._verify_entry(io, 0, 0, sampling)
+                self._verify_entry(io, gamma, True, g, sampling)
+        self._verify_entry(io, gamma, False, 0, sampling)

@@ -429,14 +429,14 @@ def draft_noise(bsz: int, gamma: int, vocab: int, sampling: Sampling, generator:
     return out.exponential_(1.0, generator=generator)
 
 
-def verify_noise(bsz: int, g: int, vocab: int, sampling: Sampling, generator: torch.Generator | None,
+def verify_noise(bsz: int, gamma: int, vocab: int, sampling: Sampling, generator: torch.Generator | None,
                  device: torch.device, out: tuple[Tensor, Tensor] | None = None
                  ) -> tuple[Tensor | None, Tensor | None]:
-    """The verify phase's: a uniform per verified draft (the accept tests) and Exp(1) per vocabulary entry
-    (the next token), per row (None, None when greedy)."""
+    """The verify phase's: a uniform per draft (the accept tests; a step verifying g <= gamma uses the
+    first g) and Exp(1) per vocabulary entry (the next token), per row (None, None when greedy)."""
     if sampling.greedy:
         return None, None
-    u, e = out if out is not None else (torch.empty(bsz, g, dtype=torch.float32, device=device),
+    u, e = out if out is not None else (torch.empty(bsz, gamma, dtype=torch.float32, device=device),
                                         torch.empty(bsz, vocab, dtype=torch.float32, device=device))
     return u.uniform_(0.0, 1.0, generator=generator), e.exponential_(1.0, generator=generator)
 
@@ -543,16 +543,20 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         else:
             drafts = q = None
             payload = pend[:, None].double()
+        # the verify phase's random numbers, before the sync (for up to gamma drafts: the verify width is
+        # not known yet), so that after it the host only decides and launches while the GPU waits
+        if step_graphs is None:
+            u, e = verify_noise(bsz, gamma, vocab, sampling, generator, dev)
+        else:
+            step_graphs.draw_verify_noise(buf, gamma, sampling, generator)
         t_d = clock.mark()
         host = payload.cpu().numpy()  # the one host sync of the step
         new_pend = host[:, 0].astype(np.int64)
         if steps:  # finish the previous step's record now that its outcome is known
             prev = steps[-1]
             prev.accepted = np.where(prev.active, new_pend - prev.context_lens - 1, 0)
-            a, b, c, d = marks[-1]
-            prev.draft_time_s, prev.verify_time_s = clock.seconds(a, b), clock.seconds(c, d)
             policy.observe(StepView(prev.context_lens, prev.step, ids), verified=prev.verified,  # type: ignore[attr-defined]
-                           accepted=prev.accepted, step_time_s=clock.seconds(a, d))
+                           accepted=prev.accepted, step_time_s=clock.seconds(marks[-1][0], marks[-1][3]))
         host_pend = new_pend
         generated = host_pend - lens + 1
         active = generated < max_new_tokens
@@ -573,13 +577,11 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
         g = int(verified.max(initial=0))
         act64 = active.astype(np.int64)
         if step_graphs is None:
-            u, e = verify_noise(bsz, g, vocab, sampling, generator, dev)
             v_dev = torch.from_numpy(verified).to(dev, non_blocking=True)
             act_dev = torch.from_numpy(act64).to(dev, non_blocking=True)
             verify_phase(tfwd, buf, pend, drafts, q, v_dev, act_dev, g, sampling, u, e)
         else:
-            step_graphs.verify(buf, pend, gamma if drafts is not None else 0, verified, act64, g, sampling,
-                               generator)
+            step_graphs.verify(buf, pend, gamma, drafts is not None, verified, act64, g, sampling)
         passes += 1
         t_e = clock.mark()
         steps.append(StepStats(step, host_pend.copy(), active, drafted, verified, np.zeros(bsz, np.int64), conf_np))
@@ -588,6 +590,8 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
     t2 = clock.mark()
     out = buf.cpu()
     clock.sync()
+    for s, (a, b, c, d) in zip(steps, marks, strict=True):  # read after the loop: off the step's host path
+        s.draft_time_s, s.verify_time_s = clock.seconds(a, b), clock.seconds(c, d)
     tokens = [out[i, lens[i]: lens[i] + max_new_tokens].tolist() for i in range(bsz)]
     starts = [m[0] for m in marks] + [t_last]
     walls = [clock.seconds(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]

@@ -49,6 +49,35 @@ def test_greedy_trace_predicts_engine_tau_exactly(pair, tmp_path):
     assert all(0.0 <= c <= 1.0 for c in cond)
 
 
+def test_sampled_trace_couples_acceptance_to_the_confidence(pair):
+    """accept_prob = min(1, p(x)/q(x)) of the token x whose q(x) is the recorded confidence: its mean is
+    alpha's (E over x ~ q); a draft that is the target is accepted for sure; greedy traces need none."""
+    target, draft = pair
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, 264, (16, 12), generator=gen).tolist()
+    recs = acceptance_records(target, draft, prompts, 48, Sampling(1.0))
+    alpha = np.concatenate([r["alpha"] for r in recs])
+    prob = np.concatenate([r["accept_prob"] for r in recs])
+    assert prob.min() >= 0.0 and prob.max() <= 1.0 and prob.std() > 0.1
+    assert prob.mean() == pytest.approx(alpha.mean(), abs=0.03)  # 768 positions
+    same = acceptance_records(target, target, prompts[:4], 16, Sampling(1.0))
+    assert all(a == pytest.approx(1.0, abs=1e-5) for r in same for a in r["accept_prob"])
+    assert "accept_prob" not in acceptance_records(target, draft, prompts[:2], 8, Sampling())[0]
+
+
+def test_dspark_cases_replay_the_coupled_acceptance(tmp_path):
+    from dspark_sim.validate import trace_probability_field
+
+    sampled, greedy, yields = tmp_path / "s.jsonl", tmp_path / "g.jsonl", tmp_path / "y.jsonl"
+    sampled.write_text(json.dumps({"accept_len": [1], "alpha": [0.5], "accept_prob": [0.4], "confidence": [0.3]}) + "\n")
+    greedy.write_text(json.dumps({"accept_len": [1], "alpha": [1.0], "confidence": [0.3]}) + "\n")
+    yields.write_text(json.dumps({"accept_len": [1], "confidence": [0.3]}) + "\n")
+    assert trace_probability_field("dspark:5", sampled) == "accept_prob"
+    assert trace_probability_field("fixed:3", sampled) == "alpha"
+    assert trace_probability_field("dspark:5", greedy) == "alpha"
+    assert trace_probability_field("dspark:5", yields) is None
+
+
 def test_hf_export_round_trip(pair, tmp_path):
     target, _ = pair
     export_hf_llama(target, tmp_path / "hf")
