@@ -364,6 +364,22 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
                                probability_field=trace_probability_field(case.policy, trace_path))
 
 
+def prompt_length_trace(trace_path: Path, prompt_tokens: int, out_dir: Path) -> Path:
+    """The trace's records of prompts of this length, as their own file in `out_dir` (the whole trace when
+    it has no such records, or no others).
+
+    Why: the held-apart traces hold every grid prompt length, and acceptance depends on it: the same
+    windows cut at 256 tokens gave greedy tau 3.61 at gamma 5 where cut at 64 they gave 3.98 (H200, session
+    9), while a simulation drawing from both predicted 3.72-3.93 for each."""
+    lines = trace_path.read_text(encoding="utf-8").splitlines()
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("prompt_len") == prompt_tokens]
+    if not keep or len(keep) == len([ln for ln in lines if ln.strip()]):
+        return trace_path
+    out = out_dir / f"{trace_path.stem}-P{prompt_tokens}.jsonl"
+    write_atomic(out, "\n".join(keep) + "\n")
+    return out
+
+
 def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     """Which per-position acceptance probability of an engine trace the simulator draws from.
 
@@ -694,8 +710,10 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
              for m in meas.cases]
     # cases are simulated in parallel processes, each from its own seeds: the same figures for any worker
     # count (a slow host once spent more than 140 s here on one core)
-    tasks = [(i, case, profile, hw_by_temp, cross_by_temp, traces[case.temperature], meas.sps_table, seed)
-             for i, case in enumerate(cases)]
+    by_length = {(t, n): prompt_length_trace(traces[t], n, out_dir)
+                 for t in {c.temperature for c in cases} for n in {c.prompt_tokens for c in cases}}
+    tasks = [(i, case, profile, hw_by_temp, cross_by_temp, by_length[(case.temperature, case.prompt_tokens)],
+              meas.sps_table, seed) for i, case in enumerate(cases)]
     predicted: dict[int, tuple[Measured, Measured]] = {}
     for i, spec_p, base_p in map_unordered(_predict_task, tasks, "local" if workers > 1 else "inline", workers):
         predicted[i] = (spec_p, base_p)

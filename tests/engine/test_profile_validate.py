@@ -78,6 +78,21 @@ def test_dspark_cases_replay_the_coupled_acceptance(tmp_path):
     assert trace_probability_field("dspark:5", yields) is None
 
 
+def test_cases_replay_the_traces_of_their_prompt_length(tmp_path):
+    from dspark_sim.validate import prompt_length_trace
+
+    trace = tmp_path / "acceptance-T0.jsonl"
+    recs = [{"prompt_len": n, "accept_len": [k]} for k, n in enumerate((64, 256, 64, 256, 64))]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    short = prompt_length_trace(trace, 64, tmp_path / "out")
+    assert short.name == "acceptance-T0-P64.jsonl"
+    assert [json.loads(ln)["accept_len"] for ln in short.read_text().splitlines()] == [[0], [2], [4]]
+    assert prompt_length_trace(trace, 128, tmp_path / "out") == trace  # no records of that length: all of them
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(recs[0]) + "\n")
+    assert prompt_length_trace(one, 64, tmp_path / "out") == one  # nothing to filter
+
+
 def test_hf_export_round_trip(pair, tmp_path):
     target, _ = pair
     export_hf_llama(target, tmp_path / "hf")
