@@ -124,6 +124,8 @@ def generate(
     kv_dtype: str = typer.Option(None, help="fp32 | bf16 | fp16 | int8 (default: the weights' dtype)"),
     sample_seed: int = typer.Option(0, help="seed of the sampling random numbers"),
     compile: bool = typer.Option(False, "--compile", help="CUDA graphs via torch.compile (cuda only)"),
+    step_graphs: bool = typer.Option(False, "--step-graphs", help="replay each speculative step's draft and "
+                                     "verify phases as CUDA graphs, as `validate` runs the engine (cuda only)"),
     kernels: str = typer.Option("torch", help="torch | triton: one-token passes through the Triton GEMV "
                                 "and decode attention, tuned on this GPU first (cuda only)"),
     trace: Path = typer.Option(None, help="write the speculative run's trace (JSONL) here"),
@@ -191,16 +193,33 @@ def generate(
         if device != "cuda":
             raise InputError(src, "--compile", "CUDA graphs need --device cuda")
         fwd_t, fwd_d = compile_forward(target), compile_forward(draft)
+    graphs = None
+    if step_graphs:
+        if device != "cuda":
+            raise InputError(src, "--step-graphs", "CUDA graphs need --device cuda")
+        if compile or kernels != "torch":
+            raise InputError(src, "--step-graphs", "replays the model's own kernels: not with --compile or "
+                             "--kernels triton")
+        from dspark_sim.engine.cudagraphs import StepGraphs
+
+        graphs = StepGraphs(target, draft)
 
     def gen() -> torch.Generator:
         return torch.Generator(device=device).manual_seed(sample_seed)
 
     # warm-up (allocation, graph capture) outside the timed runs
     speculative_generate(target, draft, prompts, min(8, max_new_tokens), pol, sampling, generator=gen(),
-                         kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d)
+                         kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d, step_graphs=graphs)
+    if graphs is not None:  # the timed run's caches, then every phase shape it can meet
+        from dspark_sim.engine.generate import ensure_caches
+
+        width = max(map(len, prompts))
+        for model in (target, draft):
+            ensure_caches(model, batch_size, cache_tokens(width, max_new_tokens, gamma), kv_dtype)
+        graphs.precapture(batch_size, width, max_new_tokens, gamma, sampling)
     pol = build_policy(policy, gamma, threshold, target, batch_size) if policy == "dspark" else pol
     res = speculative_generate(target, draft, prompts, max_new_tokens, pol, sampling, generator=gen(),
-                               kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d)
+                               kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d, step_graphs=graphs)
     con = _console()
     for i, toks in enumerate(res.tokens):
         con.print(f"[bold]--- sequence {i}[/bold]")

@@ -57,6 +57,7 @@ def test_generate(cache, tmp_path, extra):
     (["generate", "--preset", "test", "--seed", "1", "--dtype", "fp8"], "--dtype"),
     (["generate", "--preset", "test", "--seed", "1", "--kernels", "fast"], "--kernels"),
     (["generate", "--preset", "test", "--seed", "1", "--kernels", "triton"], "--kernels"),  # cpu
+    (["generate", "--preset", "test", "--seed", "1", "--step-graphs"], "--step-graphs"),  # cpu
 ])
 def test_bad_input_raises_input_error(cache, args, field):
     res = runner.invoke(engine_app, [*args, "--cache-dir", str(cache)])
