@@ -113,6 +113,7 @@ class Measured:
     tau: float
     batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
     repeats: list[float] | None = None  # tokens_per_s of each timed repeat
+    verified: float | None = None  # drafts verified per sequence-pass (the policy's decisions, pooled as tau)
 
 
 @dataclass
@@ -178,6 +179,7 @@ class CaseRun:
     base_tokens: int
     gained: int
     passes: int
+    verified: int = 0  # drafts verified, summed over sequence-passes
 
 
 def case_cache_tokens(case: Case) -> int:
@@ -244,6 +246,7 @@ def run_case_once(eng: Engine, case: Case, prompts: list[list[list[int]]], sps_t
         out.spec_tokens += spec.new_tokens - len(batch)
         out.gained += sum(int((s.accepted + 1)[s.active].sum()) for s in spec.steps)
         out.passes += sum(int(s.active.sum()) for s in spec.steps)
+        out.verified += sum(int(s.verified[s.active].sum()) for s in spec.steps)
     return out
 
 
@@ -282,7 +285,8 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
         base_rates.append(first.base_tokens / base_time)
         spec_out.append(Measured(sum(first.spec_full_tokens) / full_time, first.gained / max(first.passes, 1),
                                  first.spec_tokens / spec_time,
-                                 [sum(first.spec_full_tokens) / sum(r.spec_full_s) for r in rs]))
+                                 [sum(first.spec_full_tokens) / sum(r.spec_full_s) for r in rs],
+                                 first.verified / max(first.passes, 1)))
         base_repeats.append([first.base_tokens / sum(r.base_s) for r in rs])
     # Plain decoding does not depend on the policy: every case of one (temperature, batch, prompt
     # length) times the same baseline, next to each other in time. Their median is the setting's
@@ -396,7 +400,7 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     return "alpha"
 
 
-def decode_tokens_and_passes(sim) -> tuple[float, float]:
+def decode_tokens_and_passes(sim) -> tuple[float, float, float]:
     """Tokens gained and sequence-passes over every decode step of a run: tau pooled as the engine's
     measurement pools it (gained / passes over all its rounds). A mean of per-run taus would weight a
     run of few long steps like one of many short ones: at batch 1, greedy DSpark, 4.15 against 3.32
@@ -406,7 +410,7 @@ def decode_tokens_and_passes(sim) -> tuple[float, float]:
     col = {name: i for i, name in enumerate(STEP_COLUMNS)}
     log = np.asarray(sim.replicas[0].log, dtype=float).reshape(-1, len(STEP_COLUMNS))
     dec = log[:, col["decoders"]]
-    return float((log[:, col["accepted_sum"]] + dec).sum()), float(dec.sum())
+    return float((log[:, col["accepted_sum"]] + dec).sum()), float(dec.sum()), float(log[:, col["verify_sum"]].sum())
 
 
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
@@ -419,7 +423,7 @@ def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_
     out = []
     for speculative, cap in ((True, cap_spec), (False, cap_base)):
         full_tokens = full_s = tokens = span = 0.0
-        gained = passes = 0.0
+        gained = passes = verified = 0.0
         for r in range(repeats * case.rounds):
             sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative)
             sim = Simulation(sc, "validate").run()
@@ -429,10 +433,12 @@ def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_
             first = float(np.nanmin(sim.out.first_token))
             tokens += float((sim.out.gen - 1).sum())
             span += float(np.nanmax(sim.out.finish)) - first
-            g, p = decode_tokens_and_passes(sim)
+            g, p, v = decode_tokens_and_passes(sim)
             gained += g
             passes += p
-        out.append(Measured(full_tokens / full_s, gained / max(passes, 1.0), tokens / span))
+            verified += v
+        out.append(Measured(full_tokens / full_s, gained / max(passes, 1.0), tokens / span,
+                            verified=verified / max(passes, 1.0)))
     return out[0], out[1]
 
 
@@ -549,13 +555,16 @@ def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, 
         cross_prediction=case.cross,
         measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
         measured_repeats_tokens_per_s=spec_m.repeats, measured_baseline_repeats_tokens_per_s=base_m.repeats,
+        measured_verified=spec_m.verified, predicted_verified=spec_p.verified,
     )
 
 
 def _log_point(log, pt: ValidationPoint) -> None:
     log(f"  {pt.label:34s} measured {pt.measured_tokens_per_s:9.1f} tok/s x{pt.measured_speedup:.2f} "
         f"(tau {pt.measured_tau:.2f}) | predicted {pt.predicted_tokens_per_s:9.1f} x{pt.predicted_speedup:.2f} "
-        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%")
+        f"(tau {pt.predicted_tau:.2f}) | err {pt.tokens_per_s_error_pct:+.1f}% / {pt.speedup_error_pct:+.1f}%"
+        + (f" | verified {pt.measured_verified:.2f} / {pt.predicted_verified:.2f}"
+           if pt.measured_verified is not None and pt.predicted_verified is not None else ""))
 
 
 def load_pair(preset: str, seed: int, cache_dir, device: str, dtype: str = "fp32", log=print):
@@ -683,7 +692,7 @@ def measured_case(case: Case, new_tokens: int, spec_m: Measured, base_m: Measure
         new_tokens=new_tokens, policy=case.policy, rounds=case.rounds, cross_prediction=case.cross,
         tokens_per_s=spec_m.tokens_per_s, tau=spec_m.tau, batch_tokens_per_s=spec_m.batch_tokens_per_s,
         repeats_tokens_per_s=spec_m.repeats or [], baseline_tokens_per_s=base_m.tokens_per_s,
-        baseline_repeats_tokens_per_s=base_m.repeats or [])
+        baseline_repeats_tokens_per_s=base_m.repeats or [], verified=spec_m.verified)
 
 
 def _predict_task(task: tuple) -> tuple[int, Measured, Measured]:
@@ -721,7 +730,7 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
             progress()
     points = []
     for i, (case, m) in enumerate(zip(cases, meas.cases, strict=True)):
-        spec_m = Measured(m.tokens_per_s, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None)
+        spec_m = Measured(m.tokens_per_s, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None, m.verified)
         base_m = Measured(m.baseline_tokens_per_s, 1.0, m.baseline_tokens_per_s, m.baseline_repeats_tokens_per_s or None)
         pt = make_point(case, m.new_tokens, spec_m, base_m, *predicted[i])
         points.append(pt)
@@ -802,4 +811,4 @@ def _measured_from_point(p: ValidationPoint) -> MeasuredCase:
         tau=p.measured_tau, batch_tokens_per_s=p.measured_batch_tokens_per_s or 0.0,
         repeats_tokens_per_s=p.measured_repeats_tokens_per_s or [],
         baseline_tokens_per_s=p.measured_baseline_tokens_per_s,
-        baseline_repeats_tokens_per_s=p.measured_baseline_repeats_tokens_per_s or [])
+        baseline_repeats_tokens_per_s=p.measured_baseline_repeats_tokens_per_s or [], verified=p.measured_verified)

@@ -187,7 +187,7 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
         window_tokens, window_s = full_batch_window(sim, batch)
         tokens += window_tokens
         seconds += window_s
-        g, p = decode_tokens_and_passes(sim)  # tau pooled over the seeds, as the benchmark pools it
+        g, p, _ = decode_tokens_and_passes(sim)  # tau pooled over the seeds, as the benchmark pools it
         gained += g
         passes += p
     return tokens / seconds, gained / max(passes, 1.0)

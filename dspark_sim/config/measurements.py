@@ -138,6 +138,10 @@ class ValidationPoint(Doc):
     measured_baseline_repeats_tokens_per_s: list[float] | None = Field(
         None, description="this case's own plain-decoding tokens per second in each timed repeat (the baseline "
         "above is the median over every case of its temperature, batch and prompt length)")
+    measured_verified: float | None = Field(
+        None, description="drafts verified per sequence-pass in the engine's run: the policy's decisions (a "
+        "fixed gamma's, short of the end of a sequence; DSpark's, step by step), pooled as tau is")
+    predicted_verified: float | None = Field(None, description="the same in the simulated run")
 
 
 class MeasuredCase(Doc):
@@ -156,6 +160,7 @@ class MeasuredCase(Doc):
     repeats_tokens_per_s: list[float]
     baseline_tokens_per_s: float
     baseline_repeats_tokens_per_s: list[float]
+    verified: float | None = Field(None, description="as ValidationPoint.measured_verified (absent before session 9)")
 
 
 class ValidationMeasurements(Doc):

@@ -163,6 +163,13 @@ def test_validate_quick_end_to_end(tmp_path):
         assert p["per_tau_error_pct"] == pytest.approx(100 * (rate - 1))
         assert 1 + p["tokens_per_s_error_pct"] / 100 == pytest.approx(tau * rate)
     assert report["summary"][0]["median_abs_tau_error_pct"] is not None
+    # the policies' decisions, both sides: a fixed gamma verifies gamma drafts a pass, short of sequence ends
+    # (the test pair's DSpark scheduler may verify none)
+    for p in report["points"]:
+        assert 0 <= p["measured_verified"] <= p["gamma_max"] and 0 <= p["predicted_verified"] <= p["gamma_max"]
+        if p["policy"].startswith("fixed"):
+            assert p["measured_verified"] > 0.8 * p["gamma_max"]
+            assert p["predicted_verified"] == pytest.approx(p["measured_verified"], rel=0.1)
     assert np.isfinite(report["host_drift_pct"]) and "host drift" in html
     # profiled in three rounds between the measurement rounds; the merged profile holds every round's
     # repeats, and the SPS table the engine's DSpark policy ran with is kept for re-prediction
