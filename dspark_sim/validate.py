@@ -74,6 +74,7 @@ class Grid:
     cross_batch_sizes: tuple[int, ...] = ()
     calibrate_max_batch: int | None = None  # cross-prediction: fit only on batches up to this
     greedy_sequences: int = 16  # prompts measured per greedy point (sampled points: MEASURED_SEQUENCES)
+    min_rounds: int = 1  # ... and at least this many batches of them: large batches measure more prompts
 
     def cases(self) -> list[Case]:
         out = []
@@ -84,7 +85,9 @@ class Grid:
                         # at least MEASURED_SEQUENCES prompts a point: tau varies a lot from prompt to
                         # prompt, and 4 prompts left batch-1 points' measured tau 20-25% off the trace's;
                         # greedy tau varies most (per-prompt alpha CV 13-18% against 4% sampled)
-                        n = self.greedy_sequences if t == 0.0 else MEASURED_SEQUENCES
+                        # (at batch 16 a round is cheap next to batch 1's: six rounds narrow tau's sampling
+                        # error there, where the verify pass is widest and the speed-up most sensitive to it)
+                        n = max(self.greedy_sequences if t == 0.0 else MEASURED_SEQUENCES, self.min_rounds * b)
                         out.append(Case(t, b, p, pol, rounds=max(1, n // b), new_tokens=self.new_tokens))
         for b in self.cross_batch_sizes:
             out.append(Case(0.0, b, self.prompt_tokens[0], "fixed:3", rounds=1, new_tokens=self.new_tokens, cross=True))
@@ -93,10 +96,14 @@ class Grid:
 
 #: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
 #: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:
-#: with 16 and 32 greedy prompts their sampling errors alone put tau 5-6% apart at the median
-#: (neighbouring corpus windows' acceptance is uncorrelated, so only more prompts narrow it).
+#: with 16 and 32 greedy prompts their sampling errors alone put tau 5-6% apart at the median. Greedy
+#: tau at gamma 5 varies by 24-27% (c.v.) from prompt to prompt (the tiny target falls into loops its
+#: draft copies); splitting 384 windows at random, 48 measured against 96 held-apart prompts differ by
+#: 10.8% at the 95th percentile, 96 against 192 by 7.7% (validation/README.md, session 10). The pool
+#: alternates acceptance and measurement windows, about 340 tokens apart, so neighbours pair up
+#: (their taus correlate +0.2) and the two sets see the same files.
 MEASURED_SEQUENCES = 16
-ACCEPTANCE_PROMPTS = 96
+ACCEPTANCE_PROMPTS = 192
 #: timed repeats of every case, taken in rounds over the grid, each after a round of profiling
 MEASURE_REPEATS = 3
 
@@ -104,7 +111,7 @@ QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), p
              new_tokens=48)
 FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 256),
             policies=("fixed:1", "fixed:3", "fixed:5", "dspark:5"), new_tokens=64,
-            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48)
+            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48, min_rounds=6)
 
 
 @dataclass
@@ -303,11 +310,13 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
 
 def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, drafter: dict | None,
                         policy: dict | None, batch: int, prompt_tokens: int, new_tokens: int, cache_tokens: int,
-                        trace_path: Path, source: str = "validate", probability_field: str | None = None) -> Scenario:
+                        trace_path: Path, source: str = "validate", probability_field: str | None = None,
+                        first_record: int | None = None) -> Scenario:
     """The simulator's description of one run of the bundled engine: a closed static batch of `batch`
     requests, verify blocks padded to the longest, attention over the whole static cache, acceptance
     (and the drafter's confidences) replayed from a trace, or drawn each step from its recorded
-    `probability_field`. drafter None: plain decoding."""
+    `probability_field`; records drawn at random, or from `first_record` on in order. drafter None:
+    plain decoding."""
     from dspark_sim.config.loader import scenario_from_dict
 
     speculative = drafter is not None
@@ -328,7 +337,8 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
             "activation_reserve_gb": 0.0,
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
-                       "confidence_field": "confidence", "probability_field": probability_field},
+                       "confidence_field": "confidence", "probability_field": probability_field,
+                       **({"records": "in_order", "first_record": first_record} if first_record is not None else {})},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": batch},
@@ -359,13 +369,31 @@ def full_batch_window(sim, batch: int) -> tuple[float, float]:
 
 
 def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
-                  cache_tokens: int, seed: int, speculative: bool) -> Scenario:
+                  cache_tokens: int, seed: int, speculative: bool, first_record: int | None = None) -> Scenario:
     """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
     drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
     policy = _policy_spec(case.policy, sps_table).model_dump()
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
                                policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
-                               probability_field=trace_probability_field(case.policy, trace_path))
+                               probability_field=trace_probability_field(case.policy, trace_path),
+                               first_record=first_record)
+
+
+def trace_records(path: Path) -> int:
+    """How many request records a JSONL trace holds."""
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def simulated_runs(case: Case, repeats: int, records: int) -> int:
+    """How many simulated static batches predict a case: at least `repeats` x its rounds, and enough that
+    the records, replayed in order, are each used equally often (whole passes over the trace).
+
+    Why: drawn at random, 96 draws from 96 greedy records put the prediction's tau 2.7% (one s.d.) off
+    the trace's own mean, on top of the trace's sampling error against the measured prompts."""
+    want = max(repeats * case.rounds * case.batch_size, records)
+    passes = -(-want // records)
+    return -(-(passes * records) // case.batch_size)
 
 
 def prompt_length_trace(trace_path: Path, prompt_tokens: int, out_dir: Path) -> Path:
@@ -415,17 +443,19 @@ def decode_tokens_and_passes(sim) -> tuple[float, float, float]:
 
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
                  cap_spec: int, cap_base: int, seed: int, repeats: int) -> tuple[Measured, Measured]:
-    """Simulated decode tokens/s of the engine's run (spec and baseline), over `repeats` x rounds seeds:
-    while the whole batch generates (the steps the simulator ran with every request decoding), and for
+    """Simulated decode tokens/s of the engine's run (spec and baseline), over at least `repeats` x rounds
+    seeds, every trace record replayed equally often: while the whole batch generates (the steps the simulator ran with every request decoding), and for
     the whole static batch (first token to last finish)."""
     from dspark_sim.sim.run import Simulation
 
     out = []
+    runs = simulated_runs(case, repeats, trace_records(trace_path))
     for speculative, cap in ((True, cap_spec), (False, cap_base)):
         full_tokens = full_s = tokens = span = 0.0
         gained = passes = verified = 0.0
-        for r in range(repeats * case.rounds):
-            sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative)
+        for r in range(runs):
+            sc = case_scenario(case, profile, hw, trace_path, sps_table, cap, seed + r, speculative,
+                               first_record=r * case.batch_size)
             sim = Simulation(sc, "validate").run()
             window_tokens, window_s = full_batch_window(sim, case.batch_size)
             full_tokens += window_tokens

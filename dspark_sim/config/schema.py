@@ -354,6 +354,13 @@ class TraceAcceptance(Strict):
         "these instead of replaying `field`, one recorded draw (greedy traces: the same, alpha being 0 or 1)",
     )
     max_requests: PositiveInt | None = None
+    records: Literal["random", "in_order"] = Field(
+        "random",
+        description="which record each request replays: one drawn at random (a sample of the traffic), or, "
+        "in_order, record (first_record + i) mod n for request i, so that n requests replay every record "
+        "once (no sampling noise where a run is compared with a mean over known prompts, as in validate)",
+    )
+    first_record: NonNegInt = Field(0, description="in_order: the record request 0 replays")
 
 
 class PerRequestAcceptance(Strict):
@@ -550,7 +557,7 @@ class WorkloadSpec(Strict):
     lengths_from_trace: bool = Field(
         False,
         description="requests replaying an acceptance trace (acceptance kind trace) take that record's prompt "
-        "and output lengths, record i for request i (in file order, wrapping)",
+        "and output lengths, record i for request i (in file order from the trace's first_record, wrapping)",
     )
 
 

@@ -289,7 +289,10 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
                                           acc.probability_field)
             cache: dict[int, np.ndarray] = {}
             for i in idx.tolist():
-                r = i % trace.num_requests if wl.lengths_from_trace else int(rng.integers(trace.num_requests))
+                if wl.lengths_from_trace or acc.records == "in_order":
+                    r = (acc.first_record + i) % trace.num_requests
+                else:
+                    r = int(rng.integers(trace.num_requests))
                 if r not in cache:
                     cache[r] = draw_request_acceptance(acc, rng, width, index=r).trace_conditional
                 cond[i] = cache[r]

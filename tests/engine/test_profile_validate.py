@@ -93,6 +93,17 @@ def test_cases_replay_the_traces_of_their_prompt_length(tmp_path):
     assert prompt_length_trace(one, 64, tmp_path / "out") == one  # nothing to filter
 
 
+def test_predictions_replay_every_trace_record_equally(tmp_path):
+    """Drawn at random, a prediction's records are a sample of the trace's; in order, each is used
+    equally often, so the simulated tau is the trace's own (greedy: exactly the walked mean)."""
+    from dspark_sim.validate import Case, simulated_runs
+
+    assert simulated_runs(Case(0.0, 16, 64, "fixed:3", rounds=6, new_tokens=64), 2, 192) == 12  # 2 x 6 x 16 = 192
+    assert simulated_runs(Case(0.0, 16, 64, "fixed:3", rounds=1, new_tokens=64), 2, 192) == 12  # one pass: 192
+    assert simulated_runs(Case(1.0, 1, 64, "fixed:3", rounds=16, new_tokens=64), 4, 96) == 96  # 64 -> a pass
+    assert simulated_runs(Case(0.0, 4, 64, "fixed:3", rounds=12, new_tokens=64), 4, 96) == 48  # 192 = 2 passes
+
+
 def test_hf_export_round_trip(pair, tmp_path):
     target, _ = pair
     export_hf_llama(target, tmp_path / "hf")

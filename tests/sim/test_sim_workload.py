@@ -126,6 +126,25 @@ def test_lengths_and_acceptance_from_an_acceptance_trace(tmp_path):
     assert s.tau == pytest.approx(2.0, abs=0.05)
 
 
+def test_in_order_trace_records_replay_each_record_once(tmp_path):
+    """records: in_order gives request i record (first_record + i) mod n: a run of n requests replays
+    every record once (validate relies on it); random draws a sample of them."""
+    path = tmp_path / "acc.jsonl"
+    recs = [{"prompt_len": 64, "output_len": 8, "accept_len": [k + 1] * 8} for k in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def replayed(order: str, first: int, n: int) -> list[int]:
+        sc = scenario(base_dict(), f"acceptance={{kind: trace, path: {path}, field: accept_len, records: {order}, "
+                      f"first_record: {first}}}", f"workload.num_requests={n}")
+        table = build_requests(sc, 4)
+        return [int(table.trace_yields[o]) - 1 for o in table.trace_off]
+
+    assert replayed("in_order", 10, 5) == [10, 11, 0, 1, 2]
+    assert sorted(replayed("in_order", 3, 12)) == list(range(12))
+    drawn = replayed("random", 0, 12)
+    assert all(0 <= r < 12 for r in drawn) and len(set(drawn)) < 12  # with replacement
+
+
 def test_arrival_trace_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"arrival_s": 0.0, "prompt_len": 5}) + "\n")
