@@ -38,7 +38,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 500 \
       > "$R/clocks.csv" 2>&1 &
     SMI=$!
-    timeout 540 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+    timeout 575 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     kill $SMI || true
     tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
@@ -139,7 +139,7 @@ case "${1:-}" in
     # on nvidia-h200-x2: validate on one GPU, the drafters stage (eager profile + table, batch 1-64) on the
     # other, side by side, packed into one archive
     R="$OUT/r"; mkdir -p "$R/validate" "$R/drafters"; export PYTHONUNBUFFERED=1
-    (CUDA_VISIBLE_DEVICES=0 timeout 540 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+    (CUDA_VISIBLE_DEVICES=0 timeout 575 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
        --cache-dir .carry/engine -o "$R/validate/validation-cuda" > "$R/validate/validate.log" 2>&1) &
     (export CUDA_VISIBLE_DEVICES=1
      timeout 150 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
