@@ -27,6 +27,7 @@ from dspark_sim.config.schema import (
     PerRequestAcceptance,
     TraceAcceptance,
 )
+from dspark_sim.io import open_text
 
 #: Beta quantiles used to integrate over per-request acceptance (deterministic, no sampling).
 _BETA_NODES = 64
@@ -46,8 +47,8 @@ class AcceptanceTrace:
     prompt_lens: tuple[int, ...]
     output_lens: tuple[int, ...]
     yields: tuple[np.ndarray, ...]
-    confidences: tuple[np.ndarray, ...] | None = None  # by output position, same length as yields
-    probabilities: tuple[np.ndarray, ...] | None = None  # P(accept) by output position, same length as yields
+    confidences: tuple[np.ndarray, ...] | None = None  # by output position (or [position, chain]), as yields
+    probabilities: tuple[np.ndarray, ...] | None = None  # P(accept) by output position (or chain), as yields
 
     @property
     def num_requests(self) -> int:
@@ -70,9 +71,17 @@ def load_acceptance_trace(path: str, field: str, max_requests: int | None = None
 @lru_cache(maxsize=16)
 def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests: int | None,
                 confidence_field: str | None, probability_field: str | None = None) -> AcceptanceTrace:
+    try:
+        return _read_trace(path, field, max_requests, confidence_field, probability_field)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # a truncated or corrupt .gz, a binary file
+        raise InputError(path, None, f"not a readable JSONL trace ({exc})") from None
+
+
+def _read_trace(path: str, field: str, max_requests: int | None, confidence_field: str | None,
+                probability_field: str | None) -> AcceptanceTrace:
     p = Path(path)
     prompts, outputs, yields, confs, probs = [], [], [], [], []
-    with p.open(encoding="utf-8") as fh:
+    with open_text(p) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -104,11 +113,18 @@ def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests:
 
 def _per_position(rec: dict, name: str, n: int, where: str, path: str) -> np.ndarray:
     """A record's per-output-position values in [0, 1] (confidences, probabilities), cut or zero-padded
-    to the record's n yields."""
+    to the record's n yields: one value a position, or a chain of them (a list per position, all of one
+    length: the values of the draft tokens a step starting there proposes, engine traces' chain_*)."""
     if name not in rec:
         raise InputError(path, f"{where}.{name}", "missing field")
-    values = np.clip(np.asarray(rec[name], dtype=float), 0.0, 1.0)
-    fit = np.zeros(n)
+    try:
+        values = np.asarray(rec[name], dtype=float)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] == 0):
+        raise InputError(path, f"{where}.{name}", "expected a list of numbers, or of equally long lists of numbers")
+    values = np.clip(values, 0.0, 1.0)
+    fit = np.zeros((n, *values.shape[1:]))
     fit[: min(len(values), n)] = values[:n]
     return fit
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -23,9 +24,19 @@ def read_json(path: str | Path, what: str, missing: str) -> Any:
         raise InputError(str(p), None, f"not a JSON {what} ({exc})") from None
 
 
+def open_text(path: str | Path):
+    """A text file for reading, gunzipped on the fly when its name ends in .gz (traces are stored so)."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`; text to a name
+    ending in .gz is gzipped (with no timestamp, so the same text gives the same bytes)."""
     path = Path(path)
+    if isinstance(data, str) and path.name.endswith(".gz"):
+        data = gzip.compress(data.encode("utf-8"), mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

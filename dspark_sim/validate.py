@@ -36,7 +36,7 @@ from dspark_sim.config.measurements import (
     ValidationReport,
 )
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
-from dspark_sim.io import write_atomic
+from dspark_sim.io import open_text, write_atomic
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Grid:
     new_tokens: int
     cross_batch_sizes: tuple[int, ...] = ()
     calibrate_max_batch: int | None = None  # cross-prediction: fit only on batches up to this
-    greedy_sequences: int = 16  # prompts measured per greedy point (sampled points: MEASURED_SEQUENCES)
+    greedy_sequences: int = 16  # prompts measured per greedy or DSpark point (others: MEASURED_SEQUENCES)
     min_rounds: int = 1  # ... and at least this many batches of them: large batches measure more prompts
 
     def cases(self) -> list[Case]:
@@ -84,10 +84,14 @@ class Grid:
                     for pol in self.policies:
                         # at least MEASURED_SEQUENCES prompts a point: tau varies a lot from prompt to
                         # prompt, and 4 prompts left batch-1 points' measured tau 20-25% off the trace's;
-                        # greedy tau varies most (per-prompt alpha CV 13-18% against 4% sampled)
-                        # (at batch 16 a round is cheap next to batch 1's: six rounds narrow tau's sampling
-                        # error there, where the verify pass is widest and the speed-up most sensitive to it)
-                        n = max(self.greedy_sequences if t == 0.0 else MEASURED_SEQUENCES, self.min_rounds * b)
+                        # greedy tau varies most (per-prompt alpha CV 13-18% against 4% sampled), and
+                        # so does DSpark's, whose verify widths follow each prompt's confidences (per-prompt
+                        # tau CV 21% sampled against 11-14% at fixed gamma; 16 sampled prompts measured
+                        # tau 2.01 where 48 others gave 1.75: validation/README.md, session 10).
+                        # At batch 16 a round is cheap next to batch 1's: six rounds narrow tau's sampling
+                        # error there, where the verify pass is widest and the speed-up most sensitive to it.
+                        wide = t == 0.0 or pol.startswith("dspark")
+                        n = max(self.greedy_sequences if wide else MEASURED_SEQUENCES, self.min_rounds * b)
                         out.append(Case(t, b, p, pol, rounds=max(1, n // b), new_tokens=self.new_tokens))
         for b in self.cross_batch_sizes:
             out.append(Case(0.0, b, self.prompt_tokens[0], "fixed:3", rounds=1, new_tokens=self.new_tokens, cross=True))
@@ -311,7 +315,7 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
 def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, drafter: dict | None,
                         policy: dict | None, batch: int, prompt_tokens: int, new_tokens: int, cache_tokens: int,
                         trace_path: Path, source: str = "validate", probability_field: str | None = None,
-                        first_record: int | None = None) -> Scenario:
+                        first_record: int | None = None, confidence_field: str = "confidence") -> Scenario:
     """The simulator's description of one run of the bundled engine: a closed static batch of `batch`
     requests, verify blocks padded to the longest, attention over the whole static cache, acceptance
     (and the drafter's confidences) replayed from a trace, or drawn each step from its recorded
@@ -337,7 +341,7 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
             "activation_reserve_gb": 0.0,
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
-                       "confidence_field": "confidence", "probability_field": probability_field,
+                       "confidence_field": confidence_field, "probability_field": probability_field,
                        **({"records": "in_order", "first_record": first_record} if first_record is not None else {})},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
@@ -353,7 +357,7 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
 
 def _trace_has(path: Path, field: str) -> bool:
     """Whether a JSONL trace's records carry `field` (its first record says)."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         return field in json.loads(fh.readline() or "{}")
 
 
@@ -376,12 +380,13 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
                                policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
                                probability_field=trace_probability_field(case.policy, trace_path),
-                               first_record=first_record)
+                               first_record=first_record,
+                               confidence_field=trace_confidence_field(case.policy, trace_path))
 
 
 def trace_records(path: Path) -> int:
     """How many request records a JSONL trace holds."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         return sum(1 for line in fh if line.strip())
 
 
@@ -403,11 +408,13 @@ def prompt_length_trace(trace_path: Path, prompt_tokens: int, out_dir: Path) -> 
     Why: the held-apart traces hold every grid prompt length, and acceptance depends on it: the same
     windows cut at 256 tokens gave greedy tau 3.61 at gamma 5 where cut at 64 they gave 3.98 (H200, session
     9), while a simulation drawing from both predicted 3.72-3.93 for each."""
-    lines = trace_path.read_text(encoding="utf-8").splitlines()
+    with open_text(trace_path) as fh:
+        lines = fh.read().splitlines()
     keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("prompt_len") == prompt_tokens]
     if not keep or len(keep) == len([ln for ln in lines if ln.strip()]):
         return trace_path
-    out = out_dir / f"{trace_path.stem}-P{prompt_tokens}.jsonl"
+    stem, dot, ext = trace_path.name.partition(".")
+    out = out_dir / f"{stem}-P{prompt_tokens}{dot}{ext}"
     write_atomic(out, "\n".join(keep) + "\n")
     return out
 
@@ -419,13 +426,25 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     given the target's tokens before it: exactly what each step's draw needs (block drafters' traces only
     hold their first block position's, so `validate --drafters` replays their yields instead). A policy
     that reads the confidences (DSpark) gets the one coupled to them (sampled traces' accept_prob:
-    min(1, p(x)/q(x)) of the token x whose q(x) is the confidence); the others the expectation over the
-    draft's sample (alpha), which has the same mean and less noise."""
+    min(1, p(x)/q(x)) of the token x whose q(x) is the confidence), from the chains the draft drafts
+    from each position where the trace has them (`trace_confidence_field`); the others the expectation
+    over the draft's sample (alpha), which has the same mean and less noise."""
     if not _trace_has(trace_path, "alpha"):
         return None
-    if policy.startswith("dspark") and _trace_has(trace_path, "accept_prob"):
-        return "accept_prob"
+    if policy.startswith("dspark"):
+        for name in ("chain_accept_prob", "accept_prob"):
+            if _trace_has(trace_path, name):
+                return name
     return "alpha"
+
+
+def trace_confidence_field(policy: str, trace_path: Path) -> str:
+    """The draft's confidences a policy reads in the simulator: DSpark, those of the chains the draft
+    drafts from each position along its own tokens (where the trace has them: the engine's scheduler
+    reads exactly these); else the confidence at each position given the target's tokens."""
+    if policy.startswith("dspark") and _trace_has(trace_path, "chain_confidence"):
+        return "chain_confidence"
+    return "confidence"
 
 
 def decode_tokens_and_passes(sim) -> tuple[float, float, float]:
@@ -660,12 +679,17 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     traces: dict[float, Path] = {}
     acceptance: dict[str, list[float]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the chains the draft drafts from every position (for the DSpark cases' confidences): as long as the
+    # longest draft a case proposes
+    chain = max(int(pol.split(":")[1]) for pol in grid.policies if pol.startswith("dspark")) if any(
+        pol.startswith("dspark") for pol in grid.policies) else 0
     for t in grid.temperatures:
         recs = []
         for p in grid.prompt_tokens:
             recs += acceptance_records(target, draft, [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]], grid.new_tokens,
-                                       _sampling(t), seed)
-        path = out_dir / f"acceptance-T{t:g}.jsonl"
+                                       _sampling(t), seed, chain=chain)
+        # gzipped: the chains make a temperature's trace about 4 MB of JSON (about 1 MB packed)
+        path = out_dir / f"acceptance-T{t:g}.jsonl.gz"
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
         traces[t] = path
         acceptance[f"{t:g}"] = conditional_acceptance(recs, 8)
@@ -804,7 +828,9 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
         raise from_validation_error(str(path), exc, data=raw) from None
     profile = load_profile(folder / "profile.json")
     grid = QUICK if old.quick else FULL
-    traces = {t: folder / f"acceptance-T{t:g}.jsonl" for t in grid.temperatures}
+    # gzipped since session 10 (the chains), plain JSONL before
+    traces = {t: next((p for p in (folder / f"acceptance-T{t:g}.jsonl.gz", folder / f"acceptance-T{t:g}.jsonl")
+                       if p.is_file()), folder / f"acceptance-T{t:g}.jsonl.gz") for t in grid.temperatures}
     for trace in traces.values():
         if not trace.is_file():
             raise InputError(str(trace), None, "acceptance trace missing (validate writes one per temperature)")

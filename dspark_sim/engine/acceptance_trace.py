@@ -7,6 +7,13 @@ One forward pass of each model over the target's own output therefore gives, at 
   1 + (length of the run of matches from i): exactly what a speculative step would yield;
 - sampling: alpha[j] = sum_x min(p_j(x), q_j(x)), the probability the draft token is accepted there
   (Leviathan et al.); yields are then drawn from these with a fixed seed.
+With `chain` > 0 each record also holds, for every output position i, the chain a live step starting
+there drafts: the draft continues from the target's tokens before i along its *own* tokens (sampled or
+greedy) for `chain` positions, and the trace keeps each chain token's confidence and the probability
+that the target accepts it given the chain before it (`chain_confidence`, `chain_accept_prob`). A
+policy that reads confidences past the first draft position sees there what the engine's scheduler
+sees; the per-position fields hold the draft's confidence given the *target's* tokens, which after a
+token the target would reject is not what the live draft is conditioned on.
 The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
 simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`), plus the draft's
 confidence at every position (`confidence_field="confidence"`) as the engine computes it, so that
@@ -30,11 +37,72 @@ def _runs(ok: np.ndarray) -> np.ndarray:
     return run[:-1]
 
 
+def _prefill_rows(model: Transformer, seq: torch.Tensor, rows: int, cache_len: int) -> None:
+    """Every one of `rows` cache rows holding the KV of seq (one sequence): filled once, then copied."""
+    if (model.cache_batch, model.cache_len) != (rows, cache_len):
+        model.setup_caches(rows, cache_len)
+    zero = torch.zeros(1, dtype=torch.long, device=seq.device)
+    model(seq, zero, logit_index=zero)  # only the cache matters here
+    for layer in model.layers:
+        kv = layer.attention.kv_cache
+        for buf in kv.buffers():
+            buf[1:rows] = buf[0]
+
+
+@torch.no_grad()
+def draft_chains(target: Transformer, draft: Transformer, seq: torch.Tensor, n: int, first: torch.Tensor,
+                 p_first: torch.Tensor, q_first_logits: torch.Tensor, sampling: Sampling, length: int,
+                 gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, accept probability) [L, length] of the chain a step starting at each of the L output
+    positions of seq [1, n + L] drafts, its first token `first` [L] (the draft's at that position).
+
+    Row i of a batch holds the sequence up to output position i in its cache; the draft then writes its
+    own tokens from position n + i on (later cached keys are masked, since a query at position p sees keys
+    0..p), and one target pass over the chain gives p for every chain token after the first."""
+    L = seq.shape[1] - n
+    cache_len = n + L + length
+    for model in (target, draft):
+        _prefill_rows(model, seq[:, :-1], L, cache_len)
+    start = n + torch.arange(L, device=seq.device)
+    tokens, confs, q_tok = [first], [], []
+
+    def pick(logits: torch.Tensor, token: torch.Tensor | None) -> torch.Tensor:
+        q = logits_to_probs(logits, sampling)
+        if token is None:
+            if sampling.greedy:
+                token = q.argmax(-1)
+            else:
+                u = torch.rand(q.shape[0], 1, generator=gen, device=q.device)
+                token = torch.searchsorted(q.float().cumsum(-1), u)[:, 0].clamp_max(q.shape[-1] - 1)
+        raw = torch.softmax(logits.float(), -1) if sampling.greedy else q.float()
+        confs.append(raw.gather(-1, token[:, None])[:, 0])
+        q_tok.append(q.float().gather(-1, token[:, None])[:, 0])
+        return token
+
+    pick(q_first_logits, first)
+    for k in range(1, length):
+        logits = draft(tokens[-1][:, None], start + k - 1)[:, 0]
+        tokens.append(pick(logits, None))
+    chain = torch.stack(tokens, 1)  # [L, length]
+    p_rest = logits_to_probs(target(chain[:, :-1], start), sampling) if length > 1 else None
+    p_all = [p_first] + ([p_rest[:, k] for k in range(length - 1)] if p_rest is not None else [])
+    acc = []
+    for k, p in enumerate(p_all):
+        tok = chain[:, k]
+        if sampling.greedy:
+            acc.append((p.argmax(-1) == tok).float())
+        else:
+            acc.append((p.float().gather(-1, tok[:, None])[:, 0] / q_tok[k].clamp_min(1e-30)).clamp_max(1.0))
+    return torch.stack(confs, 1).cpu().numpy(), torch.stack(acc, 1).cpu().numpy()
+
+
 @torch.no_grad()
 def acceptance_records(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
-                       sampling: Sampling, seed: int = 0) -> list[dict]:
-    """One record per prompt: prompt_len, output_len, accept_len (yield per output position), alpha."""
+                       sampling: Sampling, seed: int = 0, chain: int = 0) -> list[dict]:
+    """One record per prompt: prompt_len, output_len, accept_len (yield per output position), alpha;
+    with `chain`, every position's drafted chain (module docstring)."""
     gen = torch.Generator(device=target.device).manual_seed(seed)
+    chain_gen = torch.Generator(device=target.device).manual_seed(seed + 1)  # leaves the fields above as without
     res = generate_baseline(target, prompts, max_new_tokens, sampling, generator=gen)
     rng = np.random.default_rng(seed)
     records = []
@@ -46,6 +114,7 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
         p = logits_to_probs(p_logits, sampling)
         q = logits_to_probs(q_logits, sampling)
         toks = seq[0, n:]
+        pick = None
         if sampling.greedy:
             ok = (q.argmax(-1) == toks).cpu().numpy()
             alpha = ok.astype(float)
@@ -72,6 +141,11 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
         }
         if not sampling.greedy:
             record["accept_prob"] = [round(float(a), 6) for a in accept_prob]
+        if chain and len(out):
+            first = q.argmax(-1) if pick is None else pick[:, 0]
+            c_conf, c_acc = draft_chains(target, draft, seq, n, first, p, q_logits, sampling, chain, chain_gen)
+            record["chain_confidence"] = [[round(float(c), 5) for c in row] for row in c_conf]
+            record["chain_accept_prob"] = [[round(float(a), 5) for a in row] for row in c_acc]
         records.append(record)
     return records
 

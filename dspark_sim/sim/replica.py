@@ -310,9 +310,7 @@ class Replica:
                     tl = self.tlen[di]
                     tr = tl > 0
                     if tr.any() and self.pflat is not None:  # a fresh draw from the recorded probabilities
-                        at = g_d[:, None] + np.arange(w)[None, :]
-                        idx = self.toff[di][:, None] + np.minimum(at, np.maximum(tl[:, None] - 1, 0))
-                        prob = np.where(at < tl[:, None], self.pflat[idx], 0.0)
+                        prob = self._recorded(self.pflat, di, w)
                         drawn = sample_accepted(prob, verify, uniforms(self.seed[di], g_d, w))
                         acc = np.where(tr, drawn, acc)
                     elif tr.any():
@@ -387,16 +385,30 @@ class Replica:
         pw = q * (np.minimum(c, w) + (q + 1.0) * 0.5) if w else pairs
         return (float(len(q)), float(q.sum()), float(kv.sum()), float(kvw.sum()), float(pairs.sum()), float(pw.sum()))
 
+    def _recorded(self, flat: np.ndarray, di, width: int) -> np.ndarray:
+        """[decoders, width] recorded values (confidences, acceptance probabilities) of the draft tokens a
+        step starting at each decoder's output position proposes: one value per output position (the
+        k-th draft token's at position + k), or per-position chains (the k-th value of the chain recorded
+        at the step's start). 0 past a request's trace and past a chain's end."""
+        tl = self.tlen[di]
+        g = self.gen[di]
+        at = g[:, None] + np.arange(width)[None, :]
+        if flat.ndim == 1:
+            idx = self.toff[di][:, None] + np.minimum(at, np.maximum(tl[:, None] - 1, 0))
+            return np.where(at < tl[:, None], flat[idx], 0.0)
+        k = min(width, flat.shape[1])
+        rows = self.toff[di] + np.minimum(g, np.maximum(tl - 1, 0))
+        out = np.zeros((len(g), width))
+        out[:, :k] = flat[rows, :k]
+        return np.where(at < tl[:, None], out, 0.0)
+
     def _confidences(self, di, nd: int) -> np.ndarray:
         """The drafter's confidence c_k: recorded confidences when the trace has them (replayed by
         output position), else the true conditional, perturbed in logit space if miscalibrated."""
         c = self.cond[di][:, : self.gamma]
         if self.cflat is not None:
             tl = self.tlen[di]
-            pos = self.gen[di][:, None] + np.arange(self.gamma)[None, :]
-            valid = (pos < tl[:, None]) & (tl[:, None] > 0)
-            idx = self.toff[di][:, None] + np.minimum(pos, np.maximum(tl[:, None] - 1, 0))
-            c = np.where(valid, self.cflat[idx], np.where(tl[:, None] > 0, 0.0, c))
+            c = np.where(tl[:, None] > 0, self._recorded(self.cflat, di, self.gamma), c)
         if self.calibration_error <= 0:
             return c
         eps = 1e-6

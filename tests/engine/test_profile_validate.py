@@ -65,6 +65,66 @@ def test_sampled_trace_couples_acceptance_to_the_confidence(pair):
     assert "accept_prob" not in acceptance_records(target, draft, prompts[:2], 8, Sampling())[0]
 
 
+def _leading_ones(rows) -> list[int]:
+    out = []
+    for row in rows:
+        k = 0
+        while k < len(row) and row[k] == 1.0:
+            k += 1
+        out.append(k)
+    return out
+
+
+def test_draft_chains_follow_the_drafts_own_tokens(pair):
+    """A chain starts with the per-position fields' token (same confidence and acceptance), and while the
+    target accepts it, it drafts the target's own tokens: greedy, its accepted run from position i is the
+    trace's yield there (capped at its length). The per-position fields are those of a run without chains."""
+    target, draft = pair
+    gen = torch.Generator().manual_seed(3)
+    prompts = torch.randint(0, 264, (3, 12), generator=gen).tolist()
+    for sampling in (Sampling(), Sampling(1.0)):
+        plain = acceptance_records(target, draft, prompts, 24, sampling)
+        recs = acceptance_records(target, draft, prompts, 24, sampling, chain=4)
+        for r, q in zip(recs, plain, strict=True):
+            assert {k: v for k, v in r.items() if not k.startswith("chain_")} == q
+            conf, acc = np.array(r["chain_confidence"]), np.array(r["chain_accept_prob"])
+            assert conf.shape == acc.shape == (len(r["accept_len"]), 4)
+            assert conf[:, 0] == pytest.approx(np.array(r["confidence"]), abs=2e-5)
+            if sampling.greedy:
+                assert set(np.unique(acc)) <= {0.0, 1.0}
+                n = len(r["accept_len"])  # the trace's runs stop at the output's end, a chain does not
+                assert [min(k, n - i) for i, k in enumerate(_leading_ones(acc))] == [min(y - 1, 4) for y in
+                                                                                     r["accept_len"]]
+            else:
+                assert acc[:, 0] == pytest.approx(np.array(r["accept_prob"]), abs=2e-5)
+                assert acc.min() >= 0.0 and acc.max() <= 1.0 and conf.min() >= 0.0 and conf.max() <= 1.0
+    same = acceptance_records(target, target, prompts[:2], 16, Sampling(1.0), chain=3)
+    assert all(a == pytest.approx(1.0, abs=1e-4) for r in same for row in r["chain_accept_prob"] for a in row)
+
+
+def test_chain_confidences_are_the_live_drafts(pair):
+    """Statistically: the confidences a chain records k tokens into a step are distributed as those the
+    engine's draft reports at its k-th draft token (sampled, fixed gamma), where the per-position field
+    at position i + k, given the target's tokens, is not what the live draft sees."""
+    target, draft = pair
+    gen = torch.Generator().manual_seed(5)
+    prompts = torch.randint(0, 264, (24, 12), generator=gen).tolist()
+    recs = acceptance_records(target, draft, prompts, 40, Sampling(1.0), chain=4)
+    chain = np.concatenate([np.array(r["chain_confidence"])[1:-4] for r in recs])  # the engine steps from 1
+    per_position = np.concatenate([np.array(r["confidence"]) for r in recs])
+    live = []
+    for i in range(0, len(prompts), 8):
+        res = speculative_generate(target, draft, prompts[i: i + 8], 40, FixedGamma(gamma=4), Sampling(1.0),
+                                   generator=torch.Generator().manual_seed(i))
+        live += [s.confidences[s.active] for s in res.steps]
+    live = np.concatenate(live)
+    live = live[~np.isnan(live).any(axis=1)]  # steps near the end draft fewer
+    for k in (1, 2, 3):
+        se = np.sqrt(live[:, k].var() / len(live) + chain[:, k].var() / len(chain))
+        assert abs(live[:, k].mean() - chain[:, k].mean()) < 4 * se, k
+    print("live", live.mean(0), "chain", chain.mean(0), "per-position", per_position.mean())
+
+
 def test_dspark_cases_replay_the_coupled_acceptance(tmp_path):
     from dspark_sim.validate import trace_probability_field
 

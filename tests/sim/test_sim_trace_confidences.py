@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dspark_sim.config.loader import scenario_from_dict
 from dspark_sim.sim.run import simulate_config
 
@@ -39,3 +41,31 @@ def test_low_recorded_confidence_stops_verification(tmp_path):
 
 def test_high_recorded_confidence_verifies(tmp_path):
     assert _run(tmp_path, 0.9) > 5.0
+
+
+def _chain_run(tmp_path, conf_field: str, prob_field: str) -> float:
+    """Per-position confidences say "verify" (0.9) where the chains recorded at each step's start say
+    "stop after one" (0.9 then 0.1), and the chains' acceptance stops after two tokens."""
+    path = tmp_path / "chains.jsonl"
+    n = 64
+    with open(path, "w") as fh:
+        for _ in range(4):
+            fh.write(json.dumps({"prompt_len": 16, "output_len": n, "accept_len": [6] * n,
+                                 "confidence": [0.9] * n, "alpha": [1.0] * n,
+                                 "chain_confidence": [[0.9, 0.1, 0.9, 0.9, 0.9]] * n,
+                                 "chain_accept_prob": [[1.0, 1.0, 0.0, 1.0, 1.0]] * n}) + "\n")
+    raw = base_dict()
+    raw["acceptance"] = {"kind": "trace", "path": str(path), "field": "accept_len", "confidence_field": conf_field,
+                         "probability_field": prob_field}
+    raw["policy"] = {"kind": "confidence_threshold", "gamma_max": 5, "threshold": 0.5, "on": "conditional"}
+    raw["workload"] = {"arrivals": {"kind": "closed_loop", "concurrency": 2}, "num_requests": 4,
+                       "prompt_tokens": {"kind": "fixed", "tokens": 16}, "output_tokens": {"kind": "fixed", "tokens": 48}}
+    raw["simulation"] = {"simulate_baseline": False, "per_request_output": "none"}
+    return simulate_config(scenario_from_dict(raw), "main", None, "test", with_records=False).summary.tau
+
+
+def test_chains_are_replayed_from_each_steps_start(tmp_path):
+    assert _chain_run(tmp_path, "confidence", "alpha") > 5.0  # per position: 0.9 everywhere, all accepted
+    # the chain's second token stops verification; five verified, the chain's third is rejected
+    assert _chain_run(tmp_path, "chain_confidence", "alpha") == pytest.approx(2.0, abs=0.1)
+    assert _chain_run(tmp_path, "confidence", "chain_accept_prob") == pytest.approx(3.0, abs=0.15)
