@@ -124,6 +124,15 @@ class PassCost:
 ZERO_COST = PassCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
+def multi_token_share(tokens, ramp_tokens: float):
+    """The share of a multi-token pass's extra cost (weight re-reads, GEMM set-up) a pass of `tokens`
+    tokens pays: 0 for one token, then min(1, (tokens - 1) / ramp) (all of it from 2 tokens when ramp <= 1)."""
+    t = np.asarray(tokens, dtype=float)
+    if ramp_tokens <= 1.0:
+        return np.where(t > 1.0, 1.0, 0.0)
+    return np.clip((t - 1.0) / ramp_tokens, 0.0, 1.0)
+
+
 def _onchip_split(resident_bytes, other_bytes, capacity_bytes: float):
     """Bytes served on chip vs from HBM for a set that wants to live on chip.
 
@@ -172,7 +181,9 @@ def forward_cost(
         weight_params = weight_params + s.num_moe_layers * moe_layer
     weight_bytes = np.asarray(weight_params, dtype=float) * wb / tp
     # matrix-matrix passes may stream the weights more than once (a CPU GEMM packs them first)
-    weight_bytes = weight_bytes * np.where(t > 1.0, hw.multi_token_weight_reads, 1.0)
+    multi_share = multi_token_share(t, hw.multi_token_ramp_tokens)
+    reads = hw.multi_token_weight_reads
+    weight_bytes = weight_bytes * np.where(multi_share >= 1.0, reads, 1.0 + (reads - 1.0) * multi_share)
     if include_embedding:
         weight_bytes = weight_bytes + t * h * wb  # embedding rows looked up
 
@@ -240,7 +251,7 @@ def forward_cost(
     multi = hw.overheads.per_layer_multi_token_us * model.num_layers
     multi_query = hw.overheads.per_layer_multi_query_us * model.num_layers
     overhead_s = (hw.overheads.per_pass_us + hw.overheads.per_layer_us * model.num_layers
-                  + np.where(t > 1.0, multi, 0.0)
+                  + multi * multi_share
                   + np.where(t > np.asarray(batch.num_seqs, dtype=float), multi_query, 0.0)) * 1e-6
     memory_s = hbm_s + onchip_s
     # the larger of compute and memory time, plus the part of the smaller one that does not overlap

@@ -231,3 +231,30 @@ def test_draft_pass_host_time_is_told_from_the_step_overhead():
     one_gamma.steps = prof.steps[:1]
     _, rep1 = calibrate(one_gamma)
     assert not next(p for p in rep1.parameters if p.name == "per_draft_pass_us").identified
+
+
+def test_gpu_profile_fits_the_ramp_of_the_multi_token_cost():
+    """Small GEMMs run kernels whose time grows with the rows up to a tile's height: a synthetic GPU whose
+    multi-token set-up reaches its full value over 4 extra tokens is fitted so (a step from 2 tokens would
+    miss the 2- and 3-token passes), and the cost model prices the ramp as documented."""
+    from dspark_sim.costmodel import multi_token_share
+
+    assert list(multi_token_share([1, 2, 3, 5, 9], 4.0)) == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert list(multi_token_share([1, 2, 9], 0.0)) == [0.0, 1.0, 1.0]  # 0: all of it from 2 tokens
+    prof = _profile(contexts=(64, 512))
+    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})})
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
+    truth = truth.model_copy(update={"multi_token_ramp_tokens": 4.0, "overheads": truth.overheads.model_copy(
+        update={"per_layer_multi_token_us": 40.0})})
+    times = predict_samples(sample_shapes(prof), truth)
+    for s, t in zip(prof.samples, times, strict=True):
+        s.median_s = s.times_s[0] = float(t)
+    _, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert rep.median_abs_error_pct < 1.0
+    assert fitted["multi_token_ramp_tokens"].identified
+    assert fitted["multi_token_ramp_tokens"].value == pytest.approx(4.0, rel=0.2)
+    # a CPU profile keeps the step (its weight re-reads start at 2 tokens)
+    _, cpu_rep = calibrate(_profile())
+    cpu = {p.name: p for p in cpu_rep.parameters}
+    assert cpu["multi_token_ramp_tokens"].value == 0.0 and not cpu["multi_token_ramp_tokens"].identified

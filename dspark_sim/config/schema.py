@@ -125,6 +125,14 @@ class HardwareProfile(Strict):
         "project's EPYC: a Linear costs 1.7-2.1x more at 2 rows than at 1, then stays flat to 8); "
         "`calibrate` fits it",
     )
+    multi_token_ramp_tokens: NonNegFloat = Field(
+        0.0,
+        description="extra tokens over which a multi-token pass's extra cost (the weight re-reads above, a GPU's "
+        "per-layer GEMM set-up) grows to its full value: a pass of t tokens pays the fraction min(1, (t - 1) / "
+        "ramp) of it; 0 = all of it from 2 tokens. Small GEMMs run kernels whose time grows with the rows up to "
+        "a tile's height (this project's H200: a batch-1 target pass costs 479 us at 1 token, 560 at 2, 601 at "
+        "3, 627 at 5, then flat); `calibrate` fits it",
+    )
     compute_memory_overlap: Probability = Field(
         1.0,
         description="how far a pass's compute and memory traffic overlap: 1 = its time is the larger of the "

@@ -277,13 +277,16 @@ class _FastPass:
         self.multi_query_overhead = hw.overheads.per_layer_multi_query_us * model.num_layers * 1e-6
         self.serial = 1.0 - hw.compute_memory_overlap
         self.multi_reads = hw.multi_token_weight_reads
+        self.multi_ramp = hw.multi_token_ramp_tokens
 
     def __call__(self, t: float, kv: float, kvw: float, pairs: float, pairs_w: float, n: float) -> Cost:
         """t new tokens over n sequences (kv, pairs: as BatchShape's sums)."""
         weight_params = self.w_fixed
         if self.moe is not None:
             weight_params += self.w_expert * self.n_exp * (1.0 - self.miss**t)
-        weight_bytes = weight_params * self.wb_tp * (self.multi_reads if t > 1.0 else 1.0) + t * self.h_wb
+        share = (1.0 if t > 1.0 else 0.0) if self.multi_ramp <= 1.0 else min(max((t - 1.0) / self.multi_ramp, 0.0), 1.0)
+        reads = self.multi_reads if share >= 1.0 else 1.0 + (self.multi_reads - 1.0) * share
+        weight_bytes = weight_params * self.wb_tp * reads + t * self.h_wb
         kv_read = self.kv_a * kv + self.kv_b * kvw
         other = t * (self.kv_write + self.act + self.logits)
         everything = weight_bytes + kv_read
@@ -300,7 +303,7 @@ class _FastPass:
         memory = hbm / self.eff_bw + onchip / self.onchip_div
         comm = self.comm_fixed + self.comm_per_tok * t if self.tp > 1 else 0.0
         longer, shorter = (compute, memory) if compute > memory else (memory, compute)
-        overhead = (self.overhead + (self.multi_overhead if t > 1.0 else 0.0)
+        overhead = (self.overhead + self.multi_overhead * share
                     + (self.multi_query_overhead if t > n else 0.0))
         return Cost(longer + self.serial * shorter + comm + overhead, hbm, onchip)
 
