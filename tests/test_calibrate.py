@@ -155,18 +155,24 @@ def test_gpu_profile_fits_the_per_layer_cost_of_multi_token_passes():
     assert cpu["per_layer_multi_token_us"].value == 0.0 and not cpu["per_layer_multi_token_us"].identified
 
 
+def _synthetic_gpu_profile(overheads: dict, **hardware):
+    """A GPU profile timed exactly by the cost model with TRUE and these overheads / hardware fields, and
+    that hardware."""
+    prof = _profile(contexts=(64, 512))
+    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})})
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
+    truth = truth.model_copy(update={**hardware, "overheads": truth.overheads.model_copy(update=overheads)})
+    times = predict_samples(sample_shapes(prof), truth)
+    for s, t in zip(prof.samples, times, strict=True):
+        s.median_s = s.times_s[0] = float(t)
+    return prof, truth
+
+
 def test_gpu_profile_tells_multi_query_passes_from_multi_row_ones():
     """A GPU pass whose sequences carry several tokens each (a verify block) pays a further per-layer
     cost that a batch of one-token sequences does not (attention leaves its decode kernel): with both
     kinds of shapes in the profile, calibration fits the two costs apart."""
-    prof = _profile(contexts=(64, 512))
-    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})})
-    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
-    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(
-        update={"per_layer_multi_token_us": 10.0, "per_layer_multi_query_us": 20.0})})
-    times = predict_samples(sample_shapes(prof), truth)
-    for s, t in zip(prof.samples, times, strict=True):
-        s.median_s = s.times_s[0] = float(t)
+    prof, truth = _synthetic_gpu_profile({"per_layer_multi_token_us": 10.0, "per_layer_multi_query_us": 20.0})
     _, rep = calibrate(prof)
     fitted = {p.name: p for p in rep.parameters}
     assert rep.median_abs_error_pct < 1.0
@@ -241,15 +247,7 @@ def test_gpu_profile_fits_the_ramp_of_the_multi_token_cost():
 
     assert list(multi_token_share([1, 2, 3, 5, 9], 4.0)) == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert list(multi_token_share([1, 2, 9], 0.0)) == [0.0, 1.0, 1.0]  # 0: all of it from 2 tokens
-    prof = _profile(contexts=(64, 512))
-    prof = prof.model_copy(update={"device": DEVICE.model_copy(update={"kind": "cuda", "name": "synthetic gpu"})})
-    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 0.0)
-    truth = truth.model_copy(update={"multi_token_ramp_tokens": 4.0, "overheads": truth.overheads.model_copy(
-        update={"per_layer_multi_token_us": 40.0})})
-    times = predict_samples(sample_shapes(prof), truth)
-    for s, t in zip(prof.samples, times, strict=True):
-        s.median_s = s.times_s[0] = float(t)
-    _, rep = calibrate(prof)
+    _, rep = calibrate(_synthetic_gpu_profile({"per_layer_multi_token_us": 40.0}, multi_token_ramp_tokens=4.0)[0])
     fitted = {p.name: p for p in rep.parameters}
     assert rep.median_abs_error_pct < 1.0
     assert fitted["multi_token_ramp_tokens"].identified
