@@ -463,8 +463,8 @@ def decode_tokens_and_passes(sim) -> tuple[float, float, float]:
 def predict_case(case: Case, profile: EngineProfile, hw: HardwareProfile, trace_path: Path, sps_table,
                  cap_spec: int, cap_base: int, seed: int, repeats: int) -> tuple[Measured, Measured]:
     """Simulated decode tokens/s of the engine's run (spec and baseline), over at least `repeats` x rounds
-    seeds, every trace record replayed equally often: while the whole batch generates (the steps the simulator ran with every request decoding), and for
-    the whole static batch (first token to last finish)."""
+    seeds, every trace record replayed equally often: while the whole batch generates (the steps the
+    simulator ran with every request decoding), and for the whole static batch (first token to last finish)."""
     from dspark_sim.sim.run import Simulation
 
     out = []
@@ -681,8 +681,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     out_dir.mkdir(parents=True, exist_ok=True)
     # the chains the draft drafts from every position (for the DSpark cases' confidences): as long as the
     # longest draft a case proposes
-    chain = max(int(pol.split(":")[1]) for pol in grid.policies if pol.startswith("dspark")) if any(
-        pol.startswith("dspark") for pol in grid.policies) else 0
+    chain = max((int(pol.split(":")[1]) for pol in grid.policies if pol.startswith("dspark")), default=0)
     for t in grid.temperatures:
         recs = []
         for p in grid.prompt_tokens:
