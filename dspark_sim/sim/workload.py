@@ -244,14 +244,15 @@ class _YieldStore:
         return np.concatenate(self.parts).astype(np.int64) if self.parts else np.ones(1, dtype=np.int64)
 
 
-def _aligned(parts: dict[int, np.ndarray], store: _YieldStore, field: str) -> np.ndarray | None:
+def _aligned(parts: dict[int, np.ndarray], store: _YieldStore, source: str, field: str) -> np.ndarray | None:
     """Recorded per-position values (or chains) laid out as the store's yields, when every replayed
     record has them; all of one shape (a position's value, or chains of one length)."""
     if not parts or len(parts) != len(store.parts):
         return None
     arrays = [parts[id(y)] for y in store.parts]
     if len({a.shape[1:] for a in arrays}) > 1:
-        raise InputError("acceptance", field, "the replayed traces mix per-position values and chains (or chain lengths)")
+        raise InputError(source, f"acceptance.{field}",
+                         "the replayed traces mix per-position values and chains (or chain lengths)")
     return np.concatenate(arrays).astype(float)
 
 
@@ -333,8 +334,8 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
     else:
         arrival = open_loop_arrivals(arr_spec, stream(seed, "arrivals"), n)
 
-    trace_conf = _aligned(conf_parts, store, "confidence_field")
-    trace_prob = _aligned(prob_parts, store, "probability_field")
+    trace_conf = _aligned(conf_parts, store, source, "confidence_field")
+    trace_prob = _aligned(prob_parts, store, source, "probability_field")
     step_seed = stream(seed, "step_seeds").integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
     closed = isinstance(arr_spec, ClosedLoopArrivals)
     return RequestTable(
