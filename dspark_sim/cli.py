@@ -317,7 +317,11 @@ def _write_validation(report, folder: Path, console) -> None:
                       f"{s.median_abs_tokens_per_s_error_pct:5.1f}% worst {s.worst_abs_tokens_per_s_error_pct:5.1f}%"
                       + (f"  (tau {s.median_abs_tau_error_pct:4.1f}%, per tau {s.median_abs_per_tau_error_pct:4.1f}%)"
                          if s.median_abs_tau_error_pct is not None and s.median_abs_per_tau_error_pct is not None
-                         else ""))
+                         else "")
+                      + (f"  (repeats spread {s.median_repeat_spread_speedup_pct:4.1f}% / "
+                         f"{s.median_repeat_spread_tokens_per_s_pct:4.1f}%)"
+                         if s.median_repeat_spread_speedup_pct is not None
+                         and s.median_repeat_spread_tokens_per_s_pct is not None else ""))
     console.print(f"{'PASSED' if report.passed else 'FAILED'} (tolerance {tol:g}% median) -> {folder}/report.html")
     if not report.passed:
         raise typer.Exit(1)

@@ -495,6 +495,26 @@ def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred / meas - 1.0)
 
 
+def repeat_spread_pct(values: list[float] | None) -> float | None:
+    """(max - min) / median of a point's timed repeats, in percent: how far the machine's own speed moved
+    between them, the floor under any prediction error (None with fewer than two repeats)."""
+    if not values or len(values) < 2:
+        return None
+    return 100.0 * (max(values) - min(values)) / statistics.median(values)
+
+
+def speedup_repeats(spec: list[float] | None, base: list[float] | None) -> list[float] | None:
+    """Each timed repeat's speed-up: its speculative run over the plain run measured beside it."""
+    if not spec or not base or len(spec) != len(base):
+        return None
+    return [a / b for a, b in zip(spec, base, strict=True)]
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def summarise(points: list[ValidationPoint]) -> list[ErrorSummary]:
     groups: dict[str, list[ValidationPoint]] = {"all (in calibrated range)": [p for p in points if not p.cross_prediction]}
     for p in points:
@@ -511,7 +531,11 @@ def summarise(points: list[ValidationPoint]) -> list[ErrorSummary]:
                                 worst_abs_speedup_error_pct=max(s), median_abs_tokens_per_s_error_pct=statistics.median(t),
                                 worst_abs_tokens_per_s_error_pct=max(t),
                                 median_abs_tau_error_pct=statistics.median(tau) if tau else None,
-                                median_abs_per_tau_error_pct=statistics.median(per_tau) if per_tau else None))
+                                median_abs_per_tau_error_pct=statistics.median(per_tau) if per_tau else None,
+                                median_repeat_spread_tokens_per_s_pct=_median_or_none(
+                                    [p.measured_repeat_spread_pct for p in pts]),
+                                median_repeat_spread_speedup_pct=_median_or_none(
+                                    [p.measured_speedup_repeat_spread_pct for p in pts])))
     return out
 
 
@@ -605,6 +629,8 @@ def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, 
         measured_batch_tokens_per_s=spec_m.batch_tokens_per_s, predicted_batch_tokens_per_s=spec_p.batch_tokens_per_s,
         measured_repeats_tokens_per_s=spec_m.repeats, measured_baseline_repeats_tokens_per_s=base_m.repeats,
         measured_verified=spec_m.verified, predicted_verified=spec_p.verified,
+        measured_repeat_spread_pct=repeat_spread_pct(spec_m.repeats),
+        measured_speedup_repeat_spread_pct=repeat_spread_pct(speedup_repeats(spec_m.repeats, base_m.repeats)),
     )
 
 

@@ -142,6 +142,11 @@ class ValidationPoint(Doc):
         None, description="drafts verified per sequence-pass in the engine's run: the policy's decisions (a "
         "fixed gamma's, short of the end of a sequence; DSpark's, step by step), pooled as tau is")
     predicted_verified: float | None = Field(None, description="the same in the simulated run")
+    measured_repeat_spread_pct: float | None = Field(
+        None, description="(max - min) / median of the timed repeats' tokens/s: how far the machine's own speed "
+        "moved between them, the floor under the prediction's error (None with fewer than two repeats)")
+    measured_speedup_repeat_spread_pct: float | None = Field(
+        None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
 
 
 class MeasuredCase(Doc):
@@ -190,6 +195,11 @@ class ErrorSummary(Doc):
     worst_abs_tokens_per_s_error_pct: float
     median_abs_tau_error_pct: float | None = None
     median_abs_per_tau_error_pct: float | None = Field(None, description="timing side alone (see ValidationPoint)")
+    median_repeat_spread_tokens_per_s_pct: float | None = Field(
+        None, description="the measurement's own noise: per point, (max - min) / median of its timed repeats' "
+        "tokens/s; the median over the group's points (None without repeats)")
+    median_repeat_spread_speedup_pct: float | None = Field(
+        None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
 
 
 class ValidationReport(Doc):

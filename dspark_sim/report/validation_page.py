@@ -46,14 +46,16 @@ def validation_html(report: ValidationReport) -> str:
         f"<tr><td>{html.escape(s.group)}</td><td>{s.points}</td><td>{s.median_abs_speedup_error_pct:.1f}%</td>"
         f"<td>{s.worst_abs_speedup_error_pct:.1f}%</td><td>{s.median_abs_tokens_per_s_error_pct:.1f}%</td>"
         f"<td>{s.worst_abs_tokens_per_s_error_pct:.1f}%</td><td>{_pct(s.median_abs_tau_error_pct, '')}</td>"
-        f"<td>{_pct(s.median_abs_per_tau_error_pct, '')}</td></tr>"
+        f"<td>{_pct(s.median_abs_per_tau_error_pct, '')}</td><td>{_pct(s.median_repeat_spread_speedup_pct, '')}</td>"
+        f"<td>{_pct(s.median_repeat_spread_tokens_per_s_pct, '')}</td></tr>"
         for s in report.summary
     )
     pts = "".join(
         f"<tr><td>{html.escape(p.label)}</td><td>{p.measured_tokens_per_s:.1f}</td><td>{p.predicted_tokens_per_s:.1f}</td>"
         f"<td>{p.measured_speedup:.2f}</td><td>{p.predicted_speedup:.2f}</td><td>{p.measured_tau:.2f}</td>"
         f"<td>{p.predicted_tau:.2f}</td><td>{p.tokens_per_s_error_pct:+.1f}%</td><td>{p.speedup_error_pct:+.1f}%</td>"
-        f"<td>{_pct(p.tau_error_pct)}</td><td>{_pct(p.per_tau_error_pct)}</td></tr>"
+        f"<td>{_pct(p.tau_error_pct)}</td><td>{_pct(p.per_tau_error_pct)}</td>"
+        f"<td>{_pct(p.measured_speedup_repeat_spread_pct, '')}</td><td>{_pct(p.measured_repeat_spread_pct, '')}</td></tr>"
         for p in report.points
     )
     verdict = "PASSED" if report.passed else "FAILED"
@@ -68,12 +70,15 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 {drift}
 &middot; command <code>{html.escape(report.command)}</code></p>
 <h2>Errors by regime</h2><p>The tokens/s error splits into an acceptance side (tau predicted from the held-apart prompts'
-traces vs tau measured) and a timing side (tokens/s per unit of tau).</p>
+traces vs tau measured) and a timing side (tokens/s per unit of tau). The repeat spread is the measurement's own
+noise: (max - min) / median of a point's timed repeats, which the machine's changing speed sets and no prediction can
+undercut.</p>
 <table><tr><th>group</th><th>points</th><th>median |speed-up err|</th><th>worst</th>
-<th>median |tok/s err|</th><th>worst</th><th>median |tau err|</th><th>median |tok/s per tau err|</th></tr>{rows}</table>
+<th>median |tok/s err|</th><th>worst</th><th>median |tau err|</th><th>median |tok/s per tau err|</th>
+<th>median repeat spread: speed-up</th><th>tok/s</th></tr>{rows}</table>
 {''.join(parts)}
 <h2>Every point</h2><table><tr><th>point</th><th>measured tok/s</th><th>predicted tok/s</th><th>measured x</th>
 <th>predicted x</th><th>measured tau</th><th>predicted tau</th><th>tok/s err</th><th>speed-up err</th><th>tau err</th>
-<th>tok/s per tau err</th></tr>{pts}</table>
+<th>tok/s per tau err</th><th>repeat spread: speed-up</th><th>tok/s</th></tr>{pts}</table>
 </body></html>
 """

@@ -276,6 +276,26 @@ def test_validate_quick_end_to_end(tmp_path):
         bad = _cli("validate", *args)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
     assert "tok/s per tau err" in html
+    # each point's own measurement noise beside its error: the spread of its timed repeats
+    for p in report["points"]:
+        reps = p["measured_repeats_tokens_per_s"]
+        assert p["measured_repeat_spread_pct"] == pytest.approx(100 * (max(reps) - min(reps)) / float(np.median(reps)))
+        assert p["measured_speedup_repeat_spread_pct"] >= 0
+    assert report["summary"][0]["median_repeat_spread_tokens_per_s_pct"] == pytest.approx(
+        float(np.median([p["measured_repeat_spread_pct"] for p in report["points"] if not p["cross_prediction"]])))
+    assert "repeat spread" in html
+
+
+def test_repeat_spread_is_the_measurements_own_noise():
+    """The spread of a point's repeats (max - min over the median), and of their paired speed-ups."""
+    from dspark_sim.validate import repeat_spread_pct, speedup_repeats
+
+    assert repeat_spread_pct([90.0, 100.0, 120.0]) == pytest.approx(30.0)
+    assert repeat_spread_pct([100.0]) is None and repeat_spread_pct(None) is None
+    # a host twice as fast in one repeat moves both loops: the speed-up's spread stays 0
+    ups = speedup_repeats([200.0, 400.0, 210.0], [100.0, 200.0, 105.0])
+    assert ups == pytest.approx([2.0, 2.0, 2.0]) and repeat_spread_pct(ups) == pytest.approx(0.0)
+    assert speedup_repeats([1.0, 2.0], [1.0]) is None
 
 
 def test_profile_rounds_merge(tmp_path):
