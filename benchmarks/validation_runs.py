@@ -4,7 +4,7 @@ profile rounds moved from one another.
     python benchmarks/validation_runs.py validation/reports/cuda validation/reports/cuda-session11-a ...
 
 Why: a run's worst points may be the model's error or the machine's; the repeat spread (max - min over the
-median of a point's timed repeats) bounds how close any prediction can come, and profile rounds that disagree
+median of a point's timed repeats) is what the machine itself varied between repeats, and profile rounds that disagree
 (the calibration takes their median) say the profile saw a different machine than the measurements did.
 """
 

@@ -497,7 +497,7 @@ def _err(pred: float, meas: float) -> float:
 
 def repeat_spread_pct(values: list[float] | None) -> float | None:
     """(max - min) / median of a point's timed repeats, in percent: how far the machine's own speed moved
-    between them, the floor under any prediction error (None with fewer than two repeats)."""
+    between them, the scale an error is read against (None with fewer than two repeats)."""
     if not values or len(values) < 2:
         return None
     return 100.0 * (max(values) - min(values)) / statistics.median(values)

@@ -144,7 +144,7 @@ class ValidationPoint(Doc):
     predicted_verified: float | None = Field(None, description="the same in the simulated run")
     measured_repeat_spread_pct: float | None = Field(
         None, description="(max - min) / median of the timed repeats' tokens/s: how far the machine's own speed "
-        "moved between them, the floor under the prediction's error (None with fewer than two repeats)")
+        "moved between them: an error within it is within what the machine itself varied (None with fewer than two repeats)")
     measured_speedup_repeat_spread_pct: float | None = Field(
         None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
 

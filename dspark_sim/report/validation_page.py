@@ -71,8 +71,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 &middot; command <code>{html.escape(report.command)}</code></p>
 <h2>Errors by regime</h2><p>The tokens/s error splits into an acceptance side (tau predicted from the held-apart prompts'
 traces vs tau measured) and a timing side (tokens/s per unit of tau). The repeat spread is the measurement's own
-noise: (max - min) / median of a point's timed repeats, which the machine's changing speed sets and no prediction can
-undercut.</p>
+noise: (max - min) / median of a point's timed repeats; an error within it is within what the machine itself varied
+between repeats.</p>
 <table><tr><th>group</th><th>points</th><th>median |speed-up err|</th><th>worst</th>
 <th>median |tok/s err|</th><th>worst</th><th>median |tau err|</th><th>median |tok/s per tau err|</th>
 <th>median repeat spread: speed-up</th><th>tok/s</th></tr>{rows}</table>
