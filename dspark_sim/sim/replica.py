@@ -226,9 +226,7 @@ class Replica:
                 if self.sps is not None:
                     self.sps.set_batch(c_d, float(draft_cost.time_s), self._prefill_estimate(dec))
                 conf = self._confidences(di, nd) if self.wants_conf else None
-                verify = np.asarray(self.policy.verify_lengths(view, draft, conf), dtype=np.int64)
-                np.minimum(verify, self.out_len[di] - g_d - 1, out=verify)
-                np.maximum(verify, 0, out=verify)
+                verify = self._decide_verify(view, draft, conf, np.maximum(self.out_len[di] - g_d - 1, 0))
                 if nd + int(verify.sum()) > self.max_tokens:
                     verify = _trim(verify, self.max_tokens - nd)
 
@@ -361,6 +359,25 @@ class Replica:
         ))
         self.step_no += 1
         return dt
+
+    def _decide_verify(self, view: StepView, draft: np.ndarray, conf, left: np.ndarray) -> np.ndarray:
+        """The policy's verify lengths as the engine asks for them: each row's drafts cut to the tokens it has
+        left before the policy decides, and a static batch's finished rows, which still ride in every pass (a
+        token each, nothing drafted), in the batch it decides over. A batch-aware policy (DSpark's budget
+        search over the SPS curve) counts them: leaving them out had it verify 3-34% more drafts a step than
+        the engine in this CPU's batch-16 runs, where the curve is steep (validation/README.md, session 11)."""
+        draft = np.minimum(draft, left)
+        ghosts = self._ghost_rows()
+        nd = len(draft)
+        if ghosts:
+            ids = view.seq_ids if view.seq_ids is not None else np.arange(nd)
+            view = StepView(np.concatenate([view.context_lens, np.full(ghosts, view.context_lens.mean())]),
+                            view.step, np.concatenate([ids, -1 - np.arange(ghosts)]), view.max_batched_tokens)
+            draft = np.concatenate([draft, np.zeros(ghosts, dtype=np.int64)])
+            if conf is not None:
+                conf = np.concatenate([conf, np.zeros((ghosts, conf.shape[1]))])
+        verify = np.asarray(self.policy.verify_lengths(view, draft, conf), dtype=np.int64)[:nd]
+        return np.clip(verify, 0, draft[:nd])
 
     def _ghost_rows(self) -> int:
         """Static batching: rows of finished sequences that the passes still compute."""

@@ -75,3 +75,40 @@ def test_multi_token_passes_read_weights_multi_token_weight_reads_times():
     extra = (np.asarray(two.hbm_bytes) + np.asarray(two.onchip_bytes)) - (np.asarray(one.hbm_bytes)
                                                                            + np.asarray(one.onchip_bytes))
     assert extra[0] == 0 and extra[1] > 0.9e9 and extra[2] == pytest.approx(extra[1], rel=1e-3)
+
+
+def test_batch_aware_policy_counts_a_static_batchs_finished_rows():
+    """The engine's DSpark scheduler decides over every row of its static batch, finished rows included (each
+    still rides in the pass as one token), and sees each row's drafts cut to the tokens it has left. The
+    simulator asks the shared policy the same way: on a steep SPS curve, leaving the finished rows out would
+    make the tail of a batch verify far more than the engine does."""
+    d = base_dict()
+    d["deployment"]["batching"] = "static"
+    d["policy"] = {"kind": "dspark", "gamma_max": 5, "sps_source": "table",
+                   "sps_table": {1: 1000.0, 8: 500.0, 16: 300.0, 64: 100.0}}
+    d["workload"] = {
+        "arrivals": {"kind": "closed_loop", "concurrency": 8},
+        "num_requests": 16,
+        "prompt_tokens": {"kind": "fixed", "tokens": 64},
+        "output_tokens": {"kind": "uniform", "min_tokens": 8, "max_tokens": 120},
+    }
+    sim = Simulation(scenario(d), "test")
+    replica = sim.replicas[0]
+    inner = replica.policy
+    seen: list[tuple[int, int, int, int]] = []  # (rows seen, the static batch's rows, rows still generating,
+    #                                              most drafts a finished row had)
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def verify_lengths(self, view, draft, confidences=None):
+            live = int((np.asarray(view.seq_ids) >= 0).sum())
+            seen.append((view.batch_size, replica.static_rows, live, int(np.asarray(draft)[live:].max(initial=0))))
+            return inner.verify_lengths(view, draft, confidences)
+
+    replica.policy = Recorder()
+    sim.run()
+    assert seen and all(rows == batch for rows, batch, _live, _ghost in seen)  # the whole static batch, every step
+    assert any(live < batch for _rows, batch, live, _ghost in seen)  # rows did finish while others generated
+    assert all(ghost_drafts == 0 for *_rest, ghost_drafts in seen)  # finished rows draft nothing
