@@ -1,0 +1,70 @@
+"""DSpark at batch 1, sampled: the engine's live decisions against the policy walked over trace chains of the
+very prompts `validate` measured (CPU, about 30 s).
+
+    python benchmarks/dspark_live_vs_trace.py --sps-from validation/reports/cpu/report.json
+
+Why: `validate` predicts DSpark from chains recorded on held-apart prompts; if the walk over the measured prompts'
+own chains disagrees with the engine on those prompts, the gap is the trace's, not the prompt sets'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from tau_sampling import dspark_walk
+
+from dspark_sim.config.schema import DSparkScheduler
+from dspark_sim.engine.acceptance_trace import acceptance_records
+from dspark_sim.engine.data import load_corpus
+from dspark_sim.engine.generate import Sampling, speculative_generate
+from dspark_sim.validate import ACCEPTANCE_PROMPTS, FULL, Engine, _prompt_sets, case_prompts, load_pair
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sps-from", required=True, help="a validation report.json (its sps_table and points)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    with open(args.sps_from, encoding="utf-8") as fh:
+        report = json.load(fh)
+    table = {int(k): float(v) for k, v in report["sps_table"].items()}
+    keys = sorted(table)
+
+    def sps(b):
+        return np.interp(b, keys, [table[k] for k in keys])
+
+    target, draft, dev = load_pair("tiny", 0, None, "cpu")
+    set_a, set_b = _prompt_sets(load_corpus(2_000_000).eval, max(FULL.prompt_tokens), ACCEPTANCE_PROMPTS)
+    cases = FULL.cases()
+    prompts = case_prompts(Engine(target, draft, dev, set_a, set_b), cases)  # what validate measured, case by case
+    policy = DSparkScheduler(gamma_max=5, sps_source="table", sps_table=table)
+    print("| point | prompts | walk over their chains: verified / tau | engine on them: verified / tau | "
+          "in the report: measured, predicted (held apart) verified |")
+    print("|---|---|---|---|---|")
+    for i, case in enumerate(cases):
+        if not (case.temperature == 1.0 and case.batch_size == 1 and case.policy.startswith("dspark")):
+            continue
+        flat = [p for rnd in prompts[i] for p in rnd]
+        recs = acceptance_records(target, draft, flat, case.new_tokens, Sampling(1.0), 0, chain=5)
+        walk_v, walk_t = dspark_walk(recs, "chain_confidence", "chain_accept_prob", sps, np.random.default_rng(1))
+        verified, gained = [], []
+        for j, prompt in enumerate(flat):
+            for m in (target, draft):
+                m.setup_caches(1, len(prompt) + case.new_tokens + 8)
+            res = speculative_generate(target, draft, [prompt], case.new_tokens, policy, Sampling(1.0),
+                                       generator=torch.Generator().manual_seed(100 + j))
+            for s in res.steps:
+                if s.active[0]:
+                    verified.append(int(s.verified[0]))
+                    gained.append(int(s.accepted[0]) + 1)
+        pt = next((p for p in report["points"] if p["label"] == case.label), None)
+        rep = "-" if pt is None else f"{pt['measured_verified']:.3f}, {pt['predicted_verified']:.3f}"
+        print(f"| {case.label} | {len(flat)} | {walk_v:.3f} / {walk_t:.3f} | {np.mean(verified):.3f} / "
+              f"{np.sum(gained) / len(gained):.3f} | {rep} |")
+
+
+if __name__ == "__main__":
+    main()
