@@ -1,10 +1,12 @@
 """DSpark at batch 1, sampled: the engine's live decisions against the policy walked over trace chains of the
 very prompts `validate` measured (CPU, about 30 s).
 
-    python benchmarks/dspark_live_vs_trace.py --sps-from validation/reports/cpu/report.json
+    python benchmarks/dspark_live_vs_trace.py --sps-from validation/reports/cpu/report.json [--paths 5]
 
 Why: `validate` predicts DSpark from chains recorded on held-apart prompts; if the walk over the measured prompts'
-own chains disagrees with the engine on those prompts, the gap is the trace's, not the prompt sets'.
+own chains disagrees with the engine on those prompts, the gap is the trace's, not the prompt sets'. At T=1 each
+trace and each engine run is one sampled path, which alone moves the figure by several percent on 48 prompts:
+`--paths N` records N traces (seeds 0..N-1) and runs the engine with N generator seed sets, and prints each.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dspark_sim.validate import ACCEPTANCE_PROMPTS, FULL, Engine, _prompt_sets, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sps-from", required=True, help="a validation report.json (its sps_table and points)")
+    ap.add_argument("--paths", type=int, default=1, help="sampled paths a side (trace seeds, engine seed sets)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     with open(args.sps_from, encoding="utf-8") as fh:
@@ -48,22 +51,29 @@ def main() -> None:
         if not (case.temperature == 1.0 and case.batch_size == 1 and case.policy.startswith("dspark")):
             continue
         flat = [p for rnd in prompts[i] for p in rnd]
-        recs = acceptance_records(target, draft, flat, case.new_tokens, Sampling(1.0), 0, chain=5)
-        walk_v, walk_t = dspark_walk(recs, "chain_confidence", "chain_accept_prob", sps, np.random.default_rng(1))
-        verified, gained = [], []
-        for j, prompt in enumerate(flat):
-            for m in (target, draft):
-                m.setup_caches(1, len(prompt) + case.new_tokens + 8)
-            res = speculative_generate(target, draft, [prompt], case.new_tokens, policy, Sampling(1.0),
-                                       generator=torch.Generator().manual_seed(100 + j))
-            for s in res.steps:
-                if s.active[0]:
-                    verified.append(int(s.verified[0]))
-                    gained.append(int(s.accepted[0]) + 1)
+        walks, runs = [], []
+        for path in range(args.paths):
+            recs = acceptance_records(target, draft, flat, case.new_tokens, Sampling(1.0), path, chain=5)
+            walks.append(dspark_walk(recs, "chain_confidence", "chain_accept_prob", sps, np.random.default_rng(1)))
+            verified, gained = [], []
+            for j, prompt in enumerate(flat):
+                for m in (target, draft):
+                    m.setup_caches(1, len(prompt) + case.new_tokens + 8)
+                res = speculative_generate(target, draft, [prompt], case.new_tokens, policy, Sampling(1.0),
+                                           generator=torch.Generator().manual_seed(100 + 1000 * path + j))
+                for s in res.steps:
+                    if s.active[0]:
+                        verified.append(int(s.verified[0]))
+                        gained.append(int(s.accepted[0]) + 1)
+            runs.append((float(np.mean(verified)), float(np.sum(gained) / len(gained))))
         pt = next((p for p in report["points"] if p["label"] == case.label), None)
         rep = "-" if pt is None else f"{pt['measured_verified']:.3f}, {pt['predicted_verified']:.3f}"
-        print(f"| {case.label} | {len(flat)} | {walk_v:.3f} / {walk_t:.3f} | {np.mean(verified):.3f} / "
-              f"{np.sum(gained) / len(gained):.3f} | {rep} |")
+
+        def cell(pairs):
+            each = ", ".join(f"{v:.3f} / {t:.3f}" for v, t in pairs)
+            return each if len(pairs) == 1 else f"{each} (mean {np.mean([v for v, _ in pairs]):.3f})"
+
+        print(f"| {case.label} | {len(flat)} | {cell(walks)} | {cell(runs)} | {rep} |")
 
 
 if __name__ == "__main__":
