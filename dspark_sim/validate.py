@@ -525,13 +525,13 @@ def summarise(points: list[ValidationPoint]) -> list[ErrorSummary]:
             continue
         s = [abs(p.speedup_error_pct) for p in pts]
         t = [abs(p.tokens_per_s_error_pct) for p in pts]
-        tau = [abs(p.tau_error_pct) for p in pts if p.tau_error_pct is not None]
-        per_tau = [abs(p.per_tau_error_pct) for p in pts if p.per_tau_error_pct is not None]
         out.append(ErrorSummary(group=name, points=len(pts), median_abs_speedup_error_pct=statistics.median(s),
                                 worst_abs_speedup_error_pct=max(s), median_abs_tokens_per_s_error_pct=statistics.median(t),
                                 worst_abs_tokens_per_s_error_pct=max(t),
-                                median_abs_tau_error_pct=statistics.median(tau) if tau else None,
-                                median_abs_per_tau_error_pct=statistics.median(per_tau) if per_tau else None,
+                                median_abs_tau_error_pct=_median_or_none(
+                                    [None if p.tau_error_pct is None else abs(p.tau_error_pct) for p in pts]),
+                                median_abs_per_tau_error_pct=_median_or_none(
+                                    [None if p.per_tau_error_pct is None else abs(p.per_tau_error_pct) for p in pts]),
                                 median_repeat_spread_tokens_per_s_pct=_median_or_none(
                                     [p.measured_repeat_spread_pct for p in pts]),
                                 median_repeat_spread_speedup_pct=_median_or_none(
