@@ -110,7 +110,8 @@ class ValidationPoint(Doc):
     rounds: int = Field(description="batches of fresh prompts measured (and simulated) per point")
     measured_tokens_per_s: float = Field(
         description="decode tokens per second of the whole batch while every sequence generates (the steady "
-        "state of a server that refills its batch; plain decoding: all along)")
+        "state of a server that refills its batch; plain decoding: all along), summarised over the timed "
+        "repeats by the report's `estimator`")
     predicted_tokens_per_s: float
     measured_baseline_tokens_per_s: float
     predicted_baseline_tokens_per_s: float
@@ -147,6 +148,18 @@ class ValidationPoint(Doc):
         "moved between them: an error within it is within what the machine itself varied (None with fewer than two repeats)")
     measured_speedup_repeat_spread_pct: float | None = Field(
         None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
+    measured_median_tokens_per_s: float | None = Field(
+        None, description="measured_tokens_per_s under the 'median' estimator (each prompt round's median over "
+        "the repeats), kept whatever the report's estimator so that a re-prediction can take either")
+    measured_median_baseline_tokens_per_s: float | None = Field(
+        None, description="the same for the baseline")
+
+
+#: How a point's timed repeats become one measured figure, and a profile's rounds one step time.
+#: 'median': each prompt round's median over the repeats; the profile's median round.
+#: 'best': the fastest repeat; the profile's fastest round (timeit's advice: on a machine whose
+#: disturbances only ever add time, the fastest run is the machine's own speed).
+Estimator = Literal["median", "best"]
 
 
 class MeasuredCase(Doc):
@@ -183,6 +196,7 @@ class ValidationMeasurements(Doc):
     timings_s: dict[str, float]
     sps_table: dict[int, float]
     profile_rounds: int
+    estimator: Estimator = Field("median", description="as ValidationReport.estimator")
     cases: list[MeasuredCase]
 
 
@@ -225,5 +239,9 @@ class ValidationReport(Doc):
     sps_table: dict[int, float] | None = Field(
         None, description="the SPS(B) table the engine's DSpark policy ran with while measuring (from the first "
         "profile round), which the predictions use too; null in reports that predate the field")
+    estimator: Estimator = Field(
+        "median", description="how the timed repeats and the profile rounds were summarised: 'best' (the fastest "
+        "repeat and profile round; validate's default on a GPU, whose slow-downs are the host's and only add time) "
+        "or 'median' (the default on a CPU, whose own speed moves both ways with its neighbours)")
     profile_rounds: int = Field(1, description="profile rounds taken between the measurement rounds and merged "
                                 "into profile.json (1: one profile before measuring, or a given one)")

@@ -402,12 +402,15 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                          cuda_graphs=graphs)
 
 
-def merge_profiles(rounds: list[EngineProfile]) -> EngineProfile:
+def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> EngineProfile:
     """Profiles of one grid taken at different times -> one profile: every pass shape's repeats pooled
-    (median and spread recomputed), every step configuration's median run (lower middle).
+    (median and spread recomputed), every step configuration's median run (lower middle), or with
+    `fastest_steps` its fastest.
 
     Why: `validate` profiles in rounds between its measurement rounds, so that the calibration sees the
-    same slow and fast spells of a shared host as the measurements it predicts."""
+    same slow and fast spells of a shared host as the measurements it predicts. On a GPU a whole step is
+    host-bound and a busy host only ever slows it (validation/README.md, session 12): there the fastest
+    round is the machine's own speed, as the fastest timed repeat is on the measuring side."""
     if len(rounds) == 1:
         return rounds[0]
     passes: dict[tuple, list[PassSample]] = {}
@@ -425,7 +428,7 @@ def merge_profiles(rounds: list[EngineProfile]) -> EngineProfile:
         for st in prof.steps:
             steps_by.setdefault((st.batch_size, st.gamma, st.context_tokens, st.attended_tokens, st.temperature,
                                  st.baseline_loop, st.policy), []).append(st)
-    steps = [sorted(g, key=lambda st: st.step_s)[(len(g) - 1) // 2] for g in steps_by.values()]
+    steps = [sorted(g, key=lambda st: st.step_s)[0 if fastest_steps else (len(g) - 1) // 2] for g in steps_by.values()]
     return rounds[0].model_copy(update={"samples": samples, "steps": steps})
 
 

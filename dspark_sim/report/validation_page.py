@@ -68,6 +68,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 <p>{verdict} against a median-error tolerance of {report.tolerance_pct:g}% &middot; engine {html.escape(report.engine_version)}
 &middot; preset {html.escape(report.preset)} &middot; calibration fit median error {report.calibration_median_error_pct:.1f}%
 {drift}
+&middot; measured figures: {"each point's fastest timed repeat, calibrated on the profile's fastest round"
+    if report.estimator == "best" else "the median of the timed repeats, calibrated on the profile's median round"}
 &middot; command <code>{html.escape(report.command)}</code></p>
 <h2>Errors by regime</h2><p>The tokens/s error splits into an acceptance side (tau predicted from the held-apart prompts'
 traces vs tau measured) and a timing side (tokens/s per unit of tau). The repeat spread is the measurement's own

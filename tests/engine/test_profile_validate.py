@@ -284,6 +284,55 @@ def test_validate_quick_end_to_end(tmp_path):
     assert report["summary"][0]["median_repeat_spread_tokens_per_s_pct"] == pytest.approx(
         float(np.median([p["measured_repeat_spread_pct"] for p in report["points"] if not p["cross_prediction"]])))
     assert "repeat spread" in html
+    # on a CPU the median is the figure; re-predicted with --estimator best, each point takes its fastest
+    # repeat (the figures as measured kept beside it) and the calibration the profile's fastest round
+    assert report["estimator"] == "median"
+    assert all(p["measured_median_tokens_per_s"] == p["measured_tokens_per_s"] for p in report["points"])
+    fast = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "100", "--estimator", "best",
+                "-o", str(tmp_path / "best"))
+    assert fast.returncode == 0, fast.stderr[-2000:]
+    best = json.loads((tmp_path / "best" / "report.json").read_text())
+    assert best["estimator"] == "best"
+    for b, m in zip(best["points"], report["points"], strict=True):
+        assert b["measured_tokens_per_s"] == max(m["measured_repeats_tokens_per_s"])
+        assert b["measured_median_tokens_per_s"] == m["measured_tokens_per_s"]
+        assert b["measured_median_baseline_tokens_per_s"] == m["measured_baseline_tokens_per_s"]
+    steps = {(st["batch_size"], st["gamma"], st["temperature"], st["policy"]): st["step_s"]
+             for st in json.loads((tmp_path / "best" / "profile.json").read_text())["steps"]}
+    rounds = [json.loads(f.read_text()) for f in sorted((tmp_path / "report").glob("profile-round-*.json"))]
+    for k, st in enumerate(rounds[0]["steps"]):
+        assert steps[(st["batch_size"], st["gamma"], st["temperature"], st["policy"])] == min(
+            r["steps"][k]["step_s"] for r in rounds)
+    bad = _cli("validate", "--repredict", str(tmp_path / "report"), "--estimator", "mean", "-o", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--estimator" in bad.stderr and "allowed: auto, median, best" in bad.stderr
+
+
+def test_best_estimator_takes_each_side_at_its_fastest():
+    """'best': a point's fastest timed repeat, and as the baseline the median over the cases of one setting
+    of their fastest plain repeats; 'median': the figures as measured. auto: best on a GPU only."""
+    from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements
+    from dspark_sim.validate import resolve_estimator, summarised
+
+    def case(policy, reps, base_reps):
+        return MeasuredCase(temperature=0.0, batch_size=4, prompt_tokens=64, new_tokens=32, policy=policy, rounds=1,
+                            tokens_per_s=sorted(reps)[1], tau=2.0, batch_tokens_per_s=1.0, repeats_tokens_per_s=reps,
+                            baseline_tokens_per_s=100.0, baseline_repeats_tokens_per_s=base_reps)
+
+    cases = [case("fixed:1", [150.0, 180.0, 160.0], [90.0, 100.0, 95.0]),
+             case("fixed:3", [200.0, 210.0, 150.0], [99.0, 110.0, 101.0]),
+             case("dspark:5", [220.0, 190.0, 230.0], [120.0, 98.0, 105.0])]
+    meas = ValidationMeasurements(device=DeviceInfo(kind="cpu", name="x", torch_version="t", threads=2, memory_gb=1.0,
+                                                         onchip_mb=1.0), engine_version="v", preset="test",
+                                  quick=True, command="c", acceptance_by_temperature={}, timings_s={},
+                                  sps_table={1: 1.0}, profile_rounds=3, cases=cases)
+    med = summarised(meas)
+    assert [s.tokens_per_s for s, _ in med] == [160.0, 200.0, 220.0] and {b.tokens_per_s for _, b in med} == {100.0}
+    best = summarised(meas.model_copy(update={"estimator": "best"}))
+    assert [s.tokens_per_s for s, _ in best] == [180.0, 210.0, 230.0]
+    assert {b.tokens_per_s for _, b in best} == {110.0}  # the median of 100, 110, 120
+    assert [s.tau for s, _ in best] == [2.0, 2.0, 2.0]
+    assert (resolve_estimator(None, "cuda"), resolve_estimator("auto", "cpu"), resolve_estimator("best", "cpu")) == (
+        "best", "median", "best")
 
 
 def test_repeat_spread_is_the_measurements_own_noise():
@@ -319,6 +368,11 @@ def test_profile_rounds_merge(tmp_path):
     for k, st in enumerate(merged.steps):
         assert st.step_s == sorted(r.steps[k].step_s for r in rounds)[1]
     assert merge_profiles(rounds[:1]) is rounds[0]
+    # the 'best' estimator's merge: every step configuration's fastest round; the passes pooled as before
+    fastest = merge_profiles(rounds, fastest_steps=True)
+    assert fastest.samples == merged.samples
+    assert [st.step_s for st in fastest.steps] == [min(r.steps[k].step_s for r in rounds)
+                                                    for k in range(len(rounds[0].steps))]
 
 
 def test_plain_loop_step_sample_allocates_once(tmp_path):
