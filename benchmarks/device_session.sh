@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/device_session.sh engine      # Llama-shaped decode speed, ours (fused/unfused) vs HF
 #   bash benchmarks/device_session.sh validate    # predict-then-measure on the GPU (tiny pair, bf16)
+#   bash benchmarks/device_session.sh quick       # the same, quick grid (about 2 minutes), packed in one archive
 #   bash benchmarks/device_session.sh drafters    # eager-pass profile + the drafter table on the GPU
 #   bash benchmarks/device_session.sh pair        # train the gpu pair, then tau / speed-up vs ours and HF
 #   bash benchmarks/device_session.sh tp          # on nvidia-h200-x2: TP=2 checks, all-reduce fit, TP table
@@ -42,6 +43,12 @@ case "${1:-}" in
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     kill $SMI || true
     tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
+  quick)
+    # packed like `validate`: a report folder is more files than a call brings back (session 12 lost one)
+    R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
+    timeout 280 python3 -m dspark_sim.cli validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
+      -o "$R/validation-cuda-quick" > "$R/validate.log" 2>&1 || true
+    tar czf "$OUT/quick.tgz" -C "$OUT" r && rm -rf "$R" ;;
   noise)
     # where the GPU outliers come from: the batch >= 4 cases' step walls, rounds with and without a matmul
     # burst before each case, beside a log of the GPU's SM clock (benchmarks/gpu_case_noise.py)
