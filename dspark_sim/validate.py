@@ -114,6 +114,21 @@ ACCEPTANCE_PROMPTS = 192
 #: timed repeats of every case, taken in rounds over the grid, each after a round of profiling
 MEASURE_REPEATS = 3
 
+QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
+             new_tokens=48)
+FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 256),
+            policies=("fixed:1", "fixed:3", "fixed:5", "dspark:5"), new_tokens=64,
+            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48, min_rounds=6)
+
+
+@dataclass
+class Measured:
+    tokens_per_s: float  # while every sequence of the batch is generating (plain decoding: all along)
+    tau: float
+    batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
+    repeats: list[float] | None = None  # tokens_per_s of each timed repeat
+    verified: float | None = None  # drafts verified per sequence-pass (the policy's decisions, pooled as tau)
+
 
 def resolve_estimator(choice: str | None, device_kind: str) -> Estimator:
     """`auto` (or None): the fastest repeat on a GPU, the median on a CPU.
@@ -157,21 +172,6 @@ def summarised(meas: ValidationMeasurements) -> list[tuple[Measured, Measured]]:
         out.append((Measured(spec_rate, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None, m.verified),
                     Measured(base_rate, 1.0, base_rate, m.baseline_repeats_tokens_per_s or None)))
     return out
-
-QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
-             new_tokens=48)
-FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 256),
-            policies=("fixed:1", "fixed:3", "fixed:5", "dspark:5"), new_tokens=64,
-            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48, min_rounds=6)
-
-
-@dataclass
-class Measured:
-    tokens_per_s: float  # while every sequence of the batch is generating (plain decoding: all along)
-    tau: float
-    batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
-    repeats: list[float] | None = None  # tokens_per_s of each timed repeat
-    verified: float | None = None  # drafts verified per sequence-pass (the policy's decisions, pooled as tau)
 
 
 @dataclass
