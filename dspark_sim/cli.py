@@ -260,8 +260,9 @@ def validate(
     workers: Annotated[int | None, typer.Option(
         help="processes that simulate the measured cases (default: one a CPU core; same figures for any count)")] = None,
     estimator: Annotated[str | None, typer.Option(
-        help="how timed repeats and profile rounds become one figure: auto (best on cuda, median on cpu), "
-             "median, best (the fastest); with --repredict the default keeps the folder's own")] = None,
+        help="how timed repeats and profile rounds become one figure: auto (best on cuda, probed on cpu), "
+             "median, best (the fastest), probed (every timing brought to one host speed by a yardstick read "
+             "beside it, then the median; cpu only); with --repredict the default keeps the folder's own")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
     import torch
@@ -289,6 +290,9 @@ def validate(
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
     chosen = resolve_estimator(estimator, device)
+    if chosen == "probed" and device != "cpu":
+        raise InputError("--estimator", None, "'probed' reads the host-speed yardstick on a CPU only; allowed on "
+                         "cuda: auto, median, best")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
     preset = preset or ("test" if quick else "tiny")
@@ -307,6 +311,10 @@ def validate(
                             out_dir=folder, tolerance_pct=tol, log=console.print, dtype=dtype, workers=workers,
                             estimator=chosen)
     _write_validation(report, folder, console)
+
+
+_ESTIMATOR_WORDS = {"best": "fastest repeat", "median": "median repeat",
+                    "probed": "median repeat at the run's reference host speed"}
 
 
 def _write_validation(report, folder: Path, console) -> None:
@@ -328,7 +336,7 @@ def _write_validation(report, folder: Path, console) -> None:
                          if s.median_repeat_spread_speedup_pct is not None
                          and s.median_repeat_spread_tokens_per_s_pct is not None else ""))
     console.print(f"{'PASSED' if report.passed else 'FAILED'} (tolerance {tol:g}% median; measured figures: "
-                  f"{'fastest' if report.estimator == 'best' else 'median'} repeat) -> {folder}/report.html")
+                  f"{_ESTIMATOR_WORDS[report.estimator]}) -> {folder}/report.html")
     if not report.passed:
         raise typer.Exit(1)
 

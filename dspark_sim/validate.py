@@ -128,10 +128,11 @@ class Measured:
     batch_tokens_per_s: float = 0.0  # the whole static batch, its drain tail included
     repeats: list[float] | None = None  # tokens_per_s of each timed repeat
     verified: float | None = None  # drafts verified per sequence-pass (the policy's decisions, pooled as tau)
+    host_probes: list[float] | None = None  # the host-speed yardstick at each timed repeat (CPU)
 
 
 def resolve_estimator(choice: str | None, device_kind: str) -> Estimator:
-    """`auto` (or None): the fastest repeat on a GPU, the median on a CPU.
+    """`auto` (or None): the fastest repeat on a GPU, the probed median on a CPU.
 
     Why the two differ (validation/README.md, session 12): on the H200 the device's own speed is steady
     (the plain loop within 0.3% across repeats, the SM clock at 1,980 MHz) and what moves is the host
@@ -139,13 +140,15 @@ def resolve_estimator(choice: str | None, device_kind: str) -> Estimator:
     measured repeat decided a point (errors to 19%), and the fastest of each side agrees with the other.
     On this 2-core CPU the machine's own speed moves both ways with its neighbours (the plain batch-16
     loop reads 5.2-6.4k tokens/s in some minutes and 7.5-8.6k in others): the fastest profile round of
-    many shapes then outruns the fastest of three measured repeats, and the median is the fairer figure."""
+    many shapes then outruns the fastest of three measured repeats, and the median is the fairer figure.
+    There the spells last minutes, so every timing is first brought to one host speed by a yardstick
+    timed beside it ('probed', engine/host_speed.py; session 13)."""
     if choice in (None, "auto"):
-        return "best" if device_kind == "cuda" else "median"
-    if choice not in ("median", "best"):
+        return "best" if device_kind == "cuda" else "probed"
+    if choice not in ("median", "best", "probed"):
         from dspark_sim.config.errors import InputError
 
-        raise InputError("--estimator", None, f"got {choice!r}, allowed: auto, median, best")
+        raise InputError("--estimator", None, f"got {choice!r}, allowed: auto, median, best, probed")
     return choice  # type: ignore[return-value]
 
 
@@ -154,7 +157,11 @@ def summarised(meas: ValidationMeasurements) -> list[tuple[Measured, Measured]]:
 
     'median' takes the figures as measured (each prompt round's median over the repeats; the baseline the
     median over the cases sharing its temperature, batch and prompt length). 'best' takes each case's
-    fastest repeat, and as the baseline the median over those cases of their fastest plain repeats."""
+    fastest repeat, and as the baseline the median over those cases of their fastest plain repeats.
+    'probed' brings each repeat to the run's reference host speed (the yardstick read beside it) and takes
+    the median, of the speculative runs and of the case's own plain runs (timed beside them)."""
+    if meas.estimator == "probed":
+        return [_probed(m, meas.host_probe_reference_s) for m in meas.cases]
     best = meas.estimator == "best"
     groups: dict[tuple, list[float]] = {}
     for m in meas.cases:
@@ -172,6 +179,23 @@ def summarised(meas: ValidationMeasurements) -> list[tuple[Measured, Measured]]:
         out.append((Measured(spec_rate, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s or None, m.verified),
                     Measured(base_rate, 1.0, base_rate, m.baseline_repeats_tokens_per_s or None)))
     return out
+
+
+def _probed(m: MeasuredCase, reference_s: float | None) -> tuple[Measured, Measured]:
+    from dspark_sim.config.errors import InputError
+    from dspark_sim.engine.host_speed import scaled
+
+    probes = m.host_probe_s
+    if reference_s is None or not probes or len(probes) != len(m.repeats_tokens_per_s):
+        raise InputError("measurements", "host_probe_s", "the 'probed' estimator needs the host-speed yardstick "
+                         "read beside every repeat (validate on a CPU since session 13); use --estimator median")
+    # a rate scales inversely to a time: slower than the reference (a longer yardstick) -> the rate grows
+    spec = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.repeats_tokens_per_s, probes, strict=True)]
+    base = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.baseline_repeats_tokens_per_s, probes,
+                                                                 strict=True)]
+    spec_rate, base_rate = statistics.median(spec), statistics.median(base)
+    return (Measured(spec_rate, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s, m.verified, probes),
+            Measured(base_rate, 1.0, base_rate, m.baseline_repeats_tokens_per_s))
 
 
 @dataclass
@@ -319,20 +343,28 @@ def case_prompts(eng: Engine, cases: list[Case]) -> list[list[list[list[int]]]]:
 
 
 def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], seed: int,
-                  repeats: int = 3, between_rounds=None) -> list[tuple[Measured, Measured]]:
+                  repeats: int = 3, between_rounds=None, host=None) -> list[tuple[Measured, Measured]]:
     """Every case `repeats` times; per round the median time counts (one disturbed run of a busy
     machine does not decide a point). The repeats go in rounds over all cases, so that a slow spell of
     the host touches one repeat of many cases rather than every repeat of one. On a GPU too: the tiny
     pair's speculative loop is host-bound, and a slow spell once hit every repeat of four neighbouring
     cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs.
-    `between_rounds(r)` runs before round r >= 1 (validate profiles there)."""
+    `between_rounds(r)` runs before round r >= 1 (validate profiles there). `host` (host_speed.HostProbe,
+    a CPU): the yardstick read before every case, and each repeat keeps its value at the repeat's middle."""
     prompts = case_prompts(eng, cases)
     runs: list[list[CaseRun]] = [[] for _ in cases]
+    stamps: list[list[float]] = [[] for _ in cases]
     for r in range(repeats):
         if r and between_rounds is not None:
             between_rounds(r)
         for i, case in enumerate(cases):
+            if host is not None:
+                host.tick()
+            t_start = time.perf_counter()
             runs[i].append(run_case_once(eng, case, prompts[i], sps_table, seed, warm=not runs[i]))
+            stamps[i].append((t_start + time.perf_counter()) / 2.0)
+    if host is not None:
+        host.tick(force=True)
     spec_out, base_rates, base_repeats = [], [], []
     for rs in runs:
         rounds = len(rs[0].spec_s)
@@ -353,8 +385,10 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     for case, rate in zip(cases, base_rates, strict=True):
         groups.setdefault((case.temperature, case.batch_size, case.prompt_tokens), []).append(rate)
     out = []
-    for case, spec, own in zip(cases, spec_out, base_repeats, strict=True):
+    for i, (case, spec, own) in enumerate(zip(cases, spec_out, base_repeats, strict=True)):
         base = statistics.median(groups[(case.temperature, case.batch_size, case.prompt_tokens)])
+        if host is not None:
+            spec.host_probes = [round(host.at(t), 9) for t in stamps[i]]
         out.append((spec, Measured(base, 1.0, base, own)))
     return out
 
@@ -681,6 +715,7 @@ def make_point(case: Case, new_tokens: int, spec_m: Measured, base_m: Measured, 
         measured_speedup_repeat_spread_pct=repeat_spread_pct(speedup_repeats(spec_m.repeats, base_m.repeats)),
         measured_median_tokens_per_s=median_m[0] if median_m else None,
         measured_median_baseline_tokens_per_s=median_m[1] if median_m else None,
+        measured_host_probe_s=spec_m.host_probes,
     )
 
 
@@ -714,10 +749,18 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
                    out_dir: Path, tolerance_pct: float, log=print, progress=None, dtype: str = "fp32",
                    workers: int | None = None, estimator: Estimator | None = None) -> ValidationReport:
     """Profile, measure and predict (see the module's docstring); `estimator` as resolve_estimator's."""
+    from dspark_sim.config.errors import InputError
     from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
     from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.profile import ProfileGrid, engine_version, merge_profiles, run_profile
+    from dspark_sim.engine.host_speed import HostProbe, yardstick_s
+    from dspark_sim.engine.profile import (
+        ProfileGrid,
+        at_reference_speed,
+        engine_version,
+        merge_profiles,
+        run_profile,
+    )
 
     grid = QUICK if quick else FULL
     timings: dict[str, float] = {}
@@ -728,6 +771,14 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t0 = time.perf_counter()
     _gpu_warm(dev)
     ref_before = reference_step_s(target, draft, dev)
+    estimator = estimator or resolve_estimator(None, dev.type)
+    # on a CPU the host's own speed is probed throughout (host_speed.py); the 'probed' estimator uses it
+    host = HostProbe(lambda: yardstick_s(target, draft)) if dev.type == "cpu" else None
+    if host is not None:
+        host.tick(force=True)
+    elif estimator == "probed":
+        raise InputError("--estimator", None, "'probed' needs the host-speed yardstick, which validate reads on a "
+                         "CPU only; allowed here: auto, median, best")
     # Profile in rounds, one before each measurement round: a shared host's speed drifts by 14-55%
     # within one run (validation/README.md), and a calibration from a profile taken before all the
     # measuring predicted whatever speed the host had then. The engine's DSpark policy needs its SPS
@@ -740,7 +791,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         # 2-core host's noise, and the plain and gamma-1 loops' overheads are fitted from them
         pgrid = ProfileGrid.quick() if quick else ProfileGrid(batch_sizes=(1, 2, 4, 8, 16, 32, 64), step_repeats=6)
         round_grid = pgrid.round_of(MEASURE_REPEATS)
-        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate"))
+        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate", host=host))
         first = profile_rounds[0]
     else:
         first = profile
@@ -782,7 +833,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
             return
         t = time.perf_counter()
         log(f"profiling round {r + 1} of {MEASURE_REPEATS} ...")
-        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate"))
+        profile_rounds.append(run_profile(target, draft, round_grid, created_by="dspark-sim validate", host=host))
         timings["profile_s"] += time.perf_counter() - t
 
     # measure everything first, then predict: the GPU stays busy (and its clocks up) while measuring
@@ -790,13 +841,15 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     t_profile_first = timings["profile_s"]
     _gpu_warm(dev)
     log(f"measuring {len(grid.cases())} cases, {MEASURE_REPEATS} rounds ...")
-    measured = measure_cases(eng, grid.cases(), sps, seed, repeats=MEASURE_REPEATS, between_rounds=profile_round)
+    measured = measure_cases(eng, grid.cases(), sps, seed, repeats=MEASURE_REPEATS, between_rounds=profile_round,
+                             host=host)
     drift_pct = _err(reference_step_s(target, draft, dev), ref_before)
     log(f"host drift: a reference run stepped {drift_pct:+.1f}% slower after measuring than at the start")
     t_measure = time.perf_counter() - t0 - (timings["profile_s"] - t_profile_first)
-    estimator = estimator or resolve_estimator(None, dev.type)
+    reference_s = host.reference() if host is not None else None
     if profile_rounds:
-        profile = merge_profiles(profile_rounds, fastest_steps=estimator == "best")
+        profile = merge_profiles([at_reference_speed(r, reference_s) if estimator == "probed" else r
+                                  for r in profile_rounds], fastest_steps=estimator == "best")
     timings["measure_s"] = t_measure
     # everything measured is on disk before predicting (minutes on a slow host): a run cut short there is
     # finished with `validate --repredict` on any machine
@@ -807,7 +860,8 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         device=profile.device, engine_version=engine_version(), preset=preset, quick=quick,
         command="dspark-sim " + " ".join(sys.argv[1:]), acceptance_by_temperature=acceptance,
         host_drift_pct=drift_pct, timings_s=timings, sps_table=sps, profile_rounds=max(len(profile_rounds), 1),
-        estimator=estimator, cases=[measured_case(c, grid.new_tokens, spec_m, base_m) for c, (spec_m, base_m) in zip(grid.cases(), measured,
+        estimator=estimator, host_probe_reference_s=reference_s,
+        host_probes=host.relative_timeline() if host is not None else None, cases=[measured_case(c, grid.new_tokens, spec_m, base_m) for c, (spec_m, base_m) in zip(grid.cases(), measured,
                                                                                                  strict=True)])
     write_atomic(out_dir / MEASUREMENTS_FILE, meas.model_dump_json(indent=1) + "\n")
     return predict_measurements(meas, profile, traces, out_dir, tolerance_pct, seed, log, progress, workers)
@@ -823,7 +877,7 @@ def measured_case(case: Case, new_tokens: int, spec_m: Measured, base_m: Measure
         new_tokens=new_tokens, policy=case.policy, rounds=case.rounds, cross_prediction=case.cross,
         tokens_per_s=spec_m.tokens_per_s, tau=spec_m.tau, batch_tokens_per_s=spec_m.batch_tokens_per_s,
         repeats_tokens_per_s=spec_m.repeats or [], baseline_tokens_per_s=base_m.tokens_per_s,
-        baseline_repeats_tokens_per_s=base_m.repeats or [], verified=spec_m.verified)
+        baseline_repeats_tokens_per_s=base_m.repeats or [], verified=spec_m.verified, host_probe_s=spec_m.host_probes)
 
 
 def _predict_task(task: tuple) -> tuple[int, Measured, Measured]:
@@ -874,6 +928,7 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
         acceptance_by_temperature=meas.acceptance_by_temperature, summary=summary, points=points,
         host_drift_pct=meas.host_drift_pct, timings_s={**meas.timings_s, "predict_s": time.perf_counter() - t0},
         sps_table=meas.sps_table, profile_rounds=meas.profile_rounds, estimator=meas.estimator,
+        host_probe_reference_s=meas.host_probe_reference_s, host_probes=meas.host_probes,
     )
 
 
@@ -893,7 +948,7 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
 
     from dspark_sim.calibrate import load_profile
     from dspark_sim.config.errors import InputError, from_validation_error
-    from dspark_sim.engine.profile import merge_profiles
+    from dspark_sim.engine.profile import at_reference_speed, merge_profiles
     from dspark_sim.io import read_json
 
     report_path, meas_path = folder / "report.json", folder / MEASUREMENTS_FILE
@@ -923,14 +978,20 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
             command=old.command, acceptance_by_temperature=old.acceptance_by_temperature,
             host_drift_pct=old.host_drift_pct, timings_s=old.timings_s, sps_table=sps,
             profile_rounds=old.profile_rounds, estimator=old.estimator,
+            host_probe_reference_s=old.host_probe_reference_s, host_probes=old.host_probes,
             cases=[_measured_from_point(p) for p in old.points])
     else:
         meas = old
     if estimator is not None:
         meas = meas.model_copy(update={"estimator": resolve_estimator(estimator, meas.device.kind)})
+    probed = meas.estimator == "probed"
+    if probed and meas.host_probe_reference_s is None:
+        raise InputError(str(path), "host_probe_reference_s", "the 'probed' estimator needs the host-speed yardstick "
+                         "(validate on a CPU since session 13); allowed for this folder: median, best")
     rounds = sorted(folder.glob("profile-round-*.json"))
     if rounds:  # the merge that matches the estimator (profile.json holds the one the folder was made with)
-        profile = merge_profiles([load_profile(r) for r in rounds], fastest_steps=meas.estimator == "best")
+        profile = merge_profiles([at_reference_speed(load_profile(r), meas.host_probe_reference_s) if probed
+                                  else load_profile(r) for r in rounds], fastest_steps=meas.estimator == "best")
     t0 = time.perf_counter()
     tol = (old.tolerance_pct if isinstance(old, ValidationReport) else (15.0 if old.quick else 5.0)) \
         if tolerance_pct is None else tolerance_pct
@@ -954,4 +1015,5 @@ def _measured_from_point(p: ValidationPoint) -> MeasuredCase:
         tau=p.measured_tau, batch_tokens_per_s=p.measured_batch_tokens_per_s or 0.0,
         repeats_tokens_per_s=p.measured_repeats_tokens_per_s or [],
         baseline_tokens_per_s=p.measured_median_baseline_tokens_per_s or p.measured_baseline_tokens_per_s,
-        baseline_repeats_tokens_per_s=p.measured_baseline_repeats_tokens_per_s or [], verified=p.measured_verified)
+        baseline_repeats_tokens_per_s=p.measured_baseline_repeats_tokens_per_s or [], verified=p.measured_verified,
+        host_probe_s=p.measured_host_probe_s)

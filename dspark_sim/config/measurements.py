@@ -40,6 +40,9 @@ class PassSample(Doc):
     times_s: list[float]
     median_s: float
     spread: float = Field(description="(p90 - p10) / median of the repeats")
+    host_probe_s: list[float] | None = Field(
+        None, description="the host-speed yardstick's time at each repeat's moment, aligned with times_s "
+        "(validate on a CPU; engine/host_speed.py); absent where the host was not probed")
 
 
 class StepSample(Doc):
@@ -59,6 +62,8 @@ class StepSample(Doc):
     verify_counts: dict[int, int] | None = Field(
         None, description="DSpark steps: how many steps verified k draft tokens in their widest sequence, by k "
         "(the padded verify pass is k + 1 tokens a sequence)")
+    host_probe_s: float | None = Field(None, description="the host-speed yardstick's time at the run's moment "
+                                       "(as PassSample.host_probe_s)")
 
 
 class EngineProfile(Doc):
@@ -153,13 +158,17 @@ class ValidationPoint(Doc):
         "the repeats), kept whatever the report's estimator so that a re-prediction can take either")
     measured_median_baseline_tokens_per_s: float | None = Field(
         None, description="the same for the baseline")
+    measured_host_probe_s: list[float] | None = Field(
+        None, description="the host-speed yardstick at each timed repeat (as MeasuredCase.host_probe_s)")
 
 
 #: How a point's timed repeats become one measured figure, and a profile's rounds one step time.
 #: 'median': each prompt round's median over the repeats; the profile's median round.
 #: 'best': the fastest repeat; the profile's fastest round (timeit's advice: on a machine whose
 #: disturbances only ever add time, the fastest run is the machine's own speed).
-Estimator = Literal["median", "best"]
+#: 'probed': every timing scaled to the run's reference host speed by the yardstick timed beside it, then
+#: the median (engine/host_speed.py: a shared CPU's own speed moves ~30% for minutes at a time).
+Estimator = Literal["median", "best", "probed"]
 
 
 class MeasuredCase(Doc):
@@ -179,6 +188,9 @@ class MeasuredCase(Doc):
     baseline_tokens_per_s: float
     baseline_repeats_tokens_per_s: list[float]
     verified: float | None = Field(None, description="as ValidationPoint.measured_verified (absent before session 9)")
+    host_probe_s: list[float] | None = Field(
+        None, description="the host-speed yardstick's time at each timed repeat (aligned with repeats_tokens_per_s; "
+        "validate on a CPU)")
 
 
 class ValidationMeasurements(Doc):
@@ -197,6 +209,11 @@ class ValidationMeasurements(Doc):
     sps_table: dict[int, float]
     profile_rounds: int
     estimator: Estimator = Field("median", description="as ValidationReport.estimator")
+    host_probe_reference_s: float | None = Field(
+        None, description="the yardstick time every timing is scaled to under the 'probed' estimator: the median "
+        "of all the run's probes (profile and measurement)")
+    host_probes: list[tuple[float, float]] | None = Field(
+        None, description="the run's host-speed timeline: (seconds since the first probe, yardstick seconds)")
     cases: list[MeasuredCase]
 
 
@@ -242,6 +259,10 @@ class ValidationReport(Doc):
     estimator: Estimator = Field(
         "median", description="how the timed repeats and the profile rounds were summarised: 'best' (the fastest "
         "repeat and profile round; validate's default on a GPU, whose slow-downs are the host's and only add time) "
-        "or 'median' (the default on a CPU, whose own speed moves both ways with its neighbours)")
+        "or 'median' (as measured), or 'probed' (the default on a CPU, whose own speed moves both ways with its "
+        "neighbours: every profile and measured timing scaled to the run's reference host speed by a yardstick timed "
+        "beside it, then the median)")
+    host_probe_reference_s: float | None = Field(None, description="as ValidationMeasurements.host_probe_reference_s")
+    host_probes: list[tuple[float, float]] | None = Field(None, description="as ValidationMeasurements.host_probes")
     profile_rounds: int = Field(1, description="profile rounds taken between the measurement rounds and merged "
                                 "into profile.json (1: one profile before measuring, or a given one)")

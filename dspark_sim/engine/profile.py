@@ -117,7 +117,7 @@ def _summary(times: list[float]) -> tuple[float, float]:
 @torch.no_grad()
 def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_tokens: list[int],
                    contexts: list[int], kv_dtypes: list[str | None], *, cache_len_for, forward=None,
-                   warmup: int = 2, repeats: int = 5, progress=None) -> list[PassSample]:
+                   warmup: int = 2, repeats: int = 5, progress=None, host=None) -> list[PassSample]:
     """Time model(tokens[B, q], positions) for every grid point; caches sized as the engine sizes them.
 
     `cache_len_for(context, q)` gives the static cache length the engine would allocate, which is what
@@ -127,6 +127,9 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
     untimed calls that bring it back to its in-loop speed) rather than back to back: a shared machine's slow spells last tens of milliseconds,
     long enough to spoil every repeat of one shape, but not one repeat of every shape. On a GPU the
     repeats stay back to back (each new cache would mean a new CUDA-graph capture).
+
+    `host` (host_speed.HostProbe, CPU only): the host's yardstick is read every few seconds and each
+    timing keeps the yardstick at its moment (PassSample.host_probe_s).
     """
     dev = model.device
     fwd = forward or model
@@ -139,15 +142,22 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
         positions = torch.full((b, 1), ctx, dtype=torch.long, device=dev) + torch.arange(q, device=dev)
         inputs[(kv, ctx, b, q)] = (tokens, positions)
     times: dict[tuple, list[float]] = {k: [] for k in shapes}
+    stamps: dict[tuple, list[float]] = {k: [] for k in shapes}
+    if dev.type == "cuda":
+        host = None
 
     def visit(key, n_warm: int, n_time: int, warm_s: float = 0.0) -> None:
         kv, ctx, b, q = key
+        if host is not None:
+            host.tick()
         model.setup_caches(b, cache_len_for(ctx, q), kv)
         tokens, positions = inputs[key]
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < warm_s:  # untimed calls until this shape runs as in a loop
             fwd(tokens, positions)
-        times[key].extend(time_call(lambda: fwd(tokens, positions), dev, n_warm, n_time))
+        timed = time_call(lambda: fwd(tokens, positions), dev, n_warm, n_time)
+        times[key].extend(timed)
+        stamps[key].extend([time.perf_counter() - sum(timed) / 2.0] * len(timed))
 
     if dev.type == "cuda":
         for key in shapes:
@@ -162,6 +172,8 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
                 visit(key, max(warmup, 2), 1, warm_s=0.02)
                 if progress is not None and r == repeats - 1:  # a shape is done with its last round
                     progress()
+        if host is not None:
+            host.tick(force=True)  # the last shapes' timings lie between two readings
     out: list[PassSample] = []
     for key in shapes:
         kv, ctx, b, q = key
@@ -169,7 +181,8 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
         out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
                               attended_tokens=cache_len_for(ctx, q),
                               kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
-                              times_s=[round(t, 9) for t in times[key]], median_s=med, spread=spread))
+                              times_s=[round(t, 9) for t in times[key]], median_s=med, spread=spread,
+                              host_probe_s=None if host is None else [round(host.at(t), 9) for t in stamps[key]]))
     return out
 
 
@@ -208,7 +221,8 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
                   prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
                   target_forward=None, draft_forward=None, seed: int = 0, progress=None,
                   repeats: int = 1, dspark_gamma: int = 0,
-                  dspark_sps_table: dict[int, float] | None = None, step_graphs=None) -> list[StepSample]:
+                  dspark_sps_table: dict[int, float] | None = None, step_graphs=None,
+                  host=None) -> list[StepSample]:
     """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out;
     with `dspark_gamma`, also steps of the DSpark prefix scheduler drafting that many tokens (its
     decision's host time, which fixed-gamma steps do not have), priced with `dspark_sps_table`.
@@ -216,6 +230,8 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     Each configuration runs `repeats` times and keeps the median; on a CPU in rounds over all
     configurations (see profile_passes for why), on a GPU back to back after capturing its graphs.
     `step_graphs` (cudagraphs.StepGraphs): the speculative steps' phases replay as CUDA graphs.
+    `host` (CPU only): as profile_passes's; the median run is then the median of the runs brought to one
+    host speed.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     prompts = {(p, b): torch.randint(0, target.args.vocab_size, (b, p), generator=gen).tolist()
@@ -226,18 +242,31 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     on_gpu = target.device.type == "cuda"
     order = ([c for c in configs for _ in range(repeats)] if on_gpu
              else [c for _ in range(repeats) for c in configs])
+    if on_gpu:
+        host = None
+    stamps: dict[tuple, list[float]] = {c: [] for c in configs}
     for c in order:
         t, p, b, k = c
         g, table = kinds[k]
         first = not runs[c]
-        runs[c].append(_step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
-                                 warm=first or not on_gpu, dspark_sps_table=table, step_graphs=step_graphs))
+        if host is not None:
+            host.tick()
+        run = _step_run(target, draft, prompts[(p, b)], g, new_tokens, t, target_forward, draft_forward,
+                        warm=first or not on_gpu, dspark_sps_table=table, step_graphs=step_graphs)
+        runs[c].append(run)
+        stamps[c].append(time.perf_counter() - run.step_s * new_tokens / 2.0)
         if progress is not None and len(runs[c]) == repeats:
             progress()
+    if host is not None:
+        host.tick(force=True)
+        for c in configs:
+            runs[c] = [r.model_copy(update={"host_probe_s": round(host.at(ts), 9)})
+                       for r, ts in zip(runs[c], stamps[c], strict=True)]
     out = []
     for c in configs:
         rs = runs[c]
-        pick = sorted(rs, key=lambda s: s.step_s)[(len(rs) - 1) // 2]  # the median run (lower middle)
+        # the median run (lower middle); with probes, of the runs brought to one host speed
+        pick = sorted(rs, key=lambda s: s.step_s / (s.host_probe_s or 1.0))[(len(rs) - 1) // 2]
         out.append(pick)
     return out
 
@@ -372,7 +401,7 @@ def _pass_sps_table(samples: list[PassSample]) -> dict[int, float]:
 
 
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
-                progress=None, cuda_graphs: bool = True) -> EngineProfile:
+                progress=None, cuda_graphs: bool = True, host=None) -> EngineProfile:
     """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
     them: on a GPU as CUDA-graph replays, the speculative steps' draft and verify phases too (`validate`'s
     engine), or, with cuda_graphs=False, as eager calls (the drafter table's loops); eager on a CPU."""
@@ -383,11 +412,11 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
     slack = max(grid.query_tokens) + 8
     samples = profile_passes(target, "target", list(grid.batch_sizes), list(grid.query_tokens), list(grid.contexts),
                              list(grid.kv_dtypes), cache_len_for=lambda c, q: c + slack, forward=tf,
-                             warmup=grid.warmup, repeats=grid.repeats, progress=progress)
+                             warmup=grid.warmup, repeats=grid.repeats, progress=progress, host=host)
     draft_q = sorted({1, 2})  # the engine's draft passes: a 2-token catch-up, then single tokens
     samples += profile_passes(draft, "draft", list(grid.batch_sizes), draft_q, list(grid.contexts),
                               list(grid.kv_dtypes), cache_len_for=lambda c, q: c + slack, forward=df,
-                              warmup=grid.warmup, repeats=grid.repeats, progress=progress)
+                              warmup=grid.warmup, repeats=grid.repeats, progress=progress, host=host)
     for f in (tf, df):
         if f is not None:
             f.reset()
@@ -397,9 +426,31 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                           list(grid.step_prompt_tokens), grid.step_new_tokens, temperatures=grid.step_temperatures,
                           target_forward=tf, draft_forward=df, progress=progress, repeats=grid.step_repeats,
                           dspark_gamma=grid.step_dspark_gamma, dspark_sps_table=_pass_sps_table(samples),
-                          step_graphs=StepGraphs(target, draft) if graphs else None)
+                          step_graphs=StepGraphs(target, draft) if graphs else None, host=host)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
+
+
+def at_reference_speed(profile: EngineProfile, reference_s: float) -> EngineProfile:
+    """The profile with every timing brought to the host speed at which the yardstick reads `reference_s`
+    (host_speed.py); timings taken without a yardstick reading stay as they are."""
+    from dspark_sim.engine.host_speed import scaled
+
+    samples = []
+    for s in profile.samples:
+        if s.host_probe_s is None:
+            samples.append(s)
+            continue
+        times = [scaled(t, p, reference_s) for t, p in zip(s.times_s, s.host_probe_s, strict=True)]
+        med, spread = _summary(times)
+        samples.append(s.model_copy(update={"times_s": times, "median_s": med, "spread": spread,
+                                            "host_probe_s": [reference_s] * len(times)}))
+    steps = [st if st.host_probe_s is None else st.model_copy(update={
+        "step_s": scaled(st.step_s, st.host_probe_s, reference_s),
+        "draft_s": scaled(st.draft_s, st.host_probe_s, reference_s),
+        "verify_s": scaled(st.verify_s, st.host_probe_s, reference_s), "host_probe_s": reference_s})
+        for st in profile.steps]
+    return profile.model_copy(update={"samples": samples, "steps": steps})
 
 
 def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> EngineProfile:
@@ -422,7 +473,10 @@ def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> 
     for group in passes.values():
         times = [t for s in group for t in s.times_s]
         med, spread = _summary(times)
-        samples.append(group[0].model_copy(update={"times_s": times, "median_s": med, "spread": spread}))
+        probes = ([p for s in group for p in s.host_probe_s] if all(s.host_probe_s is not None for s in group)
+                  else None)
+        samples.append(group[0].model_copy(update={"times_s": times, "median_s": med, "spread": spread,
+                                                   "host_probe_s": probes}))
     steps_by: dict[tuple, list[StepSample]] = {}
     for prof in rounds:
         for st in prof.steps:

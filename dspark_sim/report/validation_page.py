@@ -9,6 +9,13 @@ import plotly.io as pio
 
 from dspark_sim.config.measurements import ValidationReport
 
+#: what a report's measured figures are, by its estimator (validate.resolve_estimator)
+_ESTIMATOR_TEXT = {
+    "best": "each point's fastest timed repeat, calibrated on the profile's fastest round",
+    "median": "the median of the timed repeats, calibrated on the profile's median round",
+    "probed": "the median of the timed repeats, each brought to the run's reference host speed by the yardstick "
+              "read beside it (the profile likewise, then calibrated)",
+}
 
 def _scatter(report: ValidationReport, metric: str, title: str) -> go.Figure:
     fig = go.Figure()
@@ -68,8 +75,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 <p>{verdict} against a median-error tolerance of {report.tolerance_pct:g}% &middot; engine {html.escape(report.engine_version)}
 &middot; preset {html.escape(report.preset)} &middot; calibration fit median error {report.calibration_median_error_pct:.1f}%
 {drift}
-&middot; measured figures: {"each point's fastest timed repeat, calibrated on the profile's fastest round"
-    if report.estimator == "best" else "the median of the timed repeats, calibrated on the profile's median round"}
+&middot; measured figures: {_ESTIMATOR_TEXT[report.estimator]}
 &middot; command <code>{html.escape(report.command)}</code></p>
 <h2>Errors by regime</h2><p>The tokens/s error splits into an acceptance side (tau predicted from the held-apart prompts'
 traces vs tau measured) and a timing side (tokens/s per unit of tau). The repeat spread is the measurement's own

@@ -205,6 +205,9 @@ def test_profile_bad_input():
     out = _cli("profile", "--kv-dtypes", "bf16,fp8")
     assert out.returncode == 2 and "--kv-dtypes" in out.stderr and "allowed: fp32, bf16, fp16, int8" in out.stderr
     assert "Traceback" not in out.stderr
+    # the host-speed yardstick is read on a CPU only
+    out = _cli("validate", "--device", "cuda", "--estimator", "probed")
+    assert out.returncode == 2 and "'probed'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_validate_quick_end_to_end(tmp_path):
@@ -284,10 +287,27 @@ def test_validate_quick_end_to_end(tmp_path):
     assert report["summary"][0]["median_repeat_spread_tokens_per_s_pct"] == pytest.approx(
         float(np.median([p["measured_repeat_spread_pct"] for p in report["points"] if not p["cross_prediction"]])))
     assert "repeat spread" in html
-    # on a CPU the median is the figure; re-predicted with --estimator best, each point takes its fastest
-    # repeat (the figures as measured kept beside it) and the calibration the profile's fastest round
-    assert report["estimator"] == "median"
-    assert all(p["measured_median_tokens_per_s"] == p["measured_tokens_per_s"] for p in report["points"])
+    # on a CPU the figure is the median of the repeats brought to the run's reference host speed by the
+    # yardstick read beside each (the figures as measured kept beside it); the profile likewise
+    assert report["estimator"] == "probed"
+    ref = report["host_probe_reference_s"]
+    assert ref > 0 and len(report["host_probes"]) > 5
+    assert ref == pytest.approx(float(np.median([v for _, v in report["host_probes"]])), rel=1e-6)
+    for p in report["points"]:
+        probes = p["measured_host_probe_s"]
+        assert len(probes) == 3
+        assert p["measured_tokens_per_s"] == pytest.approx(float(np.median(
+            [v * q / ref for v, q in zip(p["measured_repeats_tokens_per_s"], probes, strict=True)])))
+    assert all(s["host_probe_s"] == [ref] * len(s["times_s"]) for s in prof["samples"])
+    raw = json.loads((tmp_path / "report" / "profile-round-2.json").read_text())
+    assert all(len(s["host_probe_s"]) == len(s["times_s"]) for s in raw["samples"])
+    med = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "100", "--estimator", "median",
+               "-o", str(tmp_path / "median"))
+    assert med.returncode == 0, med.stderr[-2000:]
+    as_measured = json.loads((tmp_path / "median" / "report.json").read_text())
+    assert all(p["measured_median_tokens_per_s"] == p["measured_tokens_per_s"] for p in as_measured["points"])
+    # re-predicted with --estimator best, each point takes its fastest repeat (the figures as measured
+    # kept beside it) and the calibration the profile's fastest round
     fast = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "100", "--estimator", "best",
                 "-o", str(tmp_path / "best"))
     assert fast.returncode == 0, fast.stderr[-2000:]
@@ -295,8 +315,8 @@ def test_validate_quick_end_to_end(tmp_path):
     assert best["estimator"] == "best"
     for b, m in zip(best["points"], report["points"], strict=True):
         assert b["measured_tokens_per_s"] == max(m["measured_repeats_tokens_per_s"])
-        assert b["measured_median_tokens_per_s"] == m["measured_tokens_per_s"]
-        assert b["measured_median_baseline_tokens_per_s"] == m["measured_baseline_tokens_per_s"]
+        assert b["measured_median_tokens_per_s"] == m["measured_median_tokens_per_s"]
+        assert b["measured_median_baseline_tokens_per_s"] == m["measured_median_baseline_tokens_per_s"]
     steps = {(st["batch_size"], st["gamma"], st["temperature"], st["policy"]): st["step_s"]
              for st in json.loads((tmp_path / "best" / "profile.json").read_text())["steps"]}
     rounds = [json.loads(f.read_text()) for f in sorted((tmp_path / "report").glob("profile-round-*.json"))]
@@ -309,7 +329,7 @@ def test_validate_quick_end_to_end(tmp_path):
 
 def test_best_estimator_takes_each_side_at_its_fastest():
     """'best': a point's fastest timed repeat, and as the baseline the median over the cases of one setting
-    of their fastest plain repeats; 'median': the figures as measured. auto: best on a GPU only."""
+    of their fastest plain repeats; 'median': the figures as measured. auto: best on a GPU, probed on a CPU."""
     from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements
     from dspark_sim.validate import resolve_estimator, summarised
 
@@ -332,7 +352,7 @@ def test_best_estimator_takes_each_side_at_its_fastest():
     assert {b.tokens_per_s for _, b in best} == {110.0}  # the median of 100, 110, 120
     assert [s.tau for s, _ in best] == [2.0, 2.0, 2.0]
     assert (resolve_estimator(None, "cuda"), resolve_estimator("auto", "cpu"), resolve_estimator("best", "cpu")) == (
-        "best", "median", "best")
+        "best", "probed", "best")
 
 
 def test_repeat_spread_is_the_measurements_own_noise():
