@@ -181,15 +181,16 @@ def summarised(meas: ValidationMeasurements) -> list[tuple[Measured, Measured]]:
     return out
 
 
-def _probed(m: MeasuredCase, reference_s: float | None) -> tuple[Measured, Measured]:
+def _probed(m: MeasuredCase, reference: dict[str, float] | None) -> tuple[Measured, Measured]:
     from dspark_sim.config.errors import InputError
     from dspark_sim.engine.host_speed import scaled
 
     probes = m.host_probe_s
-    if reference_s is None or not probes or len(probes) != len(m.repeats_tokens_per_s):
+    if reference is None or not probes or len(probes) != len(m.repeats_tokens_per_s):
         raise InputError("measurements", "host_probe_s", "the 'probed' estimator needs the host-speed yardstick "
                          "read beside every repeat (validate on a CPU since session 13); use --estimator median")
     # a rate scales inversely to a time: slower than the reference (a longer yardstick) -> the rate grows
+    reference_s = reference["step"]
     spec = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.repeats_tokens_per_s, probes, strict=True)]
     base = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.baseline_repeats_tokens_per_s, probes,
                                                                  strict=True)]
@@ -388,7 +389,7 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     for i, (case, spec, own) in enumerate(zip(cases, spec_out, base_repeats, strict=True)):
         base = statistics.median(groups[(case.temperature, case.batch_size, case.prompt_tokens)])
         if host is not None:
-            spec.host_probes = [round(host.at(t), 9) for t in stamps[i]]
+            spec.host_probes = [round(host.at(t, "step"), 9) for t in stamps[i]]
         out.append((spec, Measured(base, 1.0, base, own)))
     return out
 

@@ -41,8 +41,8 @@ class PassSample(Doc):
     median_s: float
     spread: float = Field(description="(p90 - p10) / median of the repeats")
     host_probe_s: list[float] | None = Field(
-        None, description="the host-speed yardstick's time at each repeat's moment, aligned with times_s "
-        "(validate on a CPU; engine/host_speed.py); absent where the host was not probed")
+        None, description="the host-speed yardstick's time (this model's pass yardstick) at each repeat's moment, "
+        "aligned with times_s (validate on a CPU; engine/host_speed.py); absent where the host was not probed")
 
 
 class StepSample(Doc):
@@ -62,7 +62,7 @@ class StepSample(Doc):
     verify_counts: dict[int, int] | None = Field(
         None, description="DSpark steps: how many steps verified k draft tokens in their widest sequence, by k "
         "(the padded verify pass is k + 1 tokens a sequence)")
-    host_probe_s: float | None = Field(None, description="the host-speed yardstick's time at the run's moment "
+    host_probe_s: float | None = Field(None, description="the step yardstick's time at the run's moment "
                                        "(as PassSample.host_probe_s)")
 
 
@@ -189,7 +189,7 @@ class MeasuredCase(Doc):
     baseline_repeats_tokens_per_s: list[float]
     verified: float | None = Field(None, description="as ValidationPoint.measured_verified (absent before session 9)")
     host_probe_s: list[float] | None = Field(
-        None, description="the host-speed yardstick's time at each timed repeat (aligned with repeats_tokens_per_s; "
+        None, description="the step yardstick's time at each timed repeat (aligned with repeats_tokens_per_s; "
         "validate on a CPU)")
 
 
@@ -209,11 +209,11 @@ class ValidationMeasurements(Doc):
     sps_table: dict[int, float]
     profile_rounds: int
     estimator: Estimator = Field("median", description="as ValidationReport.estimator")
-    host_probe_reference_s: float | None = Field(
-        None, description="the yardstick time every timing is scaled to under the 'probed' estimator: the median "
-        "of all the run's probes (profile and measurement)")
-    host_probes: list[tuple[float, float]] | None = Field(
-        None, description="the run's host-speed timeline: (seconds since the first probe, yardstick seconds)")
+    host_probe_reference_s: dict[str, float] | None = Field(
+        None, description="by yardstick kind (step, target, draft: engine/host_speed.py), the time every timing of "
+        "that kind is scaled to under the 'probed' estimator: the median of the run's readings")
+    host_probes: dict[str, list[tuple[float, float]]] | None = Field(
+        None, description="the run's host-speed timeline by kind: (seconds since the first reading, yardstick s)")
     cases: list[MeasuredCase]
 
 
@@ -262,7 +262,9 @@ class ValidationReport(Doc):
         "or 'median' (as measured), or 'probed' (the default on a CPU, whose own speed moves both ways with its "
         "neighbours: every profile and measured timing scaled to the run's reference host speed by a yardstick timed "
         "beside it, then the median)")
-    host_probe_reference_s: float | None = Field(None, description="as ValidationMeasurements.host_probe_reference_s")
-    host_probes: list[tuple[float, float]] | None = Field(None, description="as ValidationMeasurements.host_probes")
+    host_probe_reference_s: dict[str, float] | None = Field(
+        None, description="as ValidationMeasurements.host_probe_reference_s")
+    host_probes: dict[str, list[tuple[float, float]]] | None = Field(
+        None, description="as ValidationMeasurements.host_probes")
     profile_rounds: int = Field(1, description="profile rounds taken between the measurement rounds and merged "
                                 "into profile.json (1: one profile before measuring, or a given one)")

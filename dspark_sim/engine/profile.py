@@ -182,7 +182,7 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
                               attended_tokens=cache_len_for(ctx, q),
                               kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
                               times_s=[round(t, 9) for t in times[key]], median_s=med, spread=spread,
-                              host_probe_s=None if host is None else [round(host.at(t), 9) for t in stamps[key]]))
+                              host_probe_s=None if host is None else [round(host.at(t, role), 9) for t in stamps[key]]))
     return out
 
 
@@ -260,7 +260,7 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     if host is not None:
         host.tick(force=True)
         for c in configs:
-            runs[c] = [r.model_copy(update={"host_probe_s": round(host.at(ts), 9)})
+            runs[c] = [r.model_copy(update={"host_probe_s": round(host.at(ts, "step"), 9)})
                        for r, ts in zip(runs[c], stamps[c], strict=True)]
     out = []
     for c in configs:
@@ -431,9 +431,10 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                          cuda_graphs=graphs)
 
 
-def at_reference_speed(profile: EngineProfile, reference_s: float) -> EngineProfile:
-    """The profile with every timing brought to the host speed at which the yardstick reads `reference_s`
-    (host_speed.py); timings taken without a yardstick reading stay as they are."""
+def at_reference_speed(profile: EngineProfile, reference_s: dict[str, float]) -> EngineProfile:
+    """The profile with every timing brought to the host speed at which the yardsticks read `reference_s`
+    (by kind: a pass by its model's, a step by the step yardstick; host_speed.py); timings taken without a
+    yardstick reading stay as they are."""
     from dspark_sim.engine.host_speed import scaled
 
     samples = []
@@ -441,14 +442,15 @@ def at_reference_speed(profile: EngineProfile, reference_s: float) -> EngineProf
         if s.host_probe_s is None:
             samples.append(s)
             continue
-        times = [scaled(t, p, reference_s) for t, p in zip(s.times_s, s.host_probe_s, strict=True)]
+        ref = reference_s[s.role]
+        times = [scaled(t, p, ref) for t, p in zip(s.times_s, s.host_probe_s, strict=True)]
         med, spread = _summary(times)
         samples.append(s.model_copy(update={"times_s": times, "median_s": med, "spread": spread,
-                                            "host_probe_s": [reference_s] * len(times)}))
+                                            "host_probe_s": [ref] * len(times)}))
+    ref = reference_s["step"]
     steps = [st if st.host_probe_s is None else st.model_copy(update={
-        "step_s": scaled(st.step_s, st.host_probe_s, reference_s),
-        "draft_s": scaled(st.draft_s, st.host_probe_s, reference_s),
-        "verify_s": scaled(st.verify_s, st.host_probe_s, reference_s), "host_probe_s": reference_s})
+        "step_s": scaled(st.step_s, st.host_probe_s, ref), "draft_s": scaled(st.draft_s, st.host_probe_s, ref),
+        "verify_s": scaled(st.verify_s, st.host_probe_s, ref), "host_probe_s": ref})
         for st in profile.steps]
     return profile.model_copy(update={"samples": samples, "steps": steps})
 

@@ -290,15 +290,18 @@ def test_validate_quick_end_to_end(tmp_path):
     # on a CPU the figure is the median of the repeats brought to the run's reference host speed by the
     # yardstick read beside each (the figures as measured kept beside it); the profile likewise
     assert report["estimator"] == "probed"
-    ref = report["host_probe_reference_s"]
-    assert ref > 0 and len(report["host_probes"]) > 5
-    assert ref == pytest.approx(float(np.median([v for _, v in report["host_probes"]])), rel=1e-6)
+    refs = report["host_probe_reference_s"]
+    ref = refs["step"]
+    assert set(refs) == {"step", "target", "draft"} and ref > 0 and len(report["host_probes"]["step"]) > 5
+    for kind, timeline in report["host_probes"].items():
+        assert refs[kind] == pytest.approx(float(np.median([v for _, v in timeline])), rel=1e-6)
     for p in report["points"]:
         probes = p["measured_host_probe_s"]
         assert len(probes) == 3
         assert p["measured_tokens_per_s"] == pytest.approx(float(np.median(
             [v * q / ref for v, q in zip(p["measured_repeats_tokens_per_s"], probes, strict=True)])))
-    assert all(s["host_probe_s"] == [ref] * len(s["times_s"]) for s in prof["samples"])
+    assert all(s["host_probe_s"] == [refs[s["role"]]] * len(s["times_s"]) for s in prof["samples"])
+    assert all(st["host_probe_s"] == ref for st in prof["steps"])
     raw = json.loads((tmp_path / "report" / "profile-round-2.json").read_text())
     assert all(len(s["host_probe_s"]) == len(s["times_s"]) for s in raw["samples"])
     med = _cli("validate", "--repredict", str(tmp_path / "report"), "--tolerance", "100", "--estimator", "median",
