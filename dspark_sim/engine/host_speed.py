@@ -8,7 +8,7 @@ seconds give a timeline of the host's speed; every profile and measured timing i
 reference speed (the run's median reading: steps and measured runs by the step yardstick, each model's
 passes by its own), and the prediction made at that speed is compared with measurements brought to it.
 Read right before a measured case, the step yardstick tracked the case's own speed with correlation
-0.7-0.9 (validation/README.md, session 13).
+0.70-0.81 (benchmarks/host_yardstick_tracking.py; validation/README.md, session 13).
 
 On a GPU the yardstick is not taken: its steps would drop the captured CUDA graphs, and the device's
 speed is steady there (its estimator is the fastest repeat instead).
