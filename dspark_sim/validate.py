@@ -11,7 +11,7 @@ The loop, on whichever device the engine runs:
    it and the held-apart acceptance trace;
 4. report the errors (median and worst, by regime) and fail when the median exceeds the tolerance.
 A point's timed repeats and the profile's rounds become one figure by the run's estimator: the fastest on
-a GPU, the median on a CPU (resolve_estimator says why).
+a GPU; on a CPU the median, once every timing is brought to one host speed (resolve_estimator says why).
 The simulator is told how this engine works (padded verify blocks, attention over the whole static
 cache, a 2-token first draft pass, a leaner plain-decoding loop): those are facts about the engine,
 not fitted knobs.
@@ -183,17 +183,15 @@ def summarised(meas: ValidationMeasurements) -> list[tuple[Measured, Measured]]:
 
 def _probed(m: MeasuredCase, reference: dict[str, float] | None) -> tuple[Measured, Measured]:
     from dspark_sim.config.errors import InputError
-    from dspark_sim.engine.host_speed import scaled
 
     probes = m.host_probe_s
     if reference is None or not probes or len(probes) != len(m.repeats_tokens_per_s):
         raise InputError("measurements", "host_probe_s", "the 'probed' estimator needs the host-speed yardstick "
                          "read beside every repeat (validate on a CPU since session 13); use --estimator median")
-    # a rate scales inversely to a time: slower than the reference (a longer yardstick) -> the rate grows
-    reference_s = reference["step"]
-    spec = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.repeats_tokens_per_s, probes, strict=True)]
-    base = [1.0 / scaled(1.0 / v, p, reference_s) for v, p in zip(m.baseline_repeats_tokens_per_s, probes,
-                                                                 strict=True)]
+    # a rate scales inversely to a time: taken while the yardstick read slower than the reference, it grows
+    ref = reference["step"]
+    spec = [v * p / ref for v, p in zip(m.repeats_tokens_per_s, probes, strict=True)]
+    base = [v * p / ref for v, p in zip(m.baseline_repeats_tokens_per_s, probes, strict=True)]
     spec_rate, base_rate = statistics.median(spec), statistics.median(base)
     return (Measured(spec_rate, m.tau, m.batch_tokens_per_s, m.repeats_tokens_per_s, m.verified, probes),
             Measured(base_rate, 1.0, base_rate, m.baseline_repeats_tokens_per_s))
@@ -862,8 +860,9 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
         command="dspark-sim " + " ".join(sys.argv[1:]), acceptance_by_temperature=acceptance,
         host_drift_pct=drift_pct, timings_s=timings, sps_table=sps, profile_rounds=max(len(profile_rounds), 1),
         estimator=estimator, host_probe_reference_s=reference_s,
-        host_probes=host.relative_timeline() if host is not None else None, cases=[measured_case(c, grid.new_tokens, spec_m, base_m) for c, (spec_m, base_m) in zip(grid.cases(), measured,
-                                                                                                 strict=True)])
+        host_probes=host.relative_timeline() if host is not None else None,
+        cases=[measured_case(c, grid.new_tokens, spec_m, base_m)
+               for c, (spec_m, base_m) in zip(grid.cases(), measured, strict=True)])
     write_atomic(out_dir / MEASUREMENTS_FILE, meas.model_dump_json(indent=1) + "\n")
     return predict_measurements(meas, profile, traces, out_dir, tolerance_pct, seed, log, progress, workers)
 
