@@ -384,7 +384,8 @@ class StepCoster:
             rest_ctx = self._ctx(ctx + catch_up_tokens + (g - 1.0) / 2.0, 1.0)
             rest = self._draft_pass(uniform_batch(b, 1.0, rest_ctx, window))
             total = first.scaled(np.minimum(g, 1.0)) + rest.scaled(np.maximum(g - 1.0, 0.0))
-            host = self.hw.overheads.per_draft_pass_us * 1e-6 * g * np.ones_like(b * ctx)
+            o = self.hw.overheads
+            host = (o.per_draft_pass_us * g + o.per_step_sequence_us * b * (g > 0)) * 1e-6 * np.ones_like(b * ctx)
             z = np.zeros_like(host)
             return total + PassCost(host, z, z, z, z, host, z, z, z, z)
         # parallel drafters: one pass over the block (+ the anchor token)

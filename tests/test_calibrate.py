@@ -256,3 +256,30 @@ def test_gpu_profile_fits_the_ramp_of_the_multi_token_cost():
     _, cpu_rep = calibrate(_profile())
     cpu = {p.name: p for p in cpu_rep.parameters}
     assert cpu["multi_token_ramp_tokens"].value == 0.0 and not cpu["multi_token_ramp_tokens"].identified
+
+
+def test_per_sequence_step_host_time_is_told_from_the_step_overhead():
+    """Steps of several batch sizes: a host cost per sequence grows with the batch, the per-step one does
+    not; calibration fits both (whole steps generated with 40 us a sequence, 250 us a step and 80 us a
+    draft pass), and says it cannot tell them apart from steps of one batch size."""
+    from dspark_sim.calibrate import predict_steps
+
+    prof = _profile()
+    prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
+                             attended_tokens=80) for b in (1, 4, 16) for g in (1, 3, 5)]
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 250.0)
+    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(
+        update={"per_draft_pass_us": 80.0, "per_step_sequence_us": 40.0})})
+    for s, t in zip(prof.steps, predict_steps(prof, truth, prof.steps), strict=True):
+        s.step_s = float(t)
+    hw, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert fitted["per_step_sequence_us"].identified
+    assert fitted["per_step_sequence_us"].value == pytest.approx(40.0, rel=0.1)
+    assert fitted["per_step_us"].value == pytest.approx(250.0, rel=0.1)
+    assert hw.overheads.per_step_sequence_us == pytest.approx(40.0, rel=0.1)
+    one_batch = _profile()
+    one_batch.steps = [s for s in prof.steps if s.batch_size == 4]
+    _, rep1 = calibrate(one_batch)
+    p1 = next(p for p in rep1.parameters if p.name == "per_step_sequence_us")
+    assert not p1.identified and p1.value == 0.0 and "fewer than two batch sizes" in p1.note

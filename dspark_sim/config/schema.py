@@ -79,6 +79,12 @@ class Overheads(Strict):
         "token and its probability, the next pass's input), microseconds; `calibrate` fits it from whole steps "
         "of several gammas",
     )
+    per_step_sequence_us: NonNegFloat = Field(
+        0.0,
+        description="host time of a speculative step per sequence in the batch, microseconds (each sequence's "
+        "drafted tokens taken, acceptance judged, next inputs built), charged with an autoregressive draft phase; "
+        "`calibrate` fits it from whole steps at several batch sizes (validation/README.md, session 14)",
+    )
     per_scheduler_step_us: NonNegFloat = Field(
         0.0,
         description="further cost per step under the DSpark prefix scheduler, microseconds: its search over "

@@ -128,7 +128,8 @@ class Costs:
             first = d(*_uniform(b, catch, ctx, w), b)
             rest = d(*_uniform(b, 1.0, ctx + catch + (g - 1.0) / 2.0, w), b)
             k1, k2 = min(g, 1.0), max(g - 1.0, 0.0)
-            host = self.hw.overheads.per_draft_pass_us * 1e-6 * g
+            o = self.hw.overheads
+            host = (o.per_draft_pass_us * g + (o.per_step_sequence_us * b if g > 0 else 0.0)) * 1e-6
             return Cost(first[0] * k1 + rest[0] * k2 + host, first[1] * k1 + rest[1] * k2,
                         first[2] * k1 + rest[2] * k2)
         block = d(*_uniform(b, g + catch, ctx, w), b)

@@ -33,6 +33,9 @@ DEPLOYMENTS = {
                          "deployment.hardware.multi_token_ramp_tokens=4.5"],
     "draft-pass-host-time": ["deployment.drafter.kind=draft_model", "deployment.drafter.num_layers=1",
                              "deployment.hardware.overheads.per_draft_pass_us=40"],
+    "step-sequence-host-time": ["deployment.drafter.kind=draft_model", "deployment.drafter.num_layers=1",
+                                "deployment.hardware.overheads.per_draft_pass_us=40",
+                                "deployment.hardware.overheads.per_step_sequence_us=25"],
     "moe-mtp": ["deployment.tensor_parallel=8", "deployment.hardware.memory_capacity_gb=200",
                 "deployment.drafter={kind: mtp, num_layers: 1, moe_layers: true}"],
 }
