@@ -252,6 +252,8 @@ def test_gpu_profile_fits_the_ramp_of_the_multi_token_cost():
     assert rep.median_abs_error_pct < 1.0
     assert fitted["multi_token_ramp_tokens"].identified
     assert fitted["multi_token_ramp_tokens"].value == pytest.approx(4.0, rel=0.2)
+    # a GPU's steps run as captured graphs: no host cost per sequence is fitted there
+    assert fitted["per_step_sequence_us"].value == 0.0 and "not fitted on a GPU" in fitted["per_step_sequence_us"].note
     # a CPU profile keeps the step (its weight re-reads start at 2 tokens)
     _, cpu_rep = calibrate(_profile())
     cpu = {p.name: p for p in cpu_rep.parameters}
