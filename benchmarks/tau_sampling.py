@@ -10,7 +10,7 @@ the two studies behind `validate`'s prompt counts and its chain traces (validati
    the prompts' traces, reading the chains (`chain_confidence`, `chain_accept_prob`) or the per-position
    fields (`confidence`, `accept_prob`).
 
-    python benchmarks/tau_sampling.py --sps-from validation/reports/cpu-earlier-run/report.json
+    python benchmarks/tau_sampling.py --sps-from validation/reports/cpu/report.json
 """
 
 from __future__ import annotations
