@@ -216,18 +216,25 @@ def test_scheduler_overhead_is_fitted_from_dspark_steps():
     assert not next(p for p in plain.parameters if p.name == "per_scheduler_step_us").identified
 
 
-def test_draft_pass_host_time_is_told_from_the_step_overhead():
-    """Steps of several gammas: a host cost per draft pass grows with gamma, the per-step one does not;
-    calibration fits both (whole steps generated with 80 us a draft pass and 300 us a step)."""
+def _profile_with_steps(per_step_us: float, **overheads: float) -> EngineProfile:
+    """The synthetic profile plus whole speculative steps at batch 1/4/16 and gamma 1/3/5, timed as the cost
+    model prices them with TRUE, `per_step_us` and the given further overheads."""
     from dspark_sim.calibrate import predict_steps
 
     prof = _profile()
     prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
                              attended_tokens=80) for b in (1, 4, 16) for g in (1, 3, 5)]
-    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 300.0)
-    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(update={"per_draft_pass_us": 80.0})})
+    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", per_step_us)
+    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(update=overheads)})
     for s, t in zip(prof.steps, predict_steps(prof, truth, prof.steps), strict=True):
         s.step_s = float(t)
+    return prof
+
+
+def test_draft_pass_host_time_is_told_from_the_step_overhead():
+    """Steps of several gammas: a host cost per draft pass grows with gamma, the per-step one does not;
+    calibration fits both (whole steps generated with 80 us a draft pass and 300 us a step)."""
+    prof = _profile_with_steps(300.0, per_draft_pass_us=80.0)
     hw, rep = calibrate(prof)
     fitted = {p.name: p for p in rep.parameters}
     assert fitted["per_draft_pass_us"].identified
@@ -264,16 +271,7 @@ def test_per_sequence_step_host_time_is_told_from_the_step_overhead():
     """Steps of several batch sizes: a host cost per sequence grows with the batch, the per-step one does
     not; calibration fits both (whole steps generated with 40 us a sequence, 250 us a step and 80 us a
     draft pass), and says it cannot tell them apart from steps of one batch size."""
-    from dspark_sim.calibrate import predict_steps
-
-    prof = _profile()
-    prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
-                             attended_tokens=80) for b in (1, 4, 16) for g in (1, 3, 5)]
-    truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", 250.0)
-    truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(
-        update={"per_draft_pass_us": 80.0, "per_step_sequence_us": 40.0})})
-    for s, t in zip(prof.steps, predict_steps(prof, truth, prof.steps), strict=True):
-        s.step_s = float(t)
+    prof = _profile_with_steps(250.0, per_draft_pass_us=80.0, per_step_sequence_us=40.0)
     hw, rep = calibrate(prof)
     fitted = {p.name: p for p in rep.parameters}
     assert fitted["per_step_sequence_us"].identified
