@@ -73,7 +73,7 @@ def predict_grid(coster: StepCoster, acceptance, batch_sizes, context_lens, gamm
     draft = coster.draft(B, G, C, catch_up_tokens=tau)
     verify = coster.verify(B, G, C)
     step_s = np.asarray(draft.time_s) + np.asarray(verify.time_s) + overhead
-    base_step = np.asarray(baseline.time_s) + coster.baseline_step_overhead_s()
+    base_step = np.asarray(baseline.time_s) + coster.baseline_step_overhead_s(B)
     per_user = tau / step_s
     base_per_user = 1.0 / base_step
     return GridPrediction(

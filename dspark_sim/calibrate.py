@@ -38,9 +38,10 @@ PARAMS = (
     ("per_draft_pass_us", "us"),
     ("multi_token_ramp_tokens", "tokens"),
     ("per_step_sequence_us", "us"),
+    ("per_baseline_sequence_us", "us"),
 )
 _OVERLAP = 7  # index of the one parameter fitted as a fraction (logistic) rather than in log space
-_MULTI_READS, _MULTI_LAYER, _MULTI_QUERY, _DRAFT_PASS, _RAMP, _STEP_SEQ = 8, 9, 10, 11, 12, 13
+_MULTI_READS, _MULTI_LAYER, _MULTI_QUERY, _DRAFT_PASS, _RAMP, _STEP_SEQ, _BASE_SEQ = 8, 9, 10, 11, 12, 13, 14
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
     draft_pass = vals[11] if len(vals) > 11 else base.overheads.per_draft_pass_us
     ramp = vals[12] if len(vals) > 12 else base.multi_token_ramp_tokens
     step_seq = vals[13] if len(vals) > 13 else base.overheads.per_step_sequence_us
+    base_seq = vals[14] if len(vals) > 14 else base.overheads.per_baseline_sequence_us
     return base.model_copy(
         update={
             "name": name,
@@ -104,7 +106,7 @@ def hardware_from_params(base: HardwareProfile, x: np.ndarray, name: str, weight
             "overheads": Overheads(per_pass_us=per_pass, per_layer_us=per_layer, per_step_us=step,
                                    per_baseline_step_us=base_step, per_layer_multi_token_us=multi_layer,
                                    per_layer_multi_query_us=multi_query, per_draft_pass_us=draft_pass,
-                                   per_step_sequence_us=step_seq),
+                                   per_step_sequence_us=step_seq, per_baseline_sequence_us=base_seq),
         }
     )
 
@@ -194,7 +196,7 @@ def predict_steps(profile: EngineProfile, hw: HardwareProfile, steps: list) -> n
         c = np.array([steps[i].context_tokens for i in idx], dtype=float)
         spec = (np.asarray(coster.draft(b, g, c).time_s) + np.asarray(coster.verify(b, g, c).time_s)
                 + coster.step_overhead_s())
-        plain = np.asarray(coster.baseline(b, c).time_s) + coster.baseline_step_overhead_s()
+        plain = np.asarray(coster.baseline(b, c).time_s) + coster.baseline_step_overhead_s(b)
         out[idx] = np.where(g == 0, plain, spec)
     return out
 
@@ -228,6 +230,7 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
         base.overheads.per_step_us, base.compute_memory_overlap, base.multi_token_weight_reads,
         base.overheads.per_layer_multi_token_us, base.overheads.per_layer_multi_query_us,
         base.overheads.per_draft_pass_us, max(base.multi_token_ramp_tokens, 1.0), base.overheads.per_step_sequence_us,
+        base.overheads.per_baseline_sequence_us,
     ])
 
     def to_params(z: np.ndarray) -> np.ndarray:
@@ -247,7 +250,9 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     # a host cost per sequence of a speculative step: on a GPU the engine's step runs as captured CUDA graphs
     # (cudagraphs.StepGraphs), and fitted on its batch <= 4 steps it put the batch-64 cross-prediction 22-31%
     # slow (validation/README.md, session 14): not fitted there
-    free[_STEP_SEQ] = not gpu
+    # likewise a plain step's cost per sequence (its next token taken): fitted on a CPU, where sampling a batch-16
+    # step's rows took 0.3 ms more than one row's (validation/README.md, session 15); a GPU's plain loop is one graph
+    free[[_STEP_SEQ, _BASE_SEQ]] = not gpu
     x_fixed = np.where(np.arange(len(PARAMS)) == _MULTI_READS, 1.0, 0.0)
 
     def full(zf: np.ndarray) -> np.ndarray:
@@ -282,7 +287,8 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
                                 max(share * floor_us / 2, 0.1), max(share * floor_us / (2 * layers), 0.01),
                                 max(0.3 * step_floor_us, 0.1), max(0.3 * step_floor_us, 0.1), 1.0, 1.5,
                                 max(0.1 * share * floor_us / layers, 0.01), max(0.1 * share * floor_us / layers, 0.01),
-                                max(0.05 * step_floor_us, 0.1), 2.0, max(0.02 * step_floor_us, 0.1)])
+                                max(0.05 * step_floor_us, 0.1), 2.0, max(0.02 * step_floor_us, 0.1),
+                                max(0.01 * step_floor_us, 0.1)])
                 start[_OVERLAP] = overlap_logit
                 fit = least_squares(residuals, start[free], method="trf", x_scale="jac", max_nfev=400)
                 if best is None or fit.cost < best.cost:
@@ -313,11 +319,12 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
     identified[_MULTI_QUERY] = has_multi_query and free[_MULTI_QUERY]
     identified[_DRAFT_PASS] = len({s.gamma for s in steps if s.gamma > 0}) >= 2  # tells it from per_step_us
     identified[_STEP_SEQ] = len({s.batch_size for s in steps if s.gamma > 0}) >= 2  # likewise, by batch size
+    identified[_BASE_SEQ] = len({s.batch_size for s in steps if s.gamma == 0}) >= 2
     identified[_MULTI_READS] &= bool(free[_MULTI_READS])
     fallback = x0.copy()
     fallback[6] = x[5] if identified[5] else x0[6]
     fallback[_MULTI_READS], fallback[_MULTI_LAYER] = 1.0, 0.0  # a multi-token pass costs what a 1-token one does
-    fallback[_MULTI_QUERY] = fallback[_DRAFT_PASS] = fallback[_RAMP] = fallback[_STEP_SEQ] = 0.0
+    fallback[[_MULTI_QUERY, _DRAFT_PASS, _RAMP, _STEP_SEQ, _BASE_SEQ]] = 0.0
     x_final = np.where(identified, x, fallback)
     hw = hardware_from_params(base, x_final, name, dtype)
     if not identified[6]:
@@ -333,18 +340,20 @@ def calibrate(profile: EngineProfile, name: str | None = None, base: HardwarePro
              _MULTI_QUERY: "not fitted on a CPU (one attention path for any query count); kept 0",
              _DRAFT_PASS: "the profile has speculative steps of fewer than two gammas",
              _STEP_SEQ: "the profile has speculative steps of fewer than two batch sizes",
+             _BASE_SEQ: "the profile has plain-loop steps of fewer than two batch sizes",
              _RAMP: "the multi-token cost reaches its full value from 2 tokens"}
     if not gpu:
         notes[_RAMP] = "not fitted on a CPU (its weight re-reads start at 2 tokens); kept 0"
     else:
         notes[_STEP_SEQ] = "not fitted on a GPU (the engine's steps run as captured CUDA graphs); kept 0"
+        notes[_BASE_SEQ] = "not fitted on a GPU (the engine's plain loop runs as captured CUDA graphs); kept 0"
     for i, ((pname, unit), val, ok, s) in enumerate(zip(PARAMS, x_final, identified, sens, strict=True)):
         if not free[i]:
             params.append(ParameterFit(name=pname, value=float(val), unit=unit, identified=False, note=notes[i]))
             continue
         note = "" if ok else (
             f"not identified: {notes[i]}" if i in (5, 6) and not (has_spec if i == 5 else has_plain) else
-            f"not identified: {notes[i]}; kept 0" if i in (_DRAFT_PASS, _RAMP, _STEP_SEQ) else
+            f"not identified: {notes[i]}; kept 0" if i in (_DRAFT_PASS, _RAMP, _STEP_SEQ, _BASE_SEQ) else
             f"not identified: no profiled shape depends on it ({'0 -> 1' if i == _OVERLAP else 'doubling it'} moves "
             f"predictions {100 * s:.2f}% rms); "
             f"kept the base value"

@@ -335,9 +335,11 @@ class StepCoster:
         o = self.hw.overheads
         return (o.per_step_us + (o.per_scheduler_step_us if dspark_scheduler else 0.0)) * 1e-6
 
-    def baseline_step_overhead_s(self) -> float:
+    def baseline_step_overhead_s(self, num_seqs=0.0):
+        """Time of a plain decoding step outside its pass: a fixed part and a part per sequence."""
         o = self.hw.overheads
-        return (o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us) * 1e-6
+        fixed = o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us
+        return (fixed + o.per_baseline_sequence_us * np.asarray(num_seqs, dtype=float)) * 1e-6
 
     @property
     def draft_tp(self) -> int:

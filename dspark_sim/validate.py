@@ -41,6 +41,19 @@ from dspark_sim.config.measurements import (
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
 from dspark_sim.io import open_text, write_atomic
 
+#: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
+#: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:
+#: with 16 and 32 greedy prompts their sampling errors alone put tau 5-6% apart at the median. Greedy
+#: tau at gamma 5 varies by 24-27% (c.v.) from prompt to prompt (the tiny target falls into loops its
+#: draft copies); splitting 384 windows at random, 48 measured against 96 held-apart prompts differ by
+#: 10.8% at the 95th percentile, 96 against 192 by 7.7% (validation/README.md, session 10). The pool
+#: alternates acceptance and measurement windows, about 340 tokens apart, so neighbours pair up
+#: (their taus correlate +0.2) and the two sets see the same files.
+MEASURED_SEQUENCES = 16
+ACCEPTANCE_PROMPTS = 192
+#: timed repeats of every case, taken in rounds over the grid, each after a round of profiling
+MEASURE_REPEATS = 3
+
 
 @dataclass(frozen=True)
 class Case:
@@ -76,7 +89,8 @@ class Grid:
     new_tokens: int
     cross_batch_sizes: tuple[int, ...] = ()
     calibrate_max_batch: int | None = None  # cross-prediction: fit only on batches up to this
-    greedy_sequences: int = 16  # prompts measured per greedy or DSpark point (others: MEASURED_SEQUENCES)
+    greedy_sequences: int = 16  # prompts measured per greedy or DSpark point
+    sampled_sequences: int = MEASURED_SEQUENCES  # ... and per sampled fixed-gamma point
     min_rounds: int = 1  # ... and at least this many batches of them: large batches measure more prompts
 
     def cases(self) -> list[Case]:
@@ -94,31 +108,19 @@ class Grid:
                         # At batch 16 a round is cheap next to batch 1's: six rounds narrow tau's sampling
                         # error there, where the verify pass is widest and the speed-up most sensitive to it.
                         wide = t == 0.0 or pol.startswith("dspark")
-                        n = max(self.greedy_sequences if wide else MEASURED_SEQUENCES, self.min_rounds * b)
+                        n = max(self.greedy_sequences if wide else self.sampled_sequences, self.min_rounds * b)
                         out.append(Case(t, b, p, pol, rounds=max(1, n // b), new_tokens=self.new_tokens))
         for b in self.cross_batch_sizes:
             out.append(Case(0.0, b, self.prompt_tokens[0], "fixed:3", rounds=1, new_tokens=self.new_tokens, cross=True))
         return out
 
 
-#: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
-#: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:
-#: with 16 and 32 greedy prompts their sampling errors alone put tau 5-6% apart at the median. Greedy
-#: tau at gamma 5 varies by 24-27% (c.v.) from prompt to prompt (the tiny target falls into loops its
-#: draft copies); splitting 384 windows at random, 48 measured against 96 held-apart prompts differ by
-#: 10.8% at the 95th percentile, 96 against 192 by 7.7% (validation/README.md, session 10). The pool
-#: alternates acceptance and measurement windows, about 340 tokens apart, so neighbours pair up
-#: (their taus correlate +0.2) and the two sets see the same files.
-MEASURED_SEQUENCES = 16
-ACCEPTANCE_PROMPTS = 192
-#: timed repeats of every case, taken in rounds over the grid, each after a round of profiling
-MEASURE_REPEATS = 3
-
 QUICK = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4), prompt_tokens=(64,), policies=("fixed:3", "dspark:5"),
              new_tokens=48)
 FULL = Grid(temperatures=(0.0, 1.0), batch_sizes=(1, 4, 16), prompt_tokens=(64, 256),
             policies=("fixed:1", "fixed:3", "fixed:5", "dspark:5"), new_tokens=64,
-            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48, min_rounds=6)
+            cross_batch_sizes=(16, 32, 64), calibrate_max_batch=4, greedy_sequences=48, sampled_sequences=48,
+            min_rounds=6)
 
 
 @dataclass

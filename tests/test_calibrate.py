@@ -216,14 +216,14 @@ def test_scheduler_overhead_is_fitted_from_dspark_steps():
     assert not next(p for p in plain.parameters if p.name == "per_scheduler_step_us").identified
 
 
-def _profile_with_steps(per_step_us: float, **overheads: float) -> EngineProfile:
-    """The synthetic profile plus whole speculative steps at batch 1/4/16 and gamma 1/3/5, timed as the cost
-    model prices them with TRUE, `per_step_us` and the given further overheads."""
+def _profile_with_steps(per_step_us: float, gammas=(1, 3, 5), **overheads: float) -> EngineProfile:
+    """The synthetic profile plus whole engine steps at batch 1/4/16 and `gammas` (0: the plain loop), timed
+    as the cost model prices them with TRUE, `per_step_us` and the given further overheads."""
     from dspark_sim.calibrate import predict_steps
 
     prof = _profile()
     prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
-                             attended_tokens=80) for b in (1, 4, 16) for g in (1, 3, 5)]
+                             attended_tokens=80, baseline_loop=g == 0) for b in (1, 4, 16) for g in gammas]
     truth = hardware_from_params(_base(prof), TRUE, "truth", "fp32", per_step_us)
     truth = truth.model_copy(update={"overheads": truth.overheads.model_copy(update=overheads)})
     for s, t in zip(prof.steps, predict_steps(prof, truth, prof.steps), strict=True):
@@ -283,3 +283,24 @@ def test_per_sequence_step_host_time_is_told_from_the_step_overhead():
     _, rep1 = calibrate(one_batch)
     p1 = next(p for p in rep1.parameters if p.name == "per_step_sequence_us")
     assert not p1.identified and p1.value == 0.0 and "fewer than two batch sizes" in p1.note
+
+
+def test_plain_loop_cost_per_sequence_is_told_from_its_step_overhead():
+    """Plain-loop steps of several batch sizes: each row's next token costs time (a CPU's softmax and draw),
+    the loop's fixed per-step cost does not grow with the batch; calibration fits both (steps generated with
+    25 us a sequence and 60 us a step beside speculative ones), the cost model and the simulator charge it
+    to plain steps only, and steps of one batch size cannot identify it."""
+    prof = _profile_with_steps(250.0, gammas=(0, 1, 3, 5), per_draft_pass_us=80.0, per_step_sequence_us=40.0,
+                               per_baseline_step_us=60.0, per_baseline_sequence_us=25.0)
+    hw, rep = calibrate(prof)
+    fitted = {p.name: p for p in rep.parameters}
+    assert fitted["per_baseline_sequence_us"].identified
+    assert fitted["per_baseline_sequence_us"].value == pytest.approx(25.0, rel=0.1)
+    assert fitted["per_baseline_step_us"].value == pytest.approx(60.0, rel=0.15)
+    assert fitted["per_step_sequence_us"].value == pytest.approx(40.0, rel=0.1)
+    assert max(abs(p["error_pct"]) for p in rep.points if p["role"] == "step") < 1.0
+    one_batch = _profile()
+    one_batch.steps = [s for s in prof.steps if s.batch_size == 4]
+    _, rep1 = calibrate(one_batch)
+    p1 = next(p for p in rep1.parameters if p.name == "per_baseline_sequence_us")
+    assert not p1.identified and p1.value == 0.0 and "plain-loop steps of fewer than two batch sizes" in p1.note

@@ -96,6 +96,12 @@ class Overheads(Strict):
         description="the same for a plain (non-speculative) decoding loop, when the engine runs a leaner "
         "loop for it, microseconds; None = per_step_us",
     )
+    per_baseline_sequence_us: NonNegFloat = Field(
+        0.0,
+        description="cost of a plain decoding step per sequence in the batch beyond the forward pass, "
+        "microseconds (each row's next token taken: an argmax, or a softmax and a draw); `calibrate` fits it "
+        "on a CPU from plain-loop steps at several batch sizes (validation/README.md, session 15)",
+    )
 
 
 class HardwareProfile(Strict):

@@ -69,7 +69,10 @@ class Costs:
         speculative = sc.policy.kind != "none" and dep.drafter.kind != "none"
         base_over = getattr(self.coster, "baseline_step_overhead_s", None)
         self.step_overhead_s = (self.coster.step_overhead_s(dspark_scheduler=sc.policy.kind == "dspark")
-                                if speculative or base_over is None else base_over())
+                                if speculative or base_over is None else float(base_over()))
+        # a plain loop's step also costs this much per decoding sequence (its next token taken); a speculative
+        # step's per-sequence host time comes with its draft phase (draft / _draft_fast)
+        self.sequence_overhead_s = 0.0 if speculative else self.hw.overheads.per_baseline_sequence_us * 1e-6
         self._first_pass = getattr(dep.drafter, "first_pass_tokens", None)
         self._t_fast = self._d_fast = None
         plain = not getattr(self.coster, "pad_verify", False) and getattr(self.coster, "static_kv_tokens", None) is None
@@ -351,7 +354,7 @@ def uniform_step_time(costs: Costs, batch: int, gamma: int, context: float, tau:
     """Step time of a uniform batch (used for SLO sanity checks)."""
     t = costs.target_shape(uniform_batch(batch, gamma + 1.0, context, costs.window)).time_s
     d = costs.draft(batch, gamma, context, tau).time_s if gamma > 0 else 0.0
-    return float(t) + float(d) + costs.step_overhead_s
+    return float(t) + float(d) + costs.step_overhead_s + costs.sequence_overhead_s * batch
 
 
 def kv_capacity(sc: Scenario, costs: Costs, source: str) -> tuple[int, float]:

@@ -292,7 +292,7 @@ class Replica:
                 draft_s += float(extra.time_s)
                 hbm += float(extra.hbm_bytes)
                 onchip += float(extra.onchip_bytes)
-        overhead_s = self.costs.step_overhead_s
+        overhead_s = self.costs.step_overhead_s + self.costs.sequence_overhead_s * (nd + ghosts if nd else 0)
         dt = draft_s + target_s + overhead_s
 
         # ---- 5. acceptance, then advance the state (KV of rejected tokens rolls back)

@@ -67,3 +67,29 @@ def test_random_acceptance_matches_expected_tau_and_step_time():
     assert s.tokens_per_s_per_user / s.tau == pytest.approx(speed / tau, rel=0.01)
     # and the observed per-position acceptance is the i.i.d. alpha
     assert np.allclose(s.acceptance_per_position, alpha, atol=0.03)
+
+
+@pytest.mark.parametrize("per_sequence_us", [0.0, 300.0])
+def test_plain_batch_pays_the_per_sequence_step_cost_as_predict_grid_does(per_sequence_us):
+    """Four users decoding together without speculation: every step costs the pass, the plain loop's fixed
+    overhead and per_baseline_sequence_us for each of the four rows, in the simulator as in predict_grid."""
+    batch, prompt, output = 4, 512, 401
+    sc = scenario(
+        base_dict(),
+        f"workload.arrivals={{kind: closed_loop, concurrency: {batch}}}",
+        f"workload.num_requests={batch}",
+        f"workload.prompt_tokens={{kind: fixed, tokens: {prompt}}}",
+        f"workload.output_tokens={{kind: fixed, tokens: {output}}}",
+        "policy={kind: none}",
+        f"deployment.hardware.overheads.per_baseline_sequence_us={per_sequence_us}",
+    )
+    s, _ = summarize(Simulation(sc).run(), "main", None, None)
+    dep = sc.deployment
+    grid = predict_grid(StepCoster(dep.model, dep.drafter, dep.hardware, dep.tensor_parallel), sc.acceptance,
+                        [batch], [prompt + (output - 1) / 2], [1])
+    step_s = float(grid.baseline_step_s[0, 0, 0])
+    assert s.tokens_per_s_per_user == pytest.approx(1.0 / step_s, rel=0.01)
+    o = dep.hardware.overheads
+    fixed_s = (o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us) * 1e-6
+    outside_pass_s = step_s - float(grid.baseline.time_s[0, 0, 0])
+    assert outside_pass_s == pytest.approx(fixed_s + batch * per_sequence_us * 1e-6, rel=1e-9)
