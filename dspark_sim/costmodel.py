@@ -335,7 +335,7 @@ class StepCoster:
         o = self.hw.overheads
         return (o.per_step_us + (o.per_scheduler_step_us if dspark_scheduler else 0.0)) * 1e-6
 
-    def baseline_step_overhead_s(self, num_seqs=0.0):
+    def baseline_step_overhead_s(self, num_seqs: float | np.ndarray = 0.0) -> float | np.ndarray:
         """Time of a plain decoding step outside its pass: a fixed part and a part per sequence."""
         o = self.hw.overheads
         fixed = o.per_baseline_step_us if o.per_baseline_step_us is not None else o.per_step_us

@@ -90,7 +90,7 @@ class Grid:
     cross_batch_sizes: tuple[int, ...] = ()
     calibrate_max_batch: int | None = None  # cross-prediction: fit only on batches up to this
     greedy_sequences: int = 16  # prompts measured per greedy or DSpark point
-    sampled_sequences: int = MEASURED_SEQUENCES  # ... and per sampled fixed-gamma point
+    sampled_sequences: int = MEASURED_SEQUENCES  # ... and per sampled fixed-gamma point (FULL: 48, session 15)
     min_rounds: int = 1  # ... and at least this many batches of them: large batches measure more prompts
 
     def cases(self) -> list[Case]:
