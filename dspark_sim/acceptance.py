@@ -56,8 +56,11 @@ class AcceptanceTrace:
 
 
 def load_acceptance_trace(path: str, field: str, max_requests: int | None = None,
-                          confidence_field: str | None = None, probability_field: str | None = None) -> AcceptanceTrace:
+                          confidence_field: str | None = None, probability_field: str | None = None,
+                          chains_by: str = "position") -> AcceptanceTrace:
     """Read a JSONL trace; every malformed line is one `InputError` naming file, line and field.
+    chains_by "step": the confidence and probability fields hold one chain per live step, laid out
+    cyclically over the record's positions so that row k is step k (mod the steps recorded).
 
     Memoised on the file's identity (path, size, modification time), so a rewritten file is re-read.
     """
@@ -65,20 +68,22 @@ def load_acceptance_trace(path: str, field: str, max_requests: int | None = None
     if not p.exists():
         raise InputError(path, None, "trace file not found")
     st = p.stat()
-    return _load_trace(path, st.st_size, st.st_mtime_ns, field, max_requests, confidence_field, probability_field)
+    return _load_trace(path, st.st_size, st.st_mtime_ns, field, max_requests, confidence_field, probability_field,
+                       chains_by)
 
 
 @lru_cache(maxsize=16)
 def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests: int | None,
-                confidence_field: str | None, probability_field: str | None = None) -> AcceptanceTrace:
+                confidence_field: str | None, probability_field: str | None = None,
+                chains_by: str = "position") -> AcceptanceTrace:
     try:
-        return _read_trace(path, field, max_requests, confidence_field, probability_field)
+        return _read_trace(path, field, max_requests, confidence_field, probability_field, chains_by)
     except (OSError, EOFError, UnicodeDecodeError) as exc:  # a truncated or corrupt .gz, a binary file
         raise InputError(path, None, f"not a readable JSONL trace ({exc})") from None
 
 
 def _read_trace(path: str, field: str, max_requests: int | None, confidence_field: str | None,
-                probability_field: str | None) -> AcceptanceTrace:
+                probability_field: str | None, chains_by: str = "position") -> AcceptanceTrace:
     p = Path(path)
     prompts, outputs, yields, confs, probs = [], [], [], [], []
     with open_text(p) as fh:
@@ -102,7 +107,7 @@ def _read_trace(path: str, field: str, max_requests: int | None, confidence_fiel
             yields.append(arr if arr.size else np.ones(1, dtype=np.int64))
             for name, out in ((confidence_field, confs), (probability_field, probs)):
                 if name:
-                    out.append(_per_position(rec, name, len(yields[-1]), f"line {lineno}", path))
+                    out.append(_per_position(rec, name, len(yields[-1]), f"line {lineno}", path, chains_by == "step"))
             if max_requests and len(yields) >= max_requests:
                 break
     if not yields:
@@ -111,10 +116,11 @@ def _read_trace(path: str, field: str, max_requests: int | None, confidence_fiel
                            tuple(confs) if confidence_field else None, tuple(probs) if probability_field else None)
 
 
-def _per_position(rec: dict, name: str, n: int, where: str, path: str) -> np.ndarray:
+def _per_position(rec: dict, name: str, n: int, where: str, path: str, by_step: bool = False) -> np.ndarray:
     """A record's per-output-position values in [0, 1] (confidences, probabilities), cut or zero-padded
     to the record's n yields: one value a position, or a chain of them (a list per position, all of one
-    length: the values of the draft tokens a step starting there proposes, engine traces' chain_*)."""
+    length: the values of the draft tokens a step starting there proposes, engine traces' chain_*).
+    by_step: chains one per live step (engine traces' step_*), repeated cyclically to n rows."""
     if name not in rec:
         raise InputError(path, f"{where}.{name}", "missing field")
     try:
@@ -124,6 +130,10 @@ def _per_position(rec: dict, name: str, n: int, where: str, path: str) -> np.nda
     if values is None or values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] == 0):
         raise InputError(path, f"{where}.{name}", "expected a list of numbers, or of equally long lists of numbers")
     values = np.clip(values, 0.0, 1.0)
+    if by_step:
+        if values.ndim != 2 or not len(values):
+            raise InputError(path, f"{where}.{name}", "chains_by step needs a non-empty list of chains (lists)")
+        return np.resize(values, (n, values.shape[1]))  # row k = step k mod the steps recorded
     fit = np.zeros((n, *values.shape[1:]))
     fit[: min(len(values), n)] = values[:n]
     return fit
@@ -131,7 +141,7 @@ def _per_position(rec: dict, name: str, n: int, where: str, path: str) -> np.nda
 
 def _trace_of(spec: TraceAcceptance) -> AcceptanceTrace:
     return load_acceptance_trace(spec.path, spec.field, spec.max_requests, spec.confidence_field,
-                                 spec.probability_field)
+                                 spec.probability_field, spec.chains_by)
 
 
 def trace_tau(trace: AcceptanceTrace, gamma: int) -> float:

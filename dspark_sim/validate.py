@@ -40,6 +40,7 @@ from dspark_sim.config.measurements import (
 )
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
 from dspark_sim.io import open_text, write_atomic
+from dspark_sim.policies import make_policy
 
 #: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
 #: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:
@@ -397,12 +398,13 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
 def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, drafter: dict | None,
                         policy: dict | None, batch: int, prompt_tokens: int, new_tokens: int, cache_tokens: int,
                         trace_path: Path, source: str = "validate", probability_field: str | None = None,
-                        first_record: int | None = None, confidence_field: str = "confidence") -> Scenario:
+                        first_record: int | None = None, confidence_field: str = "confidence",
+                        chains_by: str = "position") -> Scenario:
     """The simulator's description of one run of the bundled engine: a closed static batch of `batch`
     requests, verify blocks padded to the longest, attention over the whole static cache, acceptance
     (and the drafter's confidences) replayed from a trace, or drawn each step from its recorded
-    `probability_field`; records drawn at random, or from `first_record` on in order. drafter None:
-    plain decoding."""
+    `probability_field` (2-D fields: chains indexed `chains_by` position or step); records drawn at random,
+    or from `first_record` on in order. drafter None: plain decoding."""
     from dspark_sim.config.loader import scenario_from_dict
 
     speculative = drafter is not None
@@ -424,6 +426,7 @@ def engine_run_scenario(name: str, seed: int, hw: HardwareProfile, target, draft
         },
         "acceptance": {"kind": "trace", "path": str(trace_path), "field": "accept_len",
                        "confidence_field": confidence_field, "probability_field": probability_field,
+                       "chains_by": chains_by,
                        **({"records": "in_order", "first_record": first_record} if first_record is not None else {})},
         "policy": policy if speculative else {"kind": "none"},
         "workload": {
@@ -443,6 +446,14 @@ def _trace_has(path: Path, field: str) -> bool:
         return field in json.loads(fh.readline() or "{}")
 
 
+def _live_steps_of(policy: str, path: Path) -> bool:
+    """Whether the trace holds live steps recorded under `policy` (validate records them for the grid's
+    longest DSpark policy at each sampled temperature: `live_steps_policy`)."""
+    with open_text(path) as fh:
+        first = json.loads(fh.readline() or "{}")
+    return first.get("step_policy") == policy and "step_confidence" in first
+
+
 def full_batch_window(sim, batch: int) -> tuple[float, float]:
     """(tokens, seconds) of the simulated steps in which all `batch` requests were decoding: the
     counterpart of the engine's `GenerationResult.full_batch_tokens_per_s`."""
@@ -459,11 +470,12 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
     """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
     drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
     policy = _policy_spec(case.policy, sps_table).model_dump()
+    confidence_field = trace_confidence_field(case.policy, trace_path)
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
                                policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
                                probability_field=trace_probability_field(case.policy, trace_path),
-                               first_record=first_record,
-                               confidence_field=trace_confidence_field(case.policy, trace_path))
+                               first_record=first_record, confidence_field=confidence_field,
+                               chains_by="step" if confidence_field.startswith("step_") else "position")
 
 
 def trace_records(path: Path) -> int:
@@ -513,6 +525,8 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     over the draft's sample (alpha), which has the same mean and less noise."""
     if not _trace_has(trace_path, "alpha"):
         return None
+    if _live_steps_of(policy, trace_path):
+        return "step_accept_prob"
     if policy.startswith("dspark"):
         for name in ("chain_accept_prob", "accept_prob"):
             if _trace_has(trace_path, name):
@@ -521,9 +535,13 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
 
 
 def trace_confidence_field(policy: str, trace_path: Path) -> str:
-    """The draft's confidences a policy reads in the simulator: DSpark, those of the chains the draft
-    drafts from each position along its own tokens (where the trace has them: the engine's scheduler
-    reads exactly these); else the confidence at each position given the target's tokens."""
+    """The draft's confidences a policy reads in the simulator: DSpark sampled, those of the live steps
+    the trace recorded under this very policy (`acceptance_trace.live_steps`: the states live steps start
+    in); DSpark greedy, those of the chains the draft drafts from each position along its own tokens
+    (where the trace has them: the engine's scheduler reads exactly these); else the confidence at each
+    position given the target's tokens."""
+    if _live_steps_of(policy, trace_path):
+        return "step_confidence"
     if policy.startswith("dspark") and _trace_has(trace_path, "chain_confidence"):
         return "chain_confidence"
     return "confidence"
@@ -751,7 +769,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
                    workers: int | None = None, estimator: Estimator | None = None) -> ValidationReport:
     """Profile, measure and predict (see the module's docstring); `estimator` as resolve_estimator's."""
     from dspark_sim.config.errors import InputError
-    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance
+    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance, live_steps
     from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
     from dspark_sim.engine.host_speed import HostProbe, yardstick_s
@@ -814,8 +832,15 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     for t in grid.temperatures:
         recs = []
         for p in grid.prompt_tokens:
-            recs += acceptance_records(target, draft, [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]], grid.new_tokens,
-                                       _sampling(t), seed, chain=chain)
+            prompts = [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]]
+            part = acceptance_records(target, draft, prompts, grid.new_tokens, _sampling(t), seed, chain=chain)
+            if chain and t > 0:  # sampled DSpark: the states its live steps start in (trace_confidence_field)
+                name = f"dspark:{chain}"
+                steps = live_steps(target, draft, prompts, grid.new_tokens, _sampling(t),
+                                   make_policy(_policy_spec(name, sps)), seed)
+                for rec, live in zip(part, steps, strict=True):
+                    rec.update(live, step_policy=name)
+            recs += part
         # gzipped: the chains make a temperature's trace about 4 MB of JSON (about 1 MB packed)
         path = out_dir / f"acceptance-T{t:g}.jsonl.gz"
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))

@@ -381,6 +381,13 @@ class TraceAcceptance(Strict):
         "once (no sampling noise where a run is compared with a mean over known prompts, as in validate)",
     )
     first_record: NonNegInt = Field(0, description="in_order: the record request 0 replays")
+    chains_by: Literal["position", "step"] = Field(
+        "position",
+        description="how chains (a list of values per entry, one per draft token) in confidence_field and "
+        "probability_field are indexed: by the output position a step starts at (the engine's chain_* fields, "
+        "drafted along the target's own tokens), or by the request's step number (the engine's step_* fields, "
+        "recorded step by step from a live speculative run, wrapping around when a request takes more steps)",
+    )
 
 
 class PerRequestAcceptance(Strict):

@@ -14,6 +14,17 @@ that the target accepts it given the chain before it (`chain_confidence`, `chain
 policy that reads confidences past the first draft position sees there what the engine's scheduler
 sees; the per-position fields hold the draft's confidence given the *target's* tokens, which after a
 token the target would reject is not what the live draft is conditioned on.
+`live_steps` records, for sampled decoding, what no walk along the target's own tokens can give: the
+states live steps start in. A live step starts after the previous step's accepted drafts (tokens the
+draft liked: distributed as min(p, q)) and its correction (one it did not: drawn from the residual), so
+the draft's confidences there differ from those at a position of the target's own output (at batch 1,
+fixed gamma 5: a first-draft confidence of 0.49 after a fully accepted step and 0.28 after a rejection,
+against 0.44 and 0.33 in a walk over the chains, benchmarks/dspark_live_vs_trace.py); a policy that
+chooses its verify length from the confidences then picks a different mix of states than the walk.
+It runs the engine's own draft and rejection-sampling code with the policy deciding each row as a
+batch of one, and keeps, step by step, the chain's confidences and each chain token's acceptance
+probability (the target scores the whole chain, whatever the policy verified), the tested ones' outcomes
+in its place.
 The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
 simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`), plus the draft's
 confidence at every position (`confidence_field="confidence"`) as the engine computes it, so that
@@ -25,8 +36,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs
+from dspark_sim.engine.generate import (
+    Sampling,
+    _draft,
+    _prefill,
+    _prompt_tensor,
+    cache_tokens,
+    ensure_caches,
+    generate_baseline,
+    logits_to_probs,
+    next_token,
+    token_buffer_len,
+    verify_drafts,
+)
 from dspark_sim.engine.model import Transformer
+from dspark_sim.policies import StepView
 
 
 def _runs(ok: np.ndarray) -> np.ndarray:
@@ -148,6 +172,81 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
             record["chain_accept_prob"] = [[round(float(a), 5) for a in row] for row in c_acc]
         records.append(record)
     return records
+
+
+@torch.no_grad()
+def live_steps(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
+               sampling: Sampling, policy, seed: int = 0, rows: int = 64) -> list[dict]:
+    """Per prompt, every step of a live speculative run (module docstring): {"step_confidence": [steps, G],
+    "step_accept_prob": [steps, G]}, G = policy.gamma_max: each chain token's acceptance probability
+    given the chain before it, or, for the tokens the step tested, its outcome (1 accepted, 0 rejected).
+    Each row is decided as a batch of one (its verify length from its own confidences alone), so the
+    states are the policy's at batch 1, and a batch-1 replay of the same policy is the run itself.
+    Sampled decoding only: a greedy step's start is a position of the target's own output."""
+    if sampling.greedy:
+        raise ValueError("live_steps records sampled decoding (greedy chains are exact along the target's tokens)")
+    g = int(policy.gamma_max)
+    gen = torch.Generator(device=target.device).manual_seed(seed + 2)
+    out: list[dict] = []
+    for start in range(0, len(prompts), rows):
+        out += _live_steps_batch(target, draft, prompts[start:start + rows], max_new_tokens, sampling, policy, g, gen)
+    return out
+
+
+def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                      sampling: Sampling, policy, g: int, gen: torch.Generator) -> list[dict]:
+    dev = target.device
+    bsz, width = len(prompts), max(len(p) for p in prompts)
+    for model in (target, draft):
+        ensure_caches(model, bsz, cache_tokens(width, max_new_tokens, g), None)
+    prompt_buf, lens = _prompt_tensor(prompts, width, dev)
+    buf = torch.zeros(bsz, token_buffer_len(width, max_new_tokens, g), dtype=torch.long, device=dev)
+    buf[:, :width] = prompt_buf
+    rows = torch.arange(bsz, device=dev)
+    buf[rows, lens] = next_token(_prefill(target, buf, lens, width), sampling, gen)
+    _prefill(draft, buf, lens, width)
+    pend = lens.clone()
+    lens_np = lens.cpu().numpy()
+    confs: list[list[list[float]]] = [[] for _ in prompts]
+    probs: list[list[list[float]]] = [[] for _ in prompts]
+    while True:
+        ctx = pend.cpu().numpy()
+        generated = ctx - lens_np + 1
+        active = generated < max_new_tokens
+        if not active.any():
+            break
+        drafts, q, conf = _draft(draft, buf, pend, g, sampling, gen)
+        positions = pend[:, None] + torch.arange(g + 1, device=dev)
+        p = logits_to_probs(target(buf.gather(1, positions), positions), sampling)
+        q_d = q.gather(-1, drafts[..., None])[..., 0].float()
+        p_d = p[:, :g].gather(-1, drafts[..., None])[..., 0].float()
+        accept = (p_d / q_d.clamp_min(1e-30)).clamp_max(1.0).cpu().numpy()
+        conf_np = conf.double().cpu().numpy()
+        # as the engine: no drafts past the output's end, the policy sees NaN there
+        drafted = np.clip(max_new_tokens - generated - 1, 0, g) * active
+        seen = conf_np.copy()
+        seen[np.arange(g)[None, :] >= drafted[:, None]] = np.nan
+        verify = np.zeros(bsz, dtype=np.int64)
+        for i in np.flatnonzero(active):
+            view = StepView(context_lens=ctx[i:i + 1].copy(), seq_ids=np.array([i]))
+            verify[i] = int(np.clip(policy.verify_lengths(view, drafted[i:i + 1], seen[i:i + 1])[0], 0, drafted[i]))
+        accepted, nxt = verify_drafts(p, q, drafts, torch.from_numpy(verify).to(dev), False, gen)
+        act = torch.from_numpy(active.astype(np.int64)).to(dev)
+        accepted = accepted * act
+        buf[rows, pend + accepted + 1] = torch.where(act.bool(), nxt, buf[rows, pend + accepted + 1])
+        pend.add_((accepted + 1) * act)
+        acc_np = accepted.cpu().numpy()
+        for i in np.flatnonzero(active):
+            # the tokens this step tested keep their outcome (1 accepted, 0 the rejected one), the others
+            # their probability: a replay that verifies what this step verified is this very step, one that
+            # verifies fewer cuts it short, one that verifies more draws only the tokens never tested
+            row = accept[i].astype(float)
+            row[: acc_np[i]] = 1.0
+            if acc_np[i] < verify[i]:
+                row[acc_np[i]] = 0.0
+            confs[i].append([round(float(c), 5) for c in conf_np[i]])
+            probs[i].append([round(float(a), 5) for a in row])
+    return [{"step_confidence": c, "step_accept_prob": a} for c, a in zip(confs, probs, strict=True)]
 
 
 def conditional_acceptance(records: list[dict], gamma_max: int) -> list[float]:

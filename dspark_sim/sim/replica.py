@@ -75,6 +75,7 @@ class Replica:
         self.yflat = self.reqs.trace_yields
         self.cflat = self.reqs.trace_conf
         self.pflat = self.reqs.trace_prob
+        self.chains_by_step = self.reqs.chains_by_step
 
         cap = self.max_seqs
         self.n = 0
@@ -406,7 +407,8 @@ class Replica:
         """[decoders, width] recorded values (confidences, acceptance probabilities) of the draft tokens a
         step starting at each decoder's output position proposes: one value per output position (the
         k-th draft token's at position + k), or per-position chains (the k-th value of the chain recorded
-        at the step's start). 0 past a request's trace and past a chain's end."""
+        at the step's start), or per-step chains (that of the request's step number: chains_by step).
+        0 past a request's trace and past a chain's end."""
         tl = self.tlen[di]
         g = self.gen[di]
         at = g[:, None] + np.arange(width)[None, :]
@@ -414,7 +416,8 @@ class Replica:
             idx = self.toff[di][:, None] + np.minimum(at, np.maximum(tl[:, None] - 1, 0))
             return np.where(at < tl[:, None], flat[idx], 0.0)
         k = min(width, flat.shape[1])
-        rows = self.toff[di] + np.minimum(g, np.maximum(tl - 1, 0))
+        row = self.out.steps[self.rid[di]] if self.chains_by_step else g
+        rows = self.toff[di] + np.minimum(row, np.maximum(tl - 1, 0))
         out = np.zeros((len(g), width))
         out[:, :k] = flat[rows, :k]
         return np.where(at < tl[:, None], out, 0.0)

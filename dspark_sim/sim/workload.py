@@ -216,6 +216,7 @@ class RequestTable:
     closed_loop: bool
     trace_conf: np.ndarray | None = None  # recorded drafter confidences, aligned with trace_yields
     trace_prob: np.ndarray | None = None  # recorded acceptance probabilities, aligned with trace_yields
+    chains_by_step: bool = False  # 2-D trace_conf / trace_prob rows are steps (TraceAcceptance.chains_by)
     concurrency: int = 0
     think_time_s: float = 0.0
 
@@ -286,6 +287,7 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
     store = _YieldStore()
     conf_parts: dict[int, np.ndarray] = {}
     prob_parts: dict[int, np.ndarray] = {}
+    chains_by: set[str] = set()
     for d in range(len(names)):
         slice_ = domains[d] if domains else None
         idx = np.flatnonzero(dom == d)
@@ -298,7 +300,9 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
         rng = stream(seed, "acceptance", d)
         if isinstance(acc, TraceAcceptance):
             trace = load_acceptance_trace(acc.path, acc.field, acc.max_requests, acc.confidence_field,
-                                          acc.probability_field)
+                                          acc.probability_field, acc.chains_by)
+            if acc.confidence_field or acc.probability_field:
+                chains_by.add(acc.chains_by)
             cache: dict[int, np.ndarray] = {}
             for i in idx.tolist():
                 if wl.lengths_from_trace or acc.records == "in_order":
@@ -334,6 +338,8 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
     else:
         arrival = open_loop_arrivals(arr_spec, stream(seed, "arrivals"), n)
 
+    if len(chains_by) > 1:
+        raise InputError(source, "acceptance.chains_by", "the replayed traces mix chains by position and by step")
     trace_conf = _aligned(conf_parts, store, source, "confidence_field")
     trace_prob = _aligned(prob_parts, store, source, "probability_field")
     step_seed = stream(seed, "step_seeds").integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
@@ -352,6 +358,7 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
         trace_yields=store.flat(),
         trace_conf=trace_conf,
         trace_prob=trace_prob,
+        chains_by_step=chains_by == {"step"},
         closed_loop=closed,
         concurrency=arr_spec.concurrency if closed else 0,
         think_time_s=arr_spec.think_time_s if closed else 0.0,

@@ -441,3 +441,58 @@ def test_validate_refuses_foreign_profile(tmp_path):
     prof.write_text(json.dumps(doc))
     out = _cli("validate", "--quick", "--profile", str(prof), "-o", str(tmp_path / "r"))
     assert out.returncode == 2 and "engine_version" in out.stderr
+
+
+def test_live_steps_are_the_engines_own_steps(pair):
+    """`live_steps` runs the engine's draft and rejection sampling: with a draft that is the target every
+    chain token is accepted and the run takes the engine's very steps; with the real pair, the confidences
+    of its steps are distributed as those of the engine's own DSpark steps (4 s.e. a position), and each
+    step's tested tokens keep their outcome (a run of ones, then at most one zero)."""
+    from dspark_sim.engine.acceptance_trace import live_steps
+    from dspark_sim.policies import DSparkPolicy, FixedPolicy, table_sps
+
+    target, draft = pair
+    gen = torch.Generator().manual_seed(7)
+    prompts = torch.randint(0, 264, (24, 12), generator=gen).tolist()
+    same = live_steps(target, target, prompts[:3], 20, Sampling(1.0), FixedPolicy(3))
+    for rec, p in zip(same, prompts[:3], strict=True):
+        assert all(a == 1.0 for row in rec["step_accept_prob"] for a in row)
+        engine = speculative_generate(target, target, [p], 20, FixedGamma(gamma=3), Sampling(1.0))
+        assert len(rec["step_confidence"]) == sum(int(s.active[0]) for s in engine.steps)
+    sps = {1: 1000.0, 2: 950.0, 4: 900.0, 8: 700.0}
+    policy = DSparkPolicy(4, table_sps(sps))
+    recs = live_steps(target, draft, prompts, 32, Sampling(1.0), policy, rows=8)
+    rec_conf = np.concatenate([np.array(r["step_confidence"]) for r in recs])
+    rows = np.concatenate([np.array(r["step_accept_prob"]) for r in recs])
+    assert rows.min() >= 0.0 and rows.max() <= 1.0
+    rejected = rows == 0.0  # only a tested token can hold 0 (softmax probabilities are positive)
+    assert rejected.sum(axis=1).max() == 1 and rejected.any(axis=1).mean() > 0.1
+    for row in rows[rejected.any(axis=1)]:
+        assert (row[: int(np.argmax(row == 0.0))] == 1.0).all()  # the tokens before it were accepted
+    live = []
+    for i in range(0, len(prompts), 8):
+        res = speculative_generate(target, draft, prompts[i: i + 8], 32, DSparkPolicy(4, table_sps(sps)),
+                                   Sampling(1.0), generator=torch.Generator().manual_seed(i))
+        live += [s.confidences[s.active] for s in res.steps if s.confidences is not None]
+    live = np.concatenate(live)
+    live = live[~np.isnan(live).any(axis=1)]
+    for k in range(4):
+        se = np.sqrt(live[:, k].var() / len(live) + rec_conf[:, k].var() / len(rec_conf))
+        assert abs(live[:, k].mean() - rec_conf[:, k].mean()) < 4 * se, k
+    with pytest.raises(ValueError, match="sampled"):
+        live_steps(target, draft, prompts[:1], 8, Sampling(), policy)
+
+
+def test_sampled_dspark_cases_replay_the_live_steps_of_their_policy(tmp_path):
+    from dspark_sim.validate import trace_confidence_field, trace_probability_field
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"accept_len": [1], "alpha": [0.5], "accept_prob": [0.4], "confidence": [0.3],
+                                "chain_confidence": [[0.3]], "chain_accept_prob": [[0.4]], "step_policy": "dspark:5",
+                                "step_confidence": [[0.3]], "step_accept_prob": [[1.0]]}) + "\n")
+    assert trace_confidence_field("dspark:5", path) == "step_confidence"
+    assert trace_probability_field("dspark:5", path) == "step_accept_prob"
+    # recorded under another policy: the chains along the target's tokens
+    assert trace_confidence_field("dspark:3", path) == "chain_confidence"
+    assert trace_probability_field("dspark:3", path) == "chain_accept_prob"
+    assert trace_probability_field("fixed:5", path) == "alpha"
