@@ -448,7 +448,7 @@ def _trace_has(path: Path, field: str) -> bool:
 
 def _live_steps_of(policy: str, path: Path) -> bool:
     """Whether the trace holds live steps recorded under `policy` (validate records them for the grid's
-    longest DSpark policy at each sampled temperature: `live_steps_policy`)."""
+    longest DSpark policy at each sampled temperature, `run_validation`)."""
     with open_text(path) as fh:
         first = json.loads(fh.readline() or "{}")
     return first.get("step_policy") == policy and "step_confidence" in first
