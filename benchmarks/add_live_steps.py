@@ -5,8 +5,9 @@ folder's measurements (CPU, a few seconds a temperature):
     python benchmarks/add_live_steps.py validation/reports/cpu-session15-a /tmp/runs/cpu-session15-a
     dspark-sim validate --repredict /tmp/runs/cpu-session15-a -o /tmp/repredicted/cpu-session15-a
 
-The folder is copied whole; its traces keep every field and gain step_policy, step_confidence and
-step_accept_prob, recorded here with the folder's own SPS table and the prompts and seed validate
+The folder is copied whole; its traces keep every field and gain step_policy and, at each batch size of the
+grid, the live steps' fields (`validate.live_step_fields`: step_confidence, step_accept_prob at batch 1),
+recorded here with the folder's own SPS table and the prompts and seed validate
 used (a GPU folder's live steps then come from this CPU's arithmetic: the same process, other draws).
 """
 
@@ -31,6 +32,7 @@ from dspark_sim.validate import (
     _policy_spec,
     _prompt_sets,
     _sampling,
+    live_step_fields,
     load_pair,
 )
 
@@ -63,16 +65,19 @@ def main() -> None:
                     if p.is_file())
         with open_text(path) as fh:
             recs = [json.loads(line) for line in fh if line.strip()]
-        steps = []
-        for p in grid.prompt_tokens:  # validate's order: every prompt at one length, then the next
-            steps += live_steps(target, draft, [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]], grid.new_tokens,
-                                _sampling(t), policy, args.seed)
-        if len(steps) != len(recs):
-            raise SystemExit(f"{path}: {len(recs)} records, {len(steps)} prompts")
-        for rec, live in zip(recs, steps, strict=True):
-            rec.update(live, step_policy=name)
+        for b in grid.batch_sizes:
+            steps = []
+            for p in grid.prompt_tokens:  # validate's order: every prompt at one length, then the next
+                steps += live_steps(target, draft, [x[:p] for x in set_a[:ACCEPTANCE_PROMPTS]], grid.new_tokens,
+                                    _sampling(t), policy, args.seed, batch=b)
+            if len(steps) != len(recs):
+                raise SystemExit(f"{path}: {len(recs)} records, {len(steps)} prompts")
+            conf_name, prob_name = live_step_fields(b)
+            for rec, live in zip(recs, steps, strict=True):
+                rec.update({conf_name: live["step_confidence"], prob_name: live["step_accept_prob"]}, step_policy=name)
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
-        print(f"{path}: live steps of {name} added to {len(recs)} records")
+        print(f"{path}: live steps of {name} at batch {', '.join(map(str, grid.batch_sizes))} added to "
+              f"{len(recs)} records")
 
 
 if __name__ == "__main__":

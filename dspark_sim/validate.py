@@ -446,12 +446,26 @@ def _trace_has(path: Path, field: str) -> bool:
         return field in json.loads(fh.readline() or "{}")
 
 
-def _live_steps_of(policy: str, path: Path) -> bool:
-    """Whether the trace holds live steps recorded under `policy` (validate records them for the grid's
-    longest DSpark policy at each sampled temperature, `run_validation`)."""
+def live_step_fields(batch: int) -> tuple[str, str]:
+    """The trace fields holding the live steps recorded with the policy deciding `batch` rows jointly
+    (confidence, acceptance probability): batch 1's keep session 16's names, so stored traces still read."""
+    if batch == 1:
+        return "step_confidence", "step_accept_prob"
+    return f"step_confidence_b{batch}", f"step_accept_prob_b{batch}"
+
+
+def _live_steps_of(policy: str, path: Path, batch: int = 1) -> str | None:
+    """The confidence field of the live steps the trace holds under `policy` (validate records them for the
+    grid's longest DSpark policy at each sampled temperature and batch size, `run_validation`): those
+    recorded at `batch`, else batch 1's (a trace from before session 17); None without any."""
     with open_text(path) as fh:
         first = json.loads(fh.readline() or "{}")
-    return first.get("step_policy") == policy and "step_confidence" in first
+    if first.get("step_policy") != policy:
+        return None
+    for name in (live_step_fields(batch)[0], live_step_fields(1)[0]):
+        if name in first:
+            return name
+    return None
 
 
 def full_batch_window(sim, batch: int) -> tuple[float, float]:
@@ -470,10 +484,10 @@ def case_scenario(case: Case, profile: EngineProfile, hw: HardwareProfile, trace
     """One validation case as the simulator sees it (the engine's draft model, a 2-token catch-up pass)."""
     drafter = {"kind": "draft_model", "model": profile.draft.model_dump(), "first_pass_tokens": 2.0}
     policy = _policy_spec(case.policy, sps_table).model_dump()
-    confidence_field = trace_confidence_field(case.policy, trace_path)
+    confidence_field = trace_confidence_field(case.policy, trace_path, case.batch_size)
     return engine_run_scenario(f"validate {case.label}", seed, hw, profile.target, drafter if speculative else None,
                                policy, case.batch_size, case.prompt_tokens, case.new_tokens, cache_tokens, trace_path,
-                               probability_field=trace_probability_field(case.policy, trace_path),
+                               probability_field=trace_probability_field(case.policy, trace_path, case.batch_size),
                                first_record=first_record, confidence_field=confidence_field,
                                chains_by="step" if confidence_field.startswith("step_") else "position")
 
@@ -513,7 +527,7 @@ def prompt_length_trace(trace_path: Path, prompt_tokens: int, out_dir: Path) -> 
     return out
 
 
-def trace_probability_field(policy: str, trace_path: Path) -> str | None:
+def trace_probability_field(policy: str, trace_path: Path, batch: int = 1) -> str | None:
     """Which per-position acceptance probability of an engine trace the simulator draws from.
 
     The draft model's traces record, per output position, the probability its token there is accepted
@@ -525,8 +539,9 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     over the draft's sample (alpha), which has the same mean and less noise."""
     if not _trace_has(trace_path, "alpha"):
         return None
-    if _live_steps_of(policy, trace_path):
-        return "step_accept_prob"
+    live = _live_steps_of(policy, trace_path, batch)
+    if live is not None:
+        return live.replace("step_confidence", "step_accept_prob")
     if policy.startswith("dspark"):
         for name in ("chain_accept_prob", "accept_prob"):
             if _trace_has(trace_path, name):
@@ -534,14 +549,15 @@ def trace_probability_field(policy: str, trace_path: Path) -> str | None:
     return "alpha"
 
 
-def trace_confidence_field(policy: str, trace_path: Path) -> str:
+def trace_confidence_field(policy: str, trace_path: Path, batch: int = 1) -> str:
     """The draft's confidences a policy reads in the simulator: DSpark sampled, those of the live steps
-    the trace recorded under this very policy (`acceptance_trace.live_steps`: the states live steps start
-    in); DSpark greedy, those of the chains the draft drafts from each position along its own tokens
+    the trace recorded under this very policy at this batch size (`acceptance_trace.live_steps`: the
+    states live steps start in); DSpark greedy, those of the chains the draft drafts from each position along its own tokens
     (where the trace has them: the engine's scheduler reads exactly these); else the confidence at each
     position given the target's tokens."""
-    if _live_steps_of(policy, trace_path):
-        return "step_confidence"
+    live = _live_steps_of(policy, trace_path, batch)
+    if live is not None:
+        return live
     if policy.startswith("dspark") and _trace_has(trace_path, "chain_confidence"):
         return "chain_confidence"
     return "confidence"
@@ -836,10 +852,13 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
             part = acceptance_records(target, draft, prompts, grid.new_tokens, _sampling(t), seed, chain=chain)
             if chain and t > 0:  # sampled DSpark: the states its live steps start in (trace_confidence_field)
                 name = f"dspark:{chain}"
-                steps = live_steps(target, draft, prompts, grid.new_tokens, _sampling(t),
-                                   make_policy(_policy_spec(name, sps)), seed)
-                for rec, live in zip(part, steps, strict=True):
-                    rec.update(live, step_policy=name)
+                for b in grid.batch_sizes:  # at each batch size the grid measures: the states depend on it
+                    steps = live_steps(target, draft, prompts, grid.new_tokens, _sampling(t),
+                                       make_policy(_policy_spec(name, sps)), seed, batch=b)
+                    conf_name, prob_name = live_step_fields(b)
+                    for rec, live in zip(part, steps, strict=True):
+                        rec.update({conf_name: live["step_confidence"], prob_name: live["step_accept_prob"]},
+                                   step_policy=name)
             recs += part
         # gzipped: the chains make a temperature's trace about 4 MB of JSON (about 1 MB packed)
         path = out_dir / f"acceptance-T{t:g}.jsonl.gz"

@@ -21,8 +21,9 @@ the draft's confidences there differ from those at a position of the target's ow
 fixed gamma 5: a first-draft confidence of 0.49 after a fully accepted step and 0.28 after a rejection,
 against 0.44 and 0.33 in a walk over the chains, benchmarks/dspark_live_vs_trace.py); a policy that
 chooses its verify length from the confidences then picks a different mix of states than the walk.
-It runs the engine's own draft and rejection-sampling code with the policy deciding each row as a
-batch of one, and keeps, step by step, the chain's confidences and each chain token's acceptance
+It runs the engine's own draft and rejection-sampling code with the policy deciding `batch` consecutive
+rows jointly, as the engine decides a static batch of that size (the states depend on it: a loaded
+scheduler verifies less, so more of its steps start after a fully accepted draft), and keeps, step by step, the chain's confidences and each chain token's acceptance
 probability (the target scores the whole chain, whatever the policy verified), the tested ones' outcomes
 in its place.
 The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
@@ -176,25 +177,31 @@ def acceptance_records(target: Transformer, draft: Transformer, prompts: list[li
 
 @torch.no_grad()
 def live_steps(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
-               sampling: Sampling, policy, seed: int = 0, rows: int = 64) -> list[dict]:
+               sampling: Sampling, policy, seed: int = 0, rows: int = 64, batch: int = 1) -> list[dict]:
     """Per prompt, every step of a live speculative run (module docstring): {"step_confidence": [steps, G],
     "step_accept_prob": [steps, G]}, G = policy.gamma_max: each chain token's acceptance probability
     given the chain before it, or, for the tokens the step tested, its outcome (1 accepted, 0 rejected).
-    Each row is decided as a batch of one (its verify length from its own confidences alone), so the
-    states are the policy's at batch 1, and a batch-1 replay of the same policy is the run itself.
-    Sampled decoding only: a greedy step's start is a position of the target's own output."""
+    The policy decides each group of `batch` consecutive prompts jointly, as the engine decides a static
+    batch (finished rows stay in its view with nothing drafted), so the states are the policy's at that
+    batch size, and a replay of the same policy over the same groups is the run itself. `rows` prompts
+    run through the models at once (rounded down to whole groups). Sampled decoding only: a greedy
+    step's start is a position of the target's own output."""
     if sampling.greedy:
         raise ValueError("live_steps records sampled decoding (greedy chains are exact along the target's tokens)")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     g = int(policy.gamma_max)
     gen = torch.Generator(device=target.device).manual_seed(seed + 2)
+    chunk = max(rows // batch, 1) * batch
     out: list[dict] = []
-    for start in range(0, len(prompts), rows):
-        out += _live_steps_batch(target, draft, prompts[start:start + rows], max_new_tokens, sampling, policy, g, gen)
+    for start in range(0, len(prompts), chunk):
+        out += _live_steps_batch(target, draft, prompts[start:start + chunk], max_new_tokens, sampling, policy, g,
+                                 gen, batch)
     return out
 
 
 def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[list[int]], max_new_tokens: int,
-                      sampling: Sampling, policy, g: int, gen: torch.Generator) -> list[dict]:
+                      sampling: Sampling, policy, g: int, gen: torch.Generator, batch: int = 1) -> list[dict]:
     dev = target.device
     bsz, width = len(prompts), max(len(p) for p in prompts)
     for model in (target, draft):
@@ -227,9 +234,13 @@ def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[lis
         seen = conf_np.copy()
         seen[np.arange(g)[None, :] >= drafted[:, None]] = np.nan
         verify = np.zeros(bsz, dtype=np.int64)
-        for i in np.flatnonzero(active):
-            view = StepView(context_lens=ctx[i:i + 1].copy(), seq_ids=np.array([i]))
-            verify[i] = int(np.clip(policy.verify_lengths(view, drafted[i:i + 1], seen[i:i + 1])[0], 0, drafted[i]))
+        for lo in range(0, bsz, batch):
+            grp = slice(lo, min(lo + batch, bsz))
+            if not active[grp].any():
+                continue
+            view = StepView(context_lens=ctx[grp].copy(), seq_ids=np.arange(grp.start, grp.stop))
+            chosen = np.asarray(policy.verify_lengths(view, drafted[grp], seen[grp]), dtype=np.int64)
+            verify[grp] = np.clip(chosen, 0, drafted[grp]) * active[grp]
         accepted, nxt = verify_drafts(p, q, drafts, torch.from_numpy(verify).to(dev), False, gen)
         act = torch.from_numpy(active.astype(np.int64)).to(dev)
         accepted = accepted * act

@@ -483,6 +483,31 @@ def test_live_steps_are_the_engines_own_steps(pair):
         live_steps(target, draft, prompts[:1], 8, Sampling(), policy)
 
 
+def test_live_steps_decide_each_batch_jointly(pair):
+    """With `batch`, the policy decides each group of rows as the engine decides a static batch of that size.
+    An SPS table flat up to 8 tokens a pass and collapsing after makes DSpark verify all 4 drafts alone
+    and none in a batch of 8: the batch-8 steps then gain one token each, every row taking as many steps as
+    in the engine's batch-8 run, while the same prompts decided one by one take far fewer."""
+    from dspark_sim.engine.acceptance_trace import live_steps
+    from dspark_sim.policies import DSparkPolicy, table_sps
+
+    target, draft = pair
+    prompts = torch.randint(0, 264, (8, 12), generator=torch.Generator().manual_seed(3)).tolist()
+    sps = {1: 1000.0, 8: 1000.0, 9: 1.0, 64: 1.0}
+    joint = live_steps(target, draft, prompts, 16, Sampling(1.0), DSparkPolicy(4, table_sps(sps)), batch=8)
+    engine = speculative_generate(target, draft, prompts, 16, DSparkPolicy(4, table_sps(sps)), Sampling(1.0))
+    for i, rec in enumerate(joint):
+        assert len(rec["step_confidence"]) == sum(int(s.active[i]) for s in engine.steps) == 15
+        assert min(min(row) for row in rec["step_accept_prob"]) > 0.0  # nothing tested, nothing rejected
+    alone = live_steps(target, draft, prompts, 16, Sampling(1.0), DSparkPolicy(4, table_sps(sps)), batch=1)
+    assert sum(len(r["step_confidence"]) for r in alone) < 0.7 * 8 * 15
+    # groups of 4 never straddle the rows run at once: 6 rows a chunk becomes 4
+    fours = live_steps(target, draft, prompts, 16, Sampling(1.0), DSparkPolicy(4, table_sps(sps)), batch=4, rows=6)
+    assert len(fours) == 8
+    with pytest.raises(ValueError, match="batch"):
+        live_steps(target, draft, prompts, 16, Sampling(1.0), DSparkPolicy(4, table_sps(sps)), batch=0)
+
+
 def test_sampled_dspark_cases_replay_the_live_steps_of_their_policy(tmp_path):
     from dspark_sim.validate import trace_confidence_field, trace_probability_field
 
@@ -492,6 +517,15 @@ def test_sampled_dspark_cases_replay_the_live_steps_of_their_policy(tmp_path):
                                 "step_confidence": [[0.3]], "step_accept_prob": [[1.0]]}) + "\n")
     assert trace_confidence_field("dspark:5", path) == "step_confidence"
     assert trace_probability_field("dspark:5", path) == "step_accept_prob"
+    # no steps recorded at batch 16 (a trace from before session 17): batch 1's
+    assert trace_confidence_field("dspark:5", path, 16) == "step_confidence"
+    both = tmp_path / "b.jsonl"
+    both.write_text(json.dumps({"accept_len": [1], "alpha": [0.5], "step_policy": "dspark:5",
+                                "step_confidence": [[0.3]], "step_accept_prob": [[1.0]],
+                                "step_confidence_b16": [[0.4]], "step_accept_prob_b16": [[0.0]]}) + "\n")
+    assert trace_confidence_field("dspark:5", both, 16) == "step_confidence_b16"
+    assert trace_probability_field("dspark:5", both, 16) == "step_accept_prob_b16"
+    assert trace_confidence_field("dspark:5", both, 4) == "step_confidence"
     # recorded under another policy: the chains along the target's tokens
     assert trace_confidence_field("dspark:3", path) == "chain_confidence"
     assert trace_probability_field("dspark:3", path) == "chain_accept_prob"
