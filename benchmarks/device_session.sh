@@ -39,7 +39,8 @@ case "${1:-}" in
     nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 500 \
       > "$R/clocks.csv" 2>&1 &
     SMI=$!
-    timeout 575 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+    # (the call's limit is 600 s; a run cut while predicting is finished by `validate --repredict`)
+    timeout 588 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     kill $SMI || true
     tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
