@@ -1,7 +1,7 @@
 """Compare `dspark-sim validate` runs: each run's errors beside its measurements' own noise, and how far its
 profile rounds moved from one another.
 
-    python benchmarks/validation_runs.py validation/reports/cuda validation/reports/cuda-session13 ...
+    python benchmarks/validation_runs.py validation/reports/cuda validation/reports/cuda-session16-b ...
 
 Why: a run's worst points may be the model's error or the machine's; the repeat spread (max - min over the
 median of a point's timed repeats) is what the machine itself varied between repeats, and profile rounds that disagree
