@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import dspark_sim
+from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import ModelSpec
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
@@ -362,14 +363,20 @@ class ProfileGrid:
 
 def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
                        random_weights: bool) -> tuple[Transformer, Transformer, str]:
-    """The trained pair from the cache when there is one (else random weights of the same shapes)."""
+    """The trained pair from the cache, or random weights of the same shapes when asked for: a pass's time
+    does not depend on its weights, but a profile that claims a pair must time that pair, so a missing
+    pair is an error rather than a silent stand-in."""
     from dspark_sim.engine.data import VOCAB_SIZE
     from dspark_sim.engine.model import build_model
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
 
     spec = get_preset(preset)
     folder = pair_dir(preset, seed, cache_dir)
-    if not random_weights and (folder / "metrics.json").is_file():
+    if not random_weights:
+        if not (folder / "metrics.json").is_file():
+            raise InputError("--preset", None, f"no trained {preset!r} pair (seed {seed}) in {folder}: run "
+                             f"`dspark-sim engine train --preset {preset} --seed {seed}` first (with the same "
+                             "--cache-dir), or pass --random-weights to time untrained models of its shapes")
         pair = load_pair(folder, device=device, dtype=dtype)
         t, d, what = pair.target.eval(), pair.draft.eval(), f"trained pair {folder}"
     else:

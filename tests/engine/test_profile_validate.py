@@ -197,7 +197,11 @@ def test_profile_and_calibrate_cli(tmp_path):
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_profile_bad_input():
+def test_profile_bad_input(tmp_path):
+    # a missing model pair is named, with how to make it; never silently replaced by random weights
+    out = _cli("profile", "--preset", "test", "--cache-dir", str(tmp_path / "no-pairs"), "-o", str(tmp_path / "p.json"))
+    assert out.returncode == 2 and "no trained 'test' pair" in out.stderr and "engine train" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "p.json").exists()
     out = _cli("profile", "--device", "tpu")
     assert out.returncode == 2 and "allowed: cpu, cuda" in out.stderr
     out = _cli("profile", "--batch-sizes", "1,x")
