@@ -23,9 +23,9 @@ against 0.44 and 0.33 in a walk over the chains, benchmarks/dspark_live_vs_trace
 chooses its verify length from the confidences then picks a different mix of states than the walk.
 It runs the engine's own draft and rejection-sampling code with the policy deciding `batch` consecutive
 rows jointly, as the engine decides a static batch of that size (the states depend on it: a loaded
-scheduler verifies less, so more of its steps start after a fully accepted draft), and keeps, step by step, the chain's confidences and each chain token's acceptance
-probability (the target scores the whole chain, whatever the policy verified), the tested ones' outcomes
-in its place.
+scheduler verifies less, so more of its steps start after a fully accepted draft), and keeps, step by
+step, the chain's confidences and each chain token's acceptance probability (the target scores the
+whole chain, whatever the policy verified), the tested ones' outcomes in its place.
 The result is a SpecDecode-Bench-style trace (`accept_len[i]` for every output position i) that the
 simulator's trace acceptance model replays (`TraceAcceptance(field="accept_len")`), plus the draft's
 confidence at every position (`confidence_field="confidence"`) as the engine computes it, so that
