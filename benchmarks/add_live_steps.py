@@ -32,7 +32,7 @@ from dspark_sim.validate import (
     _policy_spec,
     _prompt_sets,
     _sampling,
-    live_step_fields,
+    attach_live_steps,
     load_pair,
 )
 
@@ -72,9 +72,7 @@ def main() -> None:
                                     _sampling(t), policy, args.seed, batch=b)
             if len(steps) != len(recs):
                 raise SystemExit(f"{path}: {len(recs)} records, {len(steps)} prompts")
-            conf_name, prob_name = live_step_fields(b)
-            for rec, live in zip(recs, steps, strict=True):
-                rec.update({conf_name: live["step_confidence"], prob_name: live["step_accept_prob"]}, step_policy=name)
+            attach_live_steps(recs, steps, b, name)
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
         print(f"{path}: live steps of {name} at batch {', '.join(map(str, grid.batch_sizes))} added to "
               f"{len(recs)} records")

@@ -454,6 +454,13 @@ def live_step_fields(batch: int) -> tuple[str, str]:
     return f"step_confidence_b{batch}", f"step_accept_prob_b{batch}"
 
 
+def attach_live_steps(records: list[dict], steps: list[dict], batch: int, policy: str) -> None:
+    """Store `live_steps` output (one entry per record, in order) in the records under the fields of `batch`."""
+    conf_name, prob_name = live_step_fields(batch)
+    for rec, live in zip(records, steps, strict=True):
+        rec.update({conf_name: live["step_confidence"], prob_name: live["step_accept_prob"]}, step_policy=policy)
+
+
 def _live_steps_of(policy: str, path: Path, batch: int = 1) -> str | None:
     """The confidence field of the live steps the trace holds under `policy` (validate records them for the
     grid's longest DSpark policy at each sampled temperature and batch size, `run_validation`): those
@@ -859,10 +866,7 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
                 for b in grid.batch_sizes:  # at each batch size the grid measures: the states depend on it
                     steps = live_steps(target, draft, prompts, grid.new_tokens, _sampling(t),
                                        make_policy(_policy_spec(name, sps)), seed, rows=rows, batch=b)
-                    conf_name, prob_name = live_step_fields(b)
-                    for rec, live in zip(part, steps, strict=True):
-                        rec.update({conf_name: live["step_confidence"], prob_name: live["step_accept_prob"]},
-                                   step_policy=name)
+                    attach_live_steps(part, steps, b, name)
             recs += part
         # gzipped: the chains make a temperature's trace about 4 MB of JSON (about 1 MB packed)
         path = out_dir / f"acceptance-T{t:g}.jsonl.gz"
