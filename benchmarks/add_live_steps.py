@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from dspark_sim.engine.acceptance_trace import live_steps
+from dspark_sim.config.io import open_text, write_atomic
+from dspark_sim.core.policies import make_policy
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.io import open_text, write_atomic
-from dspark_sim.policies import make_policy
-from dspark_sim.validate import (
+from dspark_sim.measure.acceptance_trace import live_steps
+from dspark_sim.validate.run import (
     ACCEPTANCE_PROMPTS,
     FULL,
     MEASUREMENTS_FILE,

@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from dspark_sim.io import write_atomic
-from dspark_sim.validate import ACCEPTANCE_PROMPTS, _prompt_sets, load_pair
+from dspark_sim.config.io import write_atomic
+from dspark_sim.validate.run import ACCEPTANCE_PROMPTS, _prompt_sets, load_pair
 
 
 def spells(values: list[float], cut: float) -> list[tuple[bool, int]]:

@@ -40,14 +40,14 @@ case "${1:-}" in
       > "$R/clocks.csv" 2>&1 &
     SMI=$!
     # (the call's limit is 600 s; a run cut while predicting is finished by `validate --repredict`)
-    timeout 588 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+    timeout 588 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     kill $SMI || true
     tar czf "$OUT/validate.tgz" -C "$OUT" r && rm -rf "$R" ;;
   quick)
     # packed like `validate`: a report folder is more files than a call brings back (session 12 lost one)
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
-    timeout 280 python3 -m dspark_sim.cli validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
+    timeout 280 python3 -m dspark_sim.cli.main validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda-quick" > "$R/validate.log" 2>&1 || true
     tar czf "$OUT/quick.tgz" -C "$OUT" r && rm -rf "$R" ;;
   noise)
@@ -69,7 +69,7 @@ case "${1:-}" in
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine/test_step_graphs.py > "$R/pytest.log" 2>&1 || true
     timeout 180 python3 benchmarks/step_graphs_gpu.py --cache-dir .carry/engine --out "$R/step_graphs.json" \
       > "$R/step_graphs.log" 2>&1 || true
-    timeout 150 python3 -m dspark_sim.cli validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
+    timeout 150 python3 -m dspark_sim.cli.main validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda-quick" > "$R/validate-quick.log" 2>&1 || true
     tar czf "$OUT/steps.tgz" -C "$OUT" r && rm -rf "$R" ;;
   checked)
@@ -79,7 +79,7 @@ case "${1:-}" in
       > "$R/clocks.csv" 2>&1 &
     SMI=$!
     if timeout 90 python3 -m pytest -q -p no:cacheprovider tests/engine/test_step_graphs.py > "$R/pytest.log" 2>&1; then
-      timeout 520 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+      timeout 520 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny --cache-dir .carry/engine \
         -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     fi
     kill $SMI || true
@@ -89,7 +89,7 @@ case "${1:-}" in
     # then the table, in one call so both see the same host (session 4: 1.5x host drift within a call)
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
     # (session 4 ran batches 1,4,16 with frontier 1-16 in 173 s; session 3's 1-64 took 215 s at one repeat)
-    timeout 150 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+    timeout 150 python3 -m dspark_sim.cli.main profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
       --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
     timeout 400 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
       --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/drafters_cuda.json" \
@@ -118,7 +118,7 @@ case "${1:-}" in
      CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine \
        --new-tokens 96 --repeats 2 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" \
        > "$R/drafters.log" 2>&1) &
-    (CUDA_VISIBLE_DEVICES=2 timeout 530 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+    (CUDA_VISIBLE_DEVICES=2 timeout 530 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny \
        --cache-dir .carry/engine -o "$R/validation-cuda" > "$R/validate.log" 2>&1) &
     (CUDA_VISIBLE_DEVICES=3 timeout 530 python3 benchmarks/engine_gpu_pair.py --cache-dir /tmp/dspark-engine \
        --out "$R/engine_gpu_pair.json" > "$R/pair.log" 2>&1) &
@@ -127,7 +127,7 @@ case "${1:-}" in
   one)
     # on nvidia-h200: validate, then the drafter table (one timed run per row), packed into one archive
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
-    timeout 200 python3 -m dspark_sim.cli validate --device cuda --preset tiny --cache-dir .carry/engine \
+    timeout 200 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     timeout 340 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
       --repeats 1 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
@@ -147,10 +147,10 @@ case "${1:-}" in
     # on nvidia-h200-x2: validate on one GPU, the drafters stage (eager profile + table, batch 1-64) on the
     # other, side by side, packed into one archive
     R="$OUT/r"; mkdir -p "$R/validate" "$R/drafters"; export PYTHONUNBUFFERED=1
-    (CUDA_VISIBLE_DEVICES=0 timeout 575 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+    (CUDA_VISIBLE_DEVICES=0 timeout 575 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny \
        --cache-dir .carry/engine -o "$R/validate/validation-cuda" > "$R/validate/validate.log" 2>&1) &
     (export CUDA_VISIBLE_DEVICES=1
-     timeout 150 python3 -m dspark_sim.cli profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
+     timeout 150 python3 -m dspark_sim.cli.main profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
        --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/drafters/profile-eager.json" \
        > "$R/drafters/profile-eager.log" 2>&1
      timeout 380 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
@@ -162,7 +162,7 @@ case "${1:-}" in
     # on nvidia-h200-x2: validate alone on one GPU (nothing beside it on the host), then the 8B TP 1/2 run
     # again, its TP-1 profile kept in the report (to re-calibrate a changed cost model without a GPU)
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
-    CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m dspark_sim.cli validate --device cuda --preset tiny \
+    CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny \
       --cache-dir .carry/engine -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
     tar czf "$OUT/solo.tgz" -C "$OUT" r && rm -rf "$R"
     timeout 200 python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b \

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 
 from dspark_sim.engine.generate import DECODE_INDUCTOR_OPTIONS, compile_forward, generate_baseline
-from dspark_sim.engine.model import ModelArgs, build_model
+from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs, build_model
 
 TARGET_TOK_S = {"llama-3.1-8b": 215.0, "llama-3.2-1b": 900.0}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _sync(device: str) -> None:
@@ -184,13 +183,13 @@ def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int 
         row: dict[str, Any] = {"params": args.num_params()}
         report["results"][shape] = row
         try:
-            row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+            row["ours"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
                                      triton_kernels=triton_kernels)
         except Exception as exc:  # a kernel that fails to compile on this machine: keep the other rows
             if not triton_kernels:
                 raise
             row["triton_error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
-            row["ours"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
+            row["ours"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats)
             triton_kernels = False
         if device.startswith("cuda"):  # 80% of weight streaming at the measured copy bandwidth
             row["streaming_limit_tok_s"] = report["copy_gbps"] * 1e9 / (row["ours"]["weight_gb"] * 1e9)
@@ -200,27 +199,27 @@ def run(shapes: list[str], device: str, *, dtype: str = "bf16", prompt_len: int 
         done()
         if hf:
             try:
-                row["hf"] = bench_hf(args, device, DTYPES[dtype], prompt_len, new_tokens, repeats)
+                row["hf"] = bench_hf(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, repeats)
                 row["speedup_vs_hf"] = row["ours"]["tok_s"] / row["hf"]["tok_s"]
             except ImportError:
                 row["hf"] = None
             done()
         if triton_kernels:  # the same configuration with inductor's / cuBLAS's matmuls and SDPA
-            row["ours_inductor"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs,
+            row["ours_inductor"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, use_graphs,
                                               repeats)
             done()
         if not side_rows:
             continue
         # the same run without the fused projections: what fusing gains, measured side by side
-        row["ours_unfused"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+        row["ours_unfused"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
                                          fused=False)
         done()
         if use_graphs:  # and with cuBLAS's one-row matmuls (inductor's tuning off): what the tuning gains
-            row["ours_untuned"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
+            row["ours_untuned"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, use_graphs, repeats,
                                              tune_gemv=False)
             done()
         if device.startswith("cuda") and manual_graphs:
-            row["ours_manual_graphs"] = bench_ours(args, device, DTYPES[dtype], prompt_len, new_tokens, False,
+            row["ours_manual_graphs"] = bench_ours(args, device, WEIGHT_DTYPES[dtype], prompt_len, new_tokens, False,
                                                    repeats, manual_graphs=True)
             done()
     return report
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-1b", help="comma-separated model presets")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--dtype", default="bf16", choices=sorted(WEIGHT_DTYPES))
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)

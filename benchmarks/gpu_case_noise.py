@@ -22,8 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from dspark_sim.io import write_atomic
-from dspark_sim.validate import (
+from dspark_sim.config.io import write_atomic
+from dspark_sim.validate.run import (
     ACCEPTANCE_PROMPTS,
     FULL,
     QUICK,

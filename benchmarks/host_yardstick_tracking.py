@@ -1,6 +1,6 @@
 """Does a short yardstick read right before an engine case track the case's own speed on this CPU?
 
-Session 13's evidence for `validate`'s host-speed yardstick (dspark_sim/engine/host_speed.py). One process
+Session 13's evidence for `validate`'s host-speed yardstick (dspark_sim/measure/host_speed.py). One process
 alternates, for --minutes, a reading of four tiny engine steps (plain and gamma 5 at batch 1 and 16, 8 new
 tokens) with four engine cases (T=0 B=16 P=64 fixed:5, T=0 B=1 P=64 fixed:5, T=1 B=4 P=256 fixed:3,
 T=0 B=16 P=256 fixed:1), then prints, per case and loop, the spread (standard deviation) of log tokens/s and
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.profile import profile_steps
-from dspark_sim.validate import (
+from dspark_sim.measure.profile import profile_steps
+from dspark_sim.validate.run import (
     ACCEPTANCE_PROMPTS,
     Case,
     Engine,

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from dspark_sim.analytic import predict_grid, predict_scenario
 from dspark_sim.config.loader import load_scenario
-from dspark_sim.costmodel import StepCoster
+from dspark_sim.core.analytic import predict_grid, predict_scenario
+from dspark_sim.core.costmodel import StepCoster
 
 
 def _best_of(fn, repeats: int) -> tuple[float, float]:
@@ -39,7 +39,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
 
     def process():
-        subprocess.run([sys.executable, "-m", "dspark_sim.cli", "predict", "--json"], check=True,
+        subprocess.run([sys.executable, "-m", "dspark_sim.cli.main", "predict", "--json"], check=True,
                        capture_output=True)
 
     def in_process():

@@ -22,7 +22,7 @@ from dspark_sim.config.schema import FixedGamma
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
 from dspark_sim.engine.data import load_corpus
 from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
-from dspark_sim.validate import _prompt_sets, load_pair
+from dspark_sim.validate.run import _prompt_sets, load_pair
 
 
 def main() -> None:

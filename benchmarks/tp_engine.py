@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dspark_sim.config.errors import InputError  # noqa: E402
+from dspark_sim.engine.model import WEIGHT_DTYPES  # noqa: E402
 from dspark_sim.engine.tp import (  # noqa: E402
-    DTYPES,
     MeasureConfig,
     check_tp,
     measure_args,
@@ -115,7 +115,7 @@ def degrees(opts: argparse.Namespace) -> tuple[list[int], list[str]]:
 def predict(row: dict[str, Any], tp: int, hw, target_spec, draft_spec, cfg: MeasureConfig) -> dict[str, float]:
     """The cost model's tokens/s for one measured row (the engine's conventions, the measured tau)."""
     from dspark_sim.config.schema import DrafterSpec
-    from dspark_sim.costmodel import StepCoster
+    from dspark_sim.core.costmodel import StepCoster
 
     drafter = (DrafterSpec(kind="draft_model", model=draft_spec, first_pass_tokens=2.0,
                            replicated=cfg.replicate_draft) if draft_spec is not None else DrafterSpec(kind="none"))
@@ -150,9 +150,9 @@ def _measured(row: dict[str, Any]) -> dict[str, Any]:
 
 def model_specs(cfg: MeasureConfig, targs, dargs) -> tuple[Any, Any]:
     """The simulator's ModelSpecs of the engine's target and draft shapes (draft None: baseline only)."""
-    from dspark_sim.engine.profile import model_spec
+    from dspark_sim.measure.profile import model_spec
 
-    wd = DTYPES[cfg.dtype]
+    wd = WEIGHT_DTYPES[cfg.dtype]
     target_spec = model_spec(targs, cfg.target_shape, wd)
     draft_spec = model_spec(dargs, cfg.draft_shape, wd) if dargs is not None else None
     return target_spec, draft_spec
@@ -193,7 +193,7 @@ def _interconnect(report: dict[str, Any], samples: list, hw, mode: str):
     "profile". mode "measured" fits the all-reduces timed between matmuls as the model runs them when
     the run has them (else the bursts); "measured-burst" the back-to-back bursts; the other fit is
     reported beside it (`interconnect_fit_other`)."""
-    from dspark_sim.calibrate import apply_interconnect_fit, fit_interconnect
+    from dspark_sim.fit.calibrate import apply_interconnect_fit, fit_interconnect
 
     if not samples:
         return hw
@@ -226,7 +226,7 @@ def _write_hardware(opts: argparse.Namespace, hw, report: dict[str, Any]) -> Non
     if opts.hardware_out:  # what this run predicted with, for another shape's run (--no-calibrate --hardware)
         import yaml
 
-        from dspark_sim.io import write_atomic
+        from dspark_sim.config.io import write_atomic
 
         write_atomic(opts.hardware_out, yaml.safe_dump(hw.model_dump(mode="json", exclude_none=True), sort_keys=False))
         report["hardware_out"] = str(opts.hardware_out)
@@ -239,12 +239,12 @@ def _calibration_summary(cal) -> dict[str, Any]:
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
-    from dspark_sim.calibrate import calibrate
     from dspark_sim.config.loader import load_hardware_profile
     from dspark_sim.config.measurements import EngineProfile
+    from dspark_sim.fit.calibrate import calibrate
 
-    if opts.dtype not in DTYPES:
-        raise InputError("tp_engine", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
+    if opts.dtype not in WEIGHT_DTYPES:
+        raise InputError("tp_engine", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
     tps, notes = degrees(opts)
     if not tps:
         raise InputError("tp_engine", "--tp", "no TP degree fits this machine")
@@ -325,7 +325,7 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
         raise InputError("tp_engine", "--hardware", "--repredict needs the hardware to predict with (a profile "
                                                     "name or YAML, e.g. the run's --hardware-out) when the report "
                                                     "keeps no TP-1 profile")
-    if old["dtype"] not in DTYPES:
+    if old["dtype"] not in WEIGHT_DTYPES:
         raise InputError("tp_engine", "dtype", f"unknown {old['dtype']!r} in {opts.repredict}")
     # the run's MeasureConfig, as far as the prediction reads it (shapes and their cache, gamma, lengths)
     cfg = MeasureConfig(target_shape=old["target_shape"], draft_shape=old["draft_shape"], dtype=old["dtype"],
@@ -341,8 +341,8 @@ def repredict(opts: argparse.Namespace) -> dict[str, Any]:
         hw = load_hardware_profile(opts.hardware)
         hardware = str(opts.hardware)
     else:  # the report's own TP-1 profile, calibrated again by this code
-        from dspark_sim.calibrate import calibrate
         from dspark_sim.config.measurements import EngineProfile
+        from dspark_sim.fit.calibrate import calibrate
 
         hw, cal = calibrate(EngineProfile.model_validate(old["profile"]), name="calibrated-tp1",
                             temperature=cfg.temperature)

@@ -23,7 +23,7 @@ def run_cli():
 
     def _run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "dspark_sim.cli", *args],
+            [sys.executable, "-m", "dspark_sim.cli.main", *args],
             capture_output=True,
             text=True,
             cwd=cwd or REPO,

@@ -95,7 +95,7 @@ def test_missing_optional_package_is_one_line():
     import sys
 
     code = "import sys; sys.modules['torch'] = None; sys.argv = ['dspark-sim', 'profile']; " \
-           "from dspark_sim.cli import main; main()"
+           "from dspark_sim.cli.main import main; main()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "pip install 'dspark-sim[engine]'" in proc.stderr and "Traceback" not in proc.stderr

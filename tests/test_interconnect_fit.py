@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 import yaml
 
-from dspark_sim.calibrate import allreduce_time_s, apply_interconnect_fit, fit_interconnect, interconnect_yaml
 from dspark_sim.config.loader import load_hardware_profile, load_model_preset
 from dspark_sim.config.schema import HardwareProfile
-from dspark_sim.costmodel import forward_cost, uniform_batch
-from dspark_sim.models import model_stats
+from dspark_sim.core.costmodel import forward_cost, uniform_batch
+from dspark_sim.core.models import model_stats
+from dspark_sim.fit.calibrate import (
+    allreduce_time_s,
+    apply_interconnect_fit,
+    fit_interconnect,
+    interconnect_yaml,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "tp_engine.py"
 SIZES = [2**k for k in range(13, 23)]  # 8 KB .. 4 MB, the engine's all-reduce messages

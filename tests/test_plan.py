@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from dspark_sim import plan as planmod
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import PlanSpec
+from dspark_sim.studies import plan as planmod
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"

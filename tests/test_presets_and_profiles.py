@@ -16,7 +16,7 @@ from dspark_sim.config.loader import (
     load_model_preset,
     model_presets_dir,
 )
-from dspark_sim.models import kv_bytes_per_token_per_layer, model_stats
+from dspark_sim.core.models import kv_bytes_per_token_per_layer, model_stats
 
 EXPECTED_PROFILES = {"h200-sxm", "h100-sxm", "a100-80gb-sxm", "b200", "mi300x", "l40s", "cpu-generic"}
 

@@ -14,7 +14,7 @@ import pytest
 
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import SweepSpec
-from dspark_sim.sweep import (
+from dspark_sim.studies.sweep import (
     POINTS_FILE,
     expand,
     load_sweep,
@@ -207,7 +207,7 @@ parameters:
   workload.arrivals.rate_per_s: [1, 2, 3, 4, 5, 6, 7, 8]
 """, "kill.yaml")
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "dspark_sim.cli", "sweep", str(path), "-o", str(out), "--workers", "1",
+    cmd = [sys.executable, "-m", "dspark_sim.cli.main", "sweep", str(path), "-o", str(out), "--workers", "1",
            "--no-report", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

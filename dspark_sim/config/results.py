@@ -226,7 +226,7 @@ class RunTimeSeriesDoc(Result):
 
 
 # --------------------------------------------------------------------------------------------
-# `sweep` and `plan` documents (dspark_sim/sweep.py, dspark_sim/plan.py)
+# `sweep` and `plan` documents (dspark_sim/studies/sweep.py, dspark_sim/studies/plan.py)
 # --------------------------------------------------------------------------------------------
 
 from typing import Any  # noqa: E402  (appended section; the module header belongs to the schema owner)

@@ -408,7 +408,7 @@ AcceptanceModel = Annotated[
 
 
 # --------------------------------------------------------------------------------------------
-# Speculation policies (shared by the simulator and the engine; see dspark_sim/policies.py)
+# Speculation policies (shared by the simulator and the engine; see dspark_sim/core/policies.py)
 # --------------------------------------------------------------------------------------------
 
 

@@ -7,16 +7,15 @@ model uses HF's rotate-half RoPE, so no weight permutation is needed.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import write_atomic
 from dspark_sim.engine.model import ModelArgs, Transformer, build_model
 
 # ------------------------------------------------------------------------------------------------
@@ -34,14 +33,9 @@ def _state_dict(model: Transformer) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: Transformer, folder: str | Path, name: str, extra: dict[str, Any] | None = None) -> Path:
     """Write `<name>.safetensors` and `<name>.json` ({"model_args": ..., **extra}) into `folder`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"{name}.safetensors"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    save_file(_state_dict(model), tmp, metadata={"format": "pt"})
-    os.replace(tmp, weights)
+    weights = write_atomic(folder / f"{name}.safetensors", save(_state_dict(model), metadata={"format": "pt"}))
     meta = {"model_args": model.args.to_dict(), **(extra or {})}
-    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    write_atomic(folder / f"{name}.json", json.dumps(meta, indent=2))
     return weights
 
 
@@ -202,6 +196,6 @@ def export_hf_llama(model: Transformer, folder: str | Path, dtype: torch.dtype |
         "torch_dtype": str(dtype or model.dtype).replace("torch.", ""),
         "bos_token_id": 256, "eos_token_id": 257,
     }
-    save_file(sd, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_atomic(folder / "model.safetensors", save(sd))
+    write_atomic(folder / "config.json", json.dumps(config, indent=2))
     return folder

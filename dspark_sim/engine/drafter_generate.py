@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dspark_sim.core.policies import StepView, make_policy
 from dspark_sim.engine.drafters import Drafter
 from dspark_sim.engine.generate import (
     Forward,
@@ -39,7 +40,6 @@ from dspark_sim.engine.generate import (
     verify_greedy,
 )
 from dspark_sim.engine.model import Transformer
-from dspark_sim.policies import StepView, make_policy
 
 
 class DraftModelDrafter:
@@ -81,7 +81,7 @@ def drafter_generate(target: Transformer, drafter: Drafter | Transformer | None,
 
     `drafter`: a `Drafter` (mtp / parallel / dspark), an autoregressive draft `Transformer` (run through
     `DraftModelDrafter`, the same step as `generate.speculative_generate`) or None (plain decoding with
-    a policy that never speculates). `policy`: a `dspark_sim.policies` policy or a schema policy spec.
+    a policy that never speculates). `policy`: a `dspark_sim.core.policies` policy or a schema policy spec.
     """
     if not hasattr(policy, "draft_lengths"):
         policy = make_policy(policy)

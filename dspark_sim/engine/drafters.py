@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import write_atomic
 
 KINDS = ("mtp", "parallel", "dspark")
 #: confidence temperature rows: 0 = sampled decoding (acceptance 1 - TV), 1 = greedy (argmax match)
@@ -480,19 +479,14 @@ def drafter_dir(pair_folder: str | Path) -> Path:
 def save_drafter(drafter: Drafter, folder: str | Path, name: str | None = None,
                  extra: dict[str, Any] | None = None) -> Path:
     """`<folder>/<name>.safetensors` (weights + calibration temperatures) and `<name>.json`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     name = name or drafter.kind
     sd = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    save_file(sd, tmp, metadata={"format": "pt"})
-    path = folder / f"{name}.safetensors"
-    os.replace(tmp, path)
+    path = write_atomic(folder / f"{name}.safetensors", save(sd, metadata={"format": "pt"}))
     meta = {"drafter_args": drafter.args.to_dict(), **(extra or {})}
-    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    write_atomic(folder / f"{name}.json", json.dumps(meta, indent=2))
     return path
 
 

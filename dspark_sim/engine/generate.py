@@ -3,7 +3,7 @@
 Design: everything a step needs stays on the device (token buffer, per-sequence positions, the
 accept/reject maths), and one small tensor crosses to the host per step: the positions after the
 previous step plus this step's draft confidences. The host then asks the speculation policy
-(`dspark_sim.policies`) how many of the drafted tokens each sequence verifies, and sends the answer
+(`dspark_sim.core.policies`) how many of the drafted tokens each sequence verifies, and sends the answer
 back without waiting. The draft always proposes `policy.gamma_max` tokens; the policy truncates, which
 keeps decoding lossless because it only sees draft-side information.
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dspark_sim.config.traces import RequestRecord, StepRecord, TraceMeta
+from dspark_sim.core.policies import StepView, make_policy
 from dspark_sim.engine.model import KV_DTYPES, Transformer
-from dspark_sim.policies import StepView, make_policy
-from dspark_sim.traces import RequestRecord, StepRecord, TraceMeta
 
 Forward = Callable[..., Tensor]
 
@@ -220,7 +220,7 @@ class GenerationResult:
         return out
 
     def trace_records(self, info: dict | None = None) -> list[TraceMeta | StepRecord | RequestRecord]:
-        """Meta + one StepRecord per step + one RequestRecord per sequence (`dspark_sim.traces`)."""
+        """Meta + one StepRecord per step + one RequestRecord per sequence (`dspark_sim.config.traces`)."""
         meta = {"tau": self.tau, "tokens_per_s": self.tokens_per_s,
                 "acceptance_by_position": self.acceptance_by_position(), **(info or {})}
         records: list[TraceMeta | StepRecord | RequestRecord] = [TraceMeta(info=meta)]
@@ -484,7 +484,7 @@ def speculative_generate(target: Transformer, draft: Transformer | None, prompts
                          seq_ids: Sequence[int] | None = None, step_graphs: Any = None) -> GenerationResult:
     """Speculative decoding of a batch with a draft model, ragged acceptance, one host sync per step.
 
-    `policy` is a `dspark_sim.policies` policy or a schema policy spec (FixedGamma, NoSpeculation,
+    `policy` is a `dspark_sim.core.policies` policy or a schema policy spec (FixedGamma, NoSpeculation,
     ConfidenceThreshold, ...). With gamma_max 0 (NoSpeculation) this is plain decoding, same loop.
     `step_graphs` (a `cudagraphs.StepGraphs` of these models, on a GPU): each step's draft and verify
     phases replay as CUDA graphs (the forwards given are then unused after prefill); same tokens.
@@ -605,7 +605,7 @@ def profile_sps(model: Transformer, batch: int, max_tokens_per_seq: int, *, cont
 
     The DSpark scheduler prices extra verify tokens with this curve (`policies.table_sps`).
     """
-    from dspark_sim.policies import table_sps
+    from dspark_sim.core.policies import table_sps
 
     fwd = forward or model
     ensure_caches(model, batch, context + max_tokens_per_seq + 1, None)

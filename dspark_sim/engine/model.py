@@ -57,6 +57,14 @@ def _project(x: Tensor, module: nn.Module, gemv: GemvConfigs | None) -> Tensor:
         return _linear(x, module.weight, gemv)
     return module(x)
 
+#: Weight and activation dtypes by the names every command and document uses (fp64: exact TP checks).
+WEIGHT_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp64": torch.float64,
+}
+
 #: Storage dtypes the KV cache accepts by name; "int8" stores int8 values with per-(token, head) scales.
 KV_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,

@@ -50,12 +50,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dspark_sim.config.errors import InputError
-from dspark_sim.engine.model import ModelArgs, Transformer, build_model
+from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs, Transformer, build_model
 
 #: Keep NVLink multicast off in NCCL, PyTorch and NVSHMEM: on shared hosts it can take GPUs out of service.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def apply_safe_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -435,7 +434,7 @@ class LeaderPolicy:
     """
 
     def __init__(self, policy: Any, tp: TPGroup):
-        from dspark_sim.policies import make_policy
+        from dspark_sim.core.policies import make_policy
 
         self.policy = policy if hasattr(policy, "draft_lengths") else make_policy(policy)
         self.tp = tp
@@ -612,7 +611,7 @@ def _policy_of(job: GenerateJob, target: Transformer) -> Any:
     if job.policy is not None:
         return job.policy
     if job.policy_name is not None:
-        from dspark_sim.engine.cli import build_policy
+        from dspark_sim.cli.engine import build_policy
 
         return build_policy(job.policy_name, job.gamma, job.threshold, target, len(job.prompts))
     return FixedGamma(gamma=job.gamma) if job.gamma > 0 and job.draft is not None else NoSpeculation()
@@ -659,7 +658,7 @@ def _run_job(target: Transformer, draft: Transformer | None, job: GenerateJob, t
 def generate_job(tp: TPGroup, job: GenerateJob) -> dict[str, Any] | None:
     """Run `job` on this rank's shards (a worker function for run_workers or torchrun); rank 0 returns
     {"tp": ..., "baseline": ..., "speculative": ..., "ranks_agree": ..., ["logits"], ["reference"]}."""
-    dtype = DTYPES[job.dtype]
+    dtype = WEIGHT_DTYPES[job.dtype]
     job = replace(job, prompts=broadcast_object(job.prompts, tp))  # rank 0's prompts, whatever the launcher
     check_tp(job.target.args, tp.world, "target")
     if job.draft is not None:
@@ -783,7 +782,7 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
     check_tp(targs, tp.world, cfg.target_shape)
     if dargs is not None and not cfg.replicate_draft:
         check_tp(dargs, tp.world, cfg.draft_shape or "draft")
-    dtype = DTYPES[cfg.dtype]
+    dtype = WEIGHT_DTYPES[cfg.dtype]
     target = build_tp_model(targs, tp, dtype=dtype, seed=cfg.seed)
     draft = None
     if dargs is not None and cfg.replicate_draft:  # the same seeded weights on every rank, unsharded
@@ -831,7 +830,7 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
         "draft_replicated": cfg.replicate_draft and draft is not None,
     }
     if tp.world > 1 and cfg.allreduce_tokens:
-        from dspark_sim.engine.profile import profile_allreduce
+        from dspark_sim.measure.profile import profile_allreduce
 
         act_bytes = torch.tensor([], dtype=dtype).element_size()
         samples = profile_allreduce(tp, list(cfg.allreduce_tokens), targs.dim, dtype, repeats=cfg.allreduce_repeats)
@@ -877,7 +876,7 @@ def _repeat(run: Callable[[], Any], repeats: int, tp: TPGroup) -> dict[str, Any]
 def _profile_for_calibration(target: Transformer, draft: Transformer | None, cfg: MeasureConfig,
                              cap: int) -> dict[str, Any]:
     """Pass and step timings of this (TP 1) configuration, as `dspark-sim profile` records them."""
-    from dspark_sim.engine.profile import build_profile, profile_passes, profile_steps
+    from dspark_sim.measure.profile import build_profile, profile_passes, profile_steps
 
     dev = target.device
     tf = df = None
@@ -976,14 +975,14 @@ def _generate_job(opts: argparse.Namespace, tp: int) -> GenerateJob:
     """Validate everything before any process group exists (so bad input is one line, no hang)."""
     from dspark_sim.engine.checkpoints import read_checkpoint_meta
 
-    if opts.dtype not in DTYPES:
-        raise InputError("tp", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
+    if opts.dtype not in WEIGHT_DTYPES:
+        raise InputError("tp", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
     for name in ("batch_size", "max_new_tokens", "prompt_len"):
         if getattr(opts, name) < 1:
             raise InputError("tp", "--" + name.replace("_", "-"), f"must be >= 1 (got {getattr(opts, name)})")
     if opts.gamma < 0:
         raise InputError("tp", "--gamma", f"must be >= 0 (got {opts.gamma})")
-    from dspark_sim.engine.cli import POLICIES
+    from dspark_sim.cli.engine import POLICIES
 
     if opts.policy not in POLICIES:
         raise InputError("tp", "--policy", f"unknown policy {opts.policy!r} (allowed: {', '.join(POLICIES)})")
@@ -1040,9 +1039,9 @@ class AllReduceJob:
 
 def allreduce_job(tp: TPGroup, job: AllReduceJob) -> dict[str, Any] | None:
     """Worker: the all-reduce profile of this group (rank 0 returns its JSON document)."""
-    from dspark_sim.engine.profile import allreduce_profile
+    from dspark_sim.measure.profile import allreduce_profile
 
-    doc = allreduce_profile(tp, list(job.tokens), job.hidden, DTYPES[job.dtype], repeats=job.repeats,
+    doc = allreduce_profile(tp, list(job.tokens), job.hidden, WEIGHT_DTYPES[job.dtype], repeats=job.repeats,
                             created_by="python -m dspark_sim.engine.tp allreduce", matmul_in=job.matmul_in)
     return doc.model_dump(mode="json") if tp.leader else None
 
@@ -1077,7 +1076,7 @@ def _degree(opts: argparse.Namespace) -> int:
 def _emit(doc: dict[str, Any], opts: argparse.Namespace, summary: list[str]) -> None:
     text = json.dumps(doc, indent=2, default=_jsonable)
     if opts.out is not None:
-        from dspark_sim.io import write_atomic
+        from dspark_sim.config.io import write_atomic
 
         write_atomic(opts.out, text + "\n")
     print(text if opts.json else "\n".join(summary))
@@ -1122,8 +1121,8 @@ def _main(argv: Sequence[str] | None) -> int:
         _emit(res, opts, lines)
         return 0
     # allreduce
-    if opts.dtype not in DTYPES:
-        raise InputError("tp", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(DTYPES)})")
+    if opts.dtype not in WEIGHT_DTYPES:
+        raise InputError("tp", "--dtype", f"unknown {opts.dtype!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
     shape_args = _model_args(opts.shape, "--shape")
     hidden = opts.hidden or shape_args.dim
     tokens = _csv_ints(opts.tokens, "--tokens")
@@ -1139,7 +1138,7 @@ def _main(argv: Sequence[str] | None) -> int:
                         opts.device)
     if not lead:
         return 0
-    from dspark_sim.calibrate import apply_interconnect_fit, fit_interconnect, interconnect_yaml
+    from dspark_sim.fit.calibrate import apply_interconnect_fit, fit_interconnect, interconnect_yaml
 
     fit = fit_interconnect(doc["samples"], base)
     doc["fit"] = fit.to_dict()
@@ -1150,7 +1149,7 @@ def _main(argv: Sequence[str] | None) -> int:
     lines.append(f"fit: latency {fit.latency_us:.2f} us per hop, bandwidth {fit.bandwidth_gbps:.3f} GB/s "
                  f"(median |error| {fit.median_abs_error_pct:.1f}%)")
     if base is not None and opts.hardware_out is not None:
-        from dspark_sim.io import write_atomic
+        from dspark_sim.config.io import write_atomic
 
         hw = apply_interconnect_fit(base, fit)
         write_atomic(opts.hardware_out, interconnect_yaml(hw, fit, opts.hardware))

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from dspark_sim.config.results import PredictResult
 from dspark_sim.config.schema import HardwareProfile, ModelSpec
-from dspark_sim.models import model_stats
+from dspark_sim.core.models import model_stats
 
 
 def _ms(x: float) -> str:

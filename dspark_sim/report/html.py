@@ -27,9 +27,9 @@ import plotly.graph_objects as go
 
 import dspark_sim
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import write_atomic
 from dspark_sim.config.results import PlanResult, PredictResult, RunResult
 from dspark_sim.config.schema import IIDAcceptance, Scenario
-from dspark_sim.io import write_atomic
 from dspark_sim.report import figures as F
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def validation_points(doc: Any) -> dict[str, list[tuple[float, float, str]]]:
 
 def load_inputs(paths: Sequence[str | Path], scenario: Scenario | None = None) -> Inputs:
     """Read every result document named (files or folders); unknown files are one-line `InputError`s."""
-    from dspark_sim.sweep import POINTS_FILE, load_sweep_folder
+    from dspark_sim.studies.sweep import POINTS_FILE, load_sweep_folder
 
     inputs = Inputs(scenario=scenario)
     for raw in paths:
@@ -484,9 +484,9 @@ def _scenario_for(inputs: Inputs) -> Scenario | None:
 
 def heatmaps(sc: Scenario) -> list[Card]:
     """Speed-up over acceptance x gamma and over batch x context, from the closed form (`predict_grid`)."""
-    from dspark_sim.acceptance import survival_curve
-    from dspark_sim.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes, predict_grid
-    from dspark_sim.costmodel import StepCoster
+    from dspark_sim.core.acceptance import survival_curve
+    from dspark_sim.core.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes, predict_grid
+    from dspark_sim.core.costmodel import StepCoster
 
     dep = sc.deployment
     if dep.drafter.kind == "none":
@@ -686,7 +686,7 @@ def section_costs(inputs: Inputs, rows: list[Row]) -> Section | None:
 
 
 def section_acceptance(inputs: Inputs, rows: list[Row], colors: F.Colors) -> Section | None:
-    from dspark_sim.acceptance import conditional_curve
+    from dspark_sim.core.acceptance import conditional_curve
 
     series: dict[str, list[float]] = {}
     for r in _representative([r for r in rows if r.summary.speculative], limit=8):

@@ -1,6 +1,6 @@
 """Execution-time predictor of the simulator: a thin adapter over the shared cost model.
 
-Every pass is priced by `dspark_sim.costmodel` (the same roofline the analytic predictor uses); this
+Every pass is priced by `dspark_sim.core.costmodel` (the same roofline the analytic predictor uses); this
 module only (1) builds the ragged-batch aggregates straight from the engine's arrays, (2) caches the
 model statistics the cost model would otherwise re-derive on every call, (3) turns the cost model into
 the SPS(B) curve the DSpark and goodput policies price extra verify tokens with, and (4) sizes the
@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dspark_sim.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import DTYPE_BYTES, Scenario
-from dspark_sim.costmodel import (
+from dspark_sim.core.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes
+from dspark_sim.core.costmodel import (
     MARKOV_STEP_LAYER_FRACTION,
     BatchShape,
     PassCost,

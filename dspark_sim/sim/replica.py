@@ -23,9 +23,9 @@ from collections import deque
 
 import numpy as np
 
-from dspark_sim.acceptance import sample_accepted
 from dspark_sim.config.schema import DSparkScheduler
-from dspark_sim.policies import (
+from dspark_sim.core.acceptance import sample_accepted
+from dspark_sim.core.policies import (
     DSparkPolicy,
     FeedbackPolicy,
     NoSpecPolicy,

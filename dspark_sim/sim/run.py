@@ -12,7 +12,6 @@ Requests are routed to the replica with the fewest outstanding requests (ties: l
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from dspark_sim.config.loader import (
 )
 from dspark_sim.config.results import RunResult, RunSummary, RunTimeSeries, SkippedRun
 from dspark_sim.config.schema import DSparkScheduler, GoodputPolicy, Scenario
-from dspark_sim.policies import make_policy
+from dspark_sim.core.policies import make_policy
 from dspark_sim.sim.costs import CostModelSPS, Costs, kv_capacity, uniform_step_time
 from dspark_sim.sim.metrics import request_records, summarize, sweep_curves
 from dspark_sim.sim.workload import RequestTable, build_requests, stream
@@ -213,18 +212,6 @@ class ConfigRun:
     records: list[dict] | None
 
 
-def _repair_sweep_path(raw: dict, base_dir: Path) -> dict:
-    """The loader absolutises every key named `path` as a file, the sweep's field path included
-    ('workload.arrivals.concurrency' -> '<scenario dir>/workload.arrivals.concurrency'); undo that."""
-    sweep = raw.get("sweep")
-    if isinstance(sweep, dict) and isinstance(sweep.get("path"), str) and os.path.isabs(sweep["path"]):
-        rel = os.path.relpath(sweep["path"], base_dir)
-        if not rel.startswith("..") and os.sep not in rel:
-            raw = dict(raw)
-            raw["sweep"] = {**sweep, "path": rel}
-    return raw
-
-
 def baseline_dict(raw: dict) -> dict:
     """The same deployment and requests without speculation (no drafter, policy none)."""
     out = json.loads(json.dumps(raw))
@@ -285,7 +272,6 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
     source = str(scenario_path)
     raw = load_scenario_dict(scenario_path, overrides or [])
     base_dir = scenario_path.resolve().parent
-    raw = _repair_sweep_path(raw, base_dir)
     base_sc = scenario_from_dict(raw, source)
     sweep = base_sc.sweep
     values = list(sweep.values) if sweep else [None]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dspark_sim.acceptance import draw_request_acceptance, load_acceptance_trace
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import (
     ClosedLoopArrivals,
@@ -36,6 +35,7 @@ from dspark_sim.config.schema import (
     TraceArrivals,
     UniformLength,
 )
+from dspark_sim.core.acceptance import draw_request_acceptance, load_acceptance_trace
 
 #: Stream ids: one generator per (seed, stream, domain). Never renumber (it would change every result).
 STREAMS = {"arrivals": 1, "domains": 2, "prompt": 3, "output": 4, "acceptance": 5, "step_seeds": 6,

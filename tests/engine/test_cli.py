@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
+from dspark_sim.cli.engine import engine_app  # noqa: E402
 from dspark_sim.config.errors import InputError  # noqa: E402
-from dspark_sim.engine.cli import engine_app  # noqa: E402
-from dspark_sim.traces import RequestRecord, read_trace  # noqa: E402
+from dspark_sim.config.traces import RequestRecord, read_trace  # noqa: E402
 
 runner = CliRunner()
 

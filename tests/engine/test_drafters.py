@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma  # noqa: E402
+from dspark_sim.core.policies import make_policy  # noqa: E402
 from dspark_sim.engine.data import Corpus  # noqa: E402
 from dspark_sim.engine.drafter_generate import drafter_generate  # noqa: E402
 from dspark_sim.engine.drafters import (  # noqa: E402
@@ -30,7 +31,6 @@ from dspark_sim.engine.train_drafters import (  # noqa: E402
     fit_temperature,
     train_drafter_models,
 )
-from dspark_sim.policies import make_policy  # noqa: E402
 
 from .engine_helpers import prompts_for, random_model  # noqa: E402
 
@@ -245,8 +245,8 @@ def test_greedy_trace_predicts_engine_tau_exactly(trained, tmp_path):
     yields: walking the trace at gamma reproduces the engine's tau (batch 1), for every drafter."""
     import json
 
-    from dspark_sim.acceptance import load_acceptance_trace, trace_tau
-    from dspark_sim.engine.drafter_trace import drafter_acceptance_records
+    from dspark_sim.core.acceptance import load_acceptance_trace, trace_tau
+    from dspark_sim.measure.drafter_trace import drafter_acceptance_records
 
     target, drafters, _ = trained
     prompts = prompts_for(3, VOCAB, seed=61, min_len=1, max_len=10)

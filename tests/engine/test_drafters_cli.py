@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
+from dspark_sim.cli.engine import engine_app  # noqa: E402
 from dspark_sim.config.errors import InputError  # noqa: E402
-from dspark_sim.engine.cli import engine_app  # noqa: E402
 from dspark_sim.engine.drafters import KINDS  # noqa: E402
 from dspark_sim.engine.train import pair_dir  # noqa: E402
 from dspark_sim.engine.train_drafters import train_drafters  # noqa: E402

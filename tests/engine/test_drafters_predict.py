@@ -1,4 +1,4 @@
-"""dspark_sim.validate_drafters (`dspark-sim validate --drafters`) on a tiny synthetic measured table: structure, sane values, and a
+"""dspark_sim.validate.drafters (`dspark-sim validate --drafters`) on a tiny synthetic measured table: structure, sane values, and a
 prediction that follows the acceptance it is given."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ VOCAB, PROMPT, NEW, GAMMA, BATCH = 16, 8, 24, 3, 2
 
 
 def _module() -> Any:
-    from dspark_sim import validate_drafters
+    from dspark_sim.validate import drafters as validate_drafters
 
     return validate_drafters
 
@@ -37,7 +37,7 @@ def dp() -> Any:
 @pytest.fixture(scope="module")
 def world(dp, tmp_path_factory):
     """Briefly trained test drafters, the committed CPU profile calibrated at T=0, traces at T=0."""
-    from dspark_sim.calibrate import load_profile
+    from dspark_sim.fit.calibrate import load_profile
 
     target = random_model(VOCAB, seed=3, sharpness=6.0, dim=32, layers=2)
     target.requires_grad_(False)
@@ -135,7 +135,7 @@ def test_validate_drafters_bad_input_is_one_line(tmp_path):
     import sys
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dspark_sim.cli", "validate", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "dspark_sim.cli.main", "validate", *args], capture_output=True,
                               text=True, cwd=ROOT, timeout=120)
 
     profile = str(ROOT / "validation" / "reports" / "cpu" / "profile.json")

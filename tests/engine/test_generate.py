@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 scipy_stats = pytest.importorskip("scipy.stats")
 
 from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation  # noqa: E402
+from dspark_sim.core.policies import FixedPolicy, make_policy  # noqa: E402
 from dspark_sim.engine.generate import (  # noqa: E402
     Sampling,
     generate_baseline,
@@ -18,7 +19,6 @@ from dspark_sim.engine.generate import (  # noqa: E402
     verify_drafts,
     verify_greedy,
 )
-from dspark_sim.policies import FixedPolicy, make_policy  # noqa: E402
 
 from .engine_helpers import prompts_for, random_model  # noqa: E402
 

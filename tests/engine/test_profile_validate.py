@@ -11,15 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dspark_sim.acceptance import load_acceptance_trace, trace_tau  # noqa: E402
 from dspark_sim.config.schema import FixedGamma  # noqa: E402
-from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance  # noqa: E402
+from dspark_sim.core.acceptance import load_acceptance_trace, trace_tau  # noqa: E402
 from dspark_sim.engine.checkpoints import export_hf_llama, load_hf_llama  # noqa: E402
 from dspark_sim.engine.generate import Sampling, speculative_generate  # noqa: E402
+from dspark_sim.measure.acceptance_trace import acceptance_records, conditional_acceptance  # noqa: E402
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dspark_sim.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dspark_sim.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -126,7 +126,7 @@ def test_chain_confidences_are_the_live_drafts(pair):
 
 
 def test_dspark_cases_replay_the_coupled_acceptance(tmp_path):
-    from dspark_sim.validate import trace_probability_field
+    from dspark_sim.validate.run import trace_probability_field
 
     sampled, greedy, yields = tmp_path / "s.jsonl", tmp_path / "g.jsonl", tmp_path / "y.jsonl"
     sampled.write_text(json.dumps({"accept_len": [1], "alpha": [0.5], "accept_prob": [0.4], "confidence": [0.3]}) + "\n")
@@ -139,7 +139,7 @@ def test_dspark_cases_replay_the_coupled_acceptance(tmp_path):
 
 
 def test_cases_replay_the_traces_of_their_prompt_length(tmp_path):
-    from dspark_sim.validate import prompt_length_trace
+    from dspark_sim.validate.run import prompt_length_trace
 
     trace = tmp_path / "acceptance-T0.jsonl"
     recs = [{"prompt_len": n, "accept_len": [k]} for k, n in enumerate((64, 256, 64, 256, 64))]
@@ -156,7 +156,7 @@ def test_cases_replay_the_traces_of_their_prompt_length(tmp_path):
 def test_predictions_replay_every_trace_record_equally(tmp_path):
     """Drawn at random, a prediction's records are a sample of the trace's; in order, each is used
     equally often, so the simulated tau is the trace's own (greedy: exactly the walked mean)."""
-    from dspark_sim.validate import Case, simulated_runs
+    from dspark_sim.validate.run import Case, simulated_runs
 
     assert simulated_runs(Case(0.0, 16, 64, "fixed:3", rounds=6, new_tokens=64), 2, 192) == 12  # 2 x 6 x 16 = 192
     assert simulated_runs(Case(0.0, 16, 64, "fixed:3", rounds=1, new_tokens=64), 2, 192) == 12  # one pass: 192
@@ -339,7 +339,7 @@ def test_best_estimator_takes_each_side_at_its_fastest():
     """'best': a point's fastest timed repeat, and as the baseline the median over the cases of one setting
     of their fastest plain repeats; 'median': the figures as measured. auto: best on a GPU, probed on a CPU."""
     from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements
-    from dspark_sim.validate import resolve_estimator, summarised
+    from dspark_sim.validate.run import resolve_estimator, summarised
 
     def case(policy, reps, base_reps):
         return MeasuredCase(temperature=0.0, batch_size=4, prompt_tokens=64, new_tokens=32, policy=policy, rounds=1,
@@ -365,7 +365,7 @@ def test_best_estimator_takes_each_side_at_its_fastest():
 
 def test_repeat_spread_is_the_measurements_own_noise():
     """The spread of a point's repeats (max - min over the median), and of their paired speed-ups."""
-    from dspark_sim.validate import repeat_spread_pct, speedup_repeats
+    from dspark_sim.validate.run import repeat_spread_pct, speedup_repeats
 
     assert repeat_spread_pct([90.0, 100.0, 120.0]) == pytest.approx(30.0)
     assert repeat_spread_pct([100.0]) is None and repeat_spread_pct(None) is None
@@ -378,7 +378,7 @@ def test_repeat_spread_is_the_measurements_own_noise():
 def test_profile_rounds_merge(tmp_path):
     """validate's profile rounds: each round runs its share of the repeats; merged, every pass shape
     pools all rounds' timings and every step configuration keeps its median run."""
-    from dspark_sim.engine.profile import ProfileGrid, load_engine_models, merge_profiles, run_profile
+    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, merge_profiles, run_profile
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1, 2), query_tokens=(1, 3), contexts=(16,), step_batch_sizes=(1,),
@@ -407,7 +407,7 @@ def test_plain_loop_step_sample_allocates_once(tmp_path):
     """The plain loop's step sample sizes the caches for its timed run before the untimed one: a
     reallocation between them (on a GPU, a CUDA-graph re-capture inside the clock) once doubled the
     H200's plain-loop step time in validate's profile rounds."""
-    from dspark_sim.engine.profile import _step_run, load_engine_models
+    from dspark_sim.measure.profile import _step_run, load_engine_models
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     target.setup_caches(1, 8)  # what a smaller earlier configuration leaves behind
@@ -423,7 +423,7 @@ def test_step_samples_attend_over_the_engine_runs_cache(tmp_path):
     """Step samples run with caches sized exactly as the engine's run (prompt + new tokens + the last step's
     drafts), whatever a bigger earlier configuration left: the loops attend over the whole static cache, and
     a kept 529-token cache once made every CPU step sample attend over four times the measured length."""
-    from dspark_sim.engine.profile import _step_run, load_engine_models
+    from dspark_sim.measure.profile import _step_run, load_engine_models
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     prompts = [[1, 2, 3, 4]] * 2
@@ -452,8 +452,8 @@ def test_live_steps_are_the_engines_own_steps(pair):
     chain token is accepted and the run takes the engine's very steps; with the real pair, the confidences
     of its steps are distributed as those of the engine's own DSpark steps (4 s.e. a position), and each
     step's tested tokens keep their outcome (a run of ones, then at most one zero)."""
-    from dspark_sim.engine.acceptance_trace import live_steps
-    from dspark_sim.policies import DSparkPolicy, FixedPolicy, table_sps
+    from dspark_sim.core.policies import DSparkPolicy, FixedPolicy, table_sps
+    from dspark_sim.measure.acceptance_trace import live_steps
 
     target, draft = pair
     gen = torch.Generator().manual_seed(7)
@@ -492,8 +492,8 @@ def test_live_steps_decide_each_batch_jointly(pair):
     An SPS table flat up to 8 tokens a pass and collapsing after makes DSpark verify all 4 drafts alone
     and none in a batch of 8: the batch-8 steps then gain one token each, every row taking as many steps as
     in the engine's batch-8 run, while the same prompts decided one by one take far fewer."""
-    from dspark_sim.engine.acceptance_trace import live_steps
-    from dspark_sim.policies import DSparkPolicy, table_sps
+    from dspark_sim.core.policies import DSparkPolicy, table_sps
+    from dspark_sim.measure.acceptance_trace import live_steps
 
     target, draft = pair
     prompts = torch.randint(0, 264, (8, 12), generator=torch.Generator().manual_seed(3)).tolist()
@@ -513,7 +513,7 @@ def test_live_steps_decide_each_batch_jointly(pair):
 
 
 def test_sampled_dspark_cases_replay_the_live_steps_of_their_policy(tmp_path):
-    from dspark_sim.validate import trace_confidence_field, trace_probability_field
+    from dspark_sim.validate.run import trace_confidence_field, trace_probability_field
 
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps({"accept_len": [1], "alpha": [0.5], "accept_prob": [0.4], "confidence": [0.3],

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 from dspark_sim.config.errors import InputError  # noqa: E402
 from dspark_sim.config.schema import ConfidenceThreshold, FixedGamma  # noqa: E402
 from dspark_sim.engine import tp as T  # noqa: E402
-from dspark_sim.engine.model import ModelArgs, build_model  # noqa: E402
+from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs, build_model  # noqa: E402
 
 from .engine_helpers import perturbed, prompts_for, random_model  # noqa: E402
 
@@ -176,7 +176,7 @@ def _jobs(m) -> list[T.GenerateJob]:
 def _reference(job: T.GenerateJob) -> dict:
     """The single-process engine on the full weights (one thread: these models are tiny, and two
     OpenMP threads on two shared cores can be 100x slower when another process is busy)."""
-    dt = T.DTYPES[job.dtype]
+    dt = WEIGHT_DTYPES[job.dtype]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -255,7 +255,7 @@ def test_leader_policy_broadcasts_only_what_can_differ_between_ranks(monkeypatch
     import numpy as np
     import torch
 
-    from dspark_sim.policies import StepView
+    from dspark_sim.core.policies import StepView
 
     calls = []
 

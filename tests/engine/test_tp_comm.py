@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from dspark_sim.calibrate import allreduce_time_s, apply_interconnect_fit, fit_interconnect, interconnect_yaml
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.loader import load_hardware_profile, load_model_preset
 from dspark_sim.config.schema import HardwareProfile
-from dspark_sim.costmodel import forward_cost, uniform_batch
-from dspark_sim.models import model_stats
+from dspark_sim.core.costmodel import forward_cost, uniform_batch
+from dspark_sim.core.models import model_stats
+from dspark_sim.fit.calibrate import (
+    allreduce_time_s,
+    apply_interconnect_fit,
+    fit_interconnect,
+    interconnect_yaml,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -122,7 +127,7 @@ def test_profile_command_runs_the_allreduce_profile(tmp_path):
     one line and exit 2."""
     pytest.importorskip("torch")
     out_json, out_hw = tmp_path / "allreduce.json", tmp_path / "hw.yaml"
-    cli = [sys.executable, "-m", "dspark_sim.cli", "profile"]
+    cli = [sys.executable, "-m", "dspark_sim.cli.main", "profile"]
     proc = subprocess.run(
         cli + ["--allreduce-ranks", "2", "--shape", "test-target", "--allreduce-tokens", "1,64,1024",
                "--repeats", "3", "--between-matmuls", "--hardware", "cpu-generic", "--hardware-out", str(out_hw),

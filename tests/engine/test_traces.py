@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dspark_sim.traces import RequestRecord, StepRecord, TraceMeta, read_trace, write_trace
+from dspark_sim.config.traces import RequestRecord, StepRecord, TraceMeta, read_trace, write_trace
 
 
 def test_records_round_trip(tmp_path):

@@ -53,11 +53,11 @@ VALIDATION = {"kind": "validation", "acceptance_by_temperature": {"0": [0.8, 0.7
 def documents(tmp_path_factory) -> dict[str, Path]:
     """A run folder (sweep over concurrency, two policies, per-request files), a predict JSON, a sweep
     folder, a plan JSON and a validation report."""
-    from dspark_sim.analytic import predict_scenario
+    from dspark_sim.cli.run import write_outputs
     from dspark_sim.config.loader import load_scenario
+    from dspark_sim.core.analytic import predict_scenario
     from dspark_sim.sim import run_scenario
-    from dspark_sim.sim.cli import write_outputs
-    from dspark_sim.sweep import run_sweep
+    from dspark_sim.studies.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("docs")
     run = run_scenario(DSPARK, ["sweep.values=[1, 32, 128]", "simulation.max_simulated_s=6",

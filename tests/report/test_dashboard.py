@@ -45,13 +45,13 @@ def pages(documents, tmp_path_factory) -> dict[str, object]:
                            scenario=load_scenario(DSPARK), title="dspark-sim dashboard (test page)")
     run_page = write_run_dashboard(d["scenario_run"], out / "run.html")
     sc = load_scenario(QUICKSTART)
-    from dspark_sim.analytic import predict_scenario
+    from dspark_sim.core.analytic import predict_scenario
 
     predict_page = write_predict_dashboard(predict_scenario(sc), sc, out / "predict.html")
     validation_page = write_validation_dashboard([(1.0, 1.1, "a"), (2.0, 1.8, "b")], out / "validation.html",
                                                  quantity="speed-up")
     cli_page = out / "sweep.html"
-    r = subprocess.run([sys.executable, "-m", "dspark_sim.cli", "dashboard", str(d["sweep"]), "-o", str(cli_page)],
+    r = subprocess.run([sys.executable, "-m", "dspark_sim.cli.main", "dashboard", str(d["sweep"]), "-o", str(cli_page)],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "self-contained" in r.stdout

@@ -7,10 +7,10 @@ from typing import Any
 
 import yaml
 
-from dspark_sim.analytic import kv_bytes_per_token_per_gpu
 from dspark_sim.config.loader import apply_overrides, load_model_preset, scenario_from_dict
 from dspark_sim.config.schema import Scenario
-from dspark_sim.costmodel import StepCoster, stats_of
+from dspark_sim.core.analytic import kv_bytes_per_token_per_gpu
+from dspark_sim.core.costmodel import StepCoster, stats_of
 
 #: an H200-like device, figures from FACTS.md section 3 (inline so tests do not depend on profiles)
 HARDWARE: dict[str, Any] = {

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dspark_sim.acceptance import expected_tokens
-from dspark_sim.analytic import predict_grid
-from dspark_sim.costmodel import StepCoster
+from dspark_sim.core.acceptance import expected_tokens
+from dspark_sim.core.analytic import predict_grid
+from dspark_sim.core.costmodel import StepCoster
 from dspark_sim.sim.metrics import summarize
 from dspark_sim.sim.run import Simulation
 

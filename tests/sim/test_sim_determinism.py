@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from dspark_sim.sim.cli import run_command
+from dspark_sim.cli.run import run_command
 from dspark_sim.sim.run import Simulation, run_scenario
 
 from .sim_helpers import base_dict, scenario, with_sets, write

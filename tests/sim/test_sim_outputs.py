@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from dspark_sim.cli.run import run_command
 from dspark_sim.config.results import RunResult, RunTimeSeriesDoc
-from dspark_sim.sim.cli import run_command
 
 from .sim_helpers import base_dict, with_sets, write
 

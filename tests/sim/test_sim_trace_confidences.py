@@ -105,7 +105,7 @@ def test_step_chains_need_lists(tmp_path):
     path = tmp_path / "flat.jsonl"
     path.write_text(json.dumps({"prompt_len": 4, "output_len": 3, "accept_len": [1, 1, 1],
                                 "step_confidence": [0.5, 0.5]}) + "\n")
-    from dspark_sim.acceptance import load_acceptance_trace
+    from dspark_sim.core.acceptance import load_acceptance_trace
 
     with pytest.raises(InputError, match="line 1.step_confidence"):
         load_acceptance_trace(str(path), "accept_len", None, "step_confidence", None, "step")

@@ -18,7 +18,7 @@ from scipy.optimize import least_squares
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import CalibrationReport, EngineProfile, ParameterFit
 from dspark_sim.config.schema import DrafterSpec, Efficiency, HardwareProfile, ModelSpec, Overheads
-from dspark_sim.costmodel import BatchShape, StepCoster, forward_cost
+from dspark_sim.core.costmodel import BatchShape, StepCoster, forward_cost
 
 #: A parameter is identified when doubling it moves the predictions by at least this much (rms, log).
 _IDENTIFY_THRESHOLD = 0.02
@@ -450,8 +450,8 @@ def load_profile(path) -> EngineProfile:
     from pydantic import ValidationError
 
     from dspark_sim.config.errors import from_validation_error
+    from dspark_sim.config.io import read_json
     from dspark_sim.config.measurements import PROFILE_SCHEMA_VERSION
-    from dspark_sim.io import read_json
 
     p = Path(path)
     raw = read_json(p, "profile", "profile file not found (make one with `dspark-sim profile`)")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dspark_sim.calibrate import calibrate, engine_coster
+from dspark_sim.config.io import open_text, write_atomic
 from dspark_sim.config.measurements import (
     EngineProfile,
     ErrorSummary,
@@ -39,8 +39,8 @@ from dspark_sim.config.measurements import (
     ValidationReport,
 )
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
-from dspark_sim.io import open_text, write_atomic
-from dspark_sim.policies import make_policy
+from dspark_sim.core.policies import make_policy
+from dspark_sim.fit.calibrate import calibrate, engine_coster
 
 #: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
 #: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:
@@ -674,7 +674,7 @@ def reference_step_s(target, draft, device, repeats: int = 3) -> float:
     """Median step time of a fixed plain-decoding run (batch 1, 64 random prompt tokens, 32 new tokens):
     the yardstick of the machine's speed, timed before profiling and after measuring."""
     from dspark_sim.engine.cudagraphs import GraphedForward
-    from dspark_sim.engine.profile import profile_steps
+    from dspark_sim.measure.profile import profile_steps
 
     fwd = GraphedForward(target) if device.type == "cuda" else None
     return profile_steps(target, draft, [1], [0], [64], 32, target_forward=fwd, repeats=repeats)[0].step_s
@@ -704,7 +704,7 @@ def calibrations(profile: EngineProfile, grid: Grid, device: str, workers: int =
     """One calibration per temperature (sampling costs more per step than greedy decoding), and the
     cross-prediction's calibration on small batches only: (hardware, report, small-batch hardware) by T.
     The fits are independent, so they run in `workers` processes (a fit of a CPU profile can take 15 s)."""
-    from dspark_sim.sweep import map_unordered
+    from dspark_sim.studies.sweep import map_unordered
 
     measured_temps = {s.temperature for s in profile.steps}
     tasks = []
@@ -777,7 +777,9 @@ def load_pair(preset: str, seed: int, cache_dir, device: str, dtype: str = "fp32
 
     pair = train_pair(preset, seed, cache_dir, device=device, log=lambda m: log(f"  train: {m}"))
     dev = torch.device(device)
-    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    from dspark_sim.engine.model import WEIGHT_DTYPES
+
+    tdtype = WEIGHT_DTYPES[dtype]
     target = pair.target.to(device=dev, dtype=tdtype).eval()
     draft = pair.draft.to(device=dev, dtype=tdtype).eval()
     for m in (target, draft):  # RoPE tables stay fp32 whatever the weights
@@ -792,11 +794,11 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
                    workers: int | None = None, estimator: Estimator | None = None) -> ValidationReport:
     """Profile, measure and predict (see the module's docstring); `estimator` as resolve_estimator's."""
     from dspark_sim.config.errors import InputError
-    from dspark_sim.engine.acceptance_trace import acceptance_records, conditional_acceptance, live_steps
     from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.host_speed import HostProbe, yardstick_s
-    from dspark_sim.engine.profile import (
+    from dspark_sim.measure.acceptance_trace import acceptance_records, conditional_acceptance, live_steps
+    from dspark_sim.measure.host_speed import HostProbe, yardstick_s
+    from dspark_sim.measure.profile import (
         ProfileGrid,
         at_reference_speed,
         engine_version,
@@ -944,7 +946,7 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
                          workers: int | None = None) -> ValidationReport:
     """The predict half of `validate` (and all of `--repredict`): calibrate on the profile, simulate every
     measured case, and compare. Writes the calibrations; the caller writes the report."""
-    from dspark_sim.sweep import default_workers, map_unordered
+    from dspark_sim.studies.sweep import default_workers, map_unordered
 
     grid = QUICK if meas.quick else FULL
     workers = min(workers or default_workers(), len(meas.cases))
@@ -1000,10 +1002,10 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
     profile rounds that way instead (a folder without profile-round files keeps its profile.json)."""
     from pydantic import ValidationError
 
-    from dspark_sim.calibrate import load_profile
     from dspark_sim.config.errors import InputError, from_validation_error
-    from dspark_sim.engine.profile import at_reference_speed, merge_profiles
-    from dspark_sim.io import read_json
+    from dspark_sim.config.io import read_json
+    from dspark_sim.fit.calibrate import load_profile
+    from dspark_sim.measure.profile import at_reference_speed, merge_profiles
 
     report_path, meas_path = folder / "report.json", folder / MEASUREMENTS_FILE
     path, doc = (report_path, ValidationReport) if report_path.is_file() or not meas_path.is_file() else \

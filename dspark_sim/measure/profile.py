@@ -34,7 +34,7 @@ _ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
 def engine_version() -> str:
     """Package version plus a hash of the engine's source: a profile goes stale when either changes."""
     h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent / "engine"
     for name in _ENGINE_FILES:
         h.update((here / name).read_bytes())
     return f"{dspark_sim.__version__}+{h.hexdigest()[:10]}"
@@ -442,7 +442,7 @@ def at_reference_speed(profile: EngineProfile, reference_s: dict[str, float]) ->
     """The profile with every timing brought to the host speed at which the yardsticks read `reference_s`
     (by kind: a pass by its model's, a step by the step yardstick; host_speed.py); timings taken without a
     yardstick reading stay as they are."""
-    from dspark_sim.engine.host_speed import scaled
+    from dspark_sim.measure.host_speed import scaled
 
     samples = []
     for s in profile.samples:

@@ -44,7 +44,7 @@ def yardstick_s(target, draft) -> dict[str, float]:
     four step times and of each model's pass shapes (about 0.35 s on the 2-core CPU, warm-ups included)."""
     import torch
 
-    from dspark_sim.engine.profile import profile_steps, time_call
+    from dspark_sim.measure.profile import profile_steps, time_call
 
     steps = profile_steps(target, draft, STEP_YARDSTICK["batch_sizes"], STEP_YARDSTICK["gammas"],
                           STEP_YARDSTICK["prompt_lens"], STEP_YARDSTICK["new_tokens"], repeats=1)

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from dspark_sim.config.io import write_atomic
 from dspark_sim.config.measurements import EngineProfile
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
-from dspark_sim.io import write_atomic
 
 # ------------------------------------------------------------------------------------------------
 # What the simulator is told about each engine drafter
@@ -117,9 +117,9 @@ def write_traces(target: Any, drafters: Mapping[str, Any], prompts: list[list[in
                  temperatures: tuple[float, ...], seed: int, out_dir: Path,
                  log: Callable[[str], None] = lambda _m: None) -> dict[tuple[str, float], Path]:
     """One JSONL trace per drafter and temperature (simulator trace format)."""
-    from dspark_sim.engine.acceptance_trace import acceptance_records
-    from dspark_sim.engine.drafter_trace import drafter_acceptance_records
     from dspark_sim.engine.generate import Sampling
+    from dspark_sim.measure.acceptance_trace import acceptance_records
+    from dspark_sim.measure.drafter_trace import drafter_acceptance_records
 
     out: dict[tuple[str, float], Path] = {}
     for kind, d in drafters.items():
@@ -164,7 +164,7 @@ def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
              policy: dict[str, Any] | None, trace: Path, seed: int, kind: str | None = None,
              gamma: int = 0) -> Scenario:
     """A closed static batch of `batch` requests, as `validate` describes an engine run."""
-    from dspark_sim.validate import engine_run_scenario
+    from dspark_sim.validate.run import engine_run_scenario
 
     hw = setup.hardware(temperature, kind if drafter is not None else None, gamma)
     return engine_run_scenario(f"drafters T={temperature:g} B={batch}", seed, hw, setup.profile.target, drafter,
@@ -178,7 +178,7 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
     """(full-batch decode tokens/s, tau) over the seeds: the steps with every request decoding, as
     `validate.predict_case` and the benchmark's `full_batch_tokens_per_s` take them."""
     from dspark_sim.sim.run import Simulation
-    from dspark_sim.validate import decode_tokens_and_passes, full_batch_window
+    from dspark_sim.validate.run import decode_tokens_and_passes, full_batch_window
 
     tokens = seconds = gained = passes = 0.0
     for seed in setup.seeds:
@@ -287,7 +287,7 @@ def fit_loop_overheads(setup: Setup, step_s: Mapping[tuple[str, float, int, int]
     """Per drafter, temperature and gamma: the per-step overhead (us) that makes the cost model's
     draft + verify time of the profiled steps match them (median over batch sizes, at least 0)."""
     from dspark_sim.config.schema import DrafterSpec
-    from dspark_sim.costmodel import StepCoster
+    from dspark_sim.core.costmodel import StepCoster
 
     ctx = float(setup.prompt_len + 16)
     residual: dict[tuple[str, float, int], list[float]] = {}
@@ -411,7 +411,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def calibrated(profile: EngineProfile, temperatures: tuple[float, ...]) -> dict[float, HardwareProfile]:
     """One calibration per temperature (sampling costs more per step than greedy decoding)."""
-    from dspark_sim.calibrate import calibrate
+    from dspark_sim.fit.calibrate import calibrate
 
     measured = {s.temperature for s in profile.steps}
     return {t: calibrate(profile, f"calibrated-{profile.device.kind}-T{t:g}",
@@ -425,10 +425,10 @@ def run(measured_path: Path, profile_path: Path, seeds: int = 3, trace_prompts: 
     """Load the measured table, the profile, the pair and the drafters; trace; predict; summarise."""
     import torch
 
-    from dspark_sim.calibrate import load_profile
     from dspark_sim.engine.data import load_corpus
     from dspark_sim.engine.train import get_preset, train_pair
     from dspark_sim.engine.train_drafters import train_drafters
+    from dspark_sim.fit.calibrate import load_profile
 
     torch.manual_seed(0)
     measured = json.loads(measured_path.read_text())
@@ -486,7 +486,7 @@ def assemble(rows: list[dict[str, Any]], gamma: int, meta: dict[str, Any]) -> di
 def load_measured(path: Path) -> dict[str, Any]:
     """The measured drafter table (benchmarks/drafters_cpu.py --out); anything else is one InputError."""
     from dspark_sim.config.errors import InputError
-    from dspark_sim.io import read_json
+    from dspark_sim.config.io import read_json
 
     doc = read_json(path, "drafter table",
                     "measured drafter table not found (make one with benchmarks/drafters_cpu.py --out)")
@@ -501,7 +501,7 @@ def validate_drafters(measured_path: Path, profile_path: Path, out_dir: Path, *,
                       trace_prompts: int = 24, cache_dir: str | None = None, command: str = "",
                       log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Predict the measured table, write <out>/<name>_predicted.json and .md; returns the report."""
-    from dspark_sim.calibrate import load_profile
+    from dspark_sim.fit.calibrate import load_profile
 
     load_measured(measured_path)
     report = run(measured_path, profile_path, seeds, trace_prompts, None, cache_dir, log)

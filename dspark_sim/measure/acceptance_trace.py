@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dspark_sim.core.policies import StepView
 from dspark_sim.engine.generate import (
     Sampling,
     _draft,
@@ -51,7 +52,6 @@ from dspark_sim.engine.generate import (
     verify_drafts,
 )
 from dspark_sim.engine.model import Transformer
-from dspark_sim.policies import StepView
 
 
 def _runs(ok: np.ndarray) -> np.ndarray:

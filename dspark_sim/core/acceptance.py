@@ -20,6 +20,7 @@ import numpy as np
 from scipy.special import betaincinv
 
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import open_text
 from dspark_sim.config.schema import (
     HistogramAcceptance,
     IIDAcceptance,
@@ -27,7 +28,6 @@ from dspark_sim.config.schema import (
     PerRequestAcceptance,
     TraceAcceptance,
 )
-from dspark_sim.io import open_text
 
 #: Beta quantiles used to integrate over per-request acceptance (deterministic, no sampling).
 _BETA_NODES = 64

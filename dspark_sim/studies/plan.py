@@ -138,8 +138,8 @@ def _biased_mean_len(dist) -> float:
 def first_guess(sc: Scenario, spec: PlanSpec) -> float:
     """The closed form's estimate of one replica's capacity: the largest batch whose per-user speed
     meets the TPOT / tokens-per-user SLO (with a margin), turned into a rate or a user count."""
-    from dspark_sim.analytic import predict_grid
-    from dspark_sim.costmodel import StepCoster
+    from dspark_sim.core.analytic import predict_grid
+    from dspark_sim.core.costmodel import StepCoster
 
     dep = sc.deployment
     coster = StepCoster.for_deployment(dep)
@@ -208,7 +208,7 @@ def _sized(raw: dict, spec: PlanSpec, load: float) -> dict:
 
 
 def _probe(raw: dict, spec: PlanSpec, load: float, source: str):
-    from dspark_sim.sweep import simulate_dict
+    from dspark_sim.studies.sweep import simulate_dict
 
     result = simulate_dict(_with_load(_sized(raw, spec, load), spec, load), source)
     s = next(x for x in result.summaries if x.variant != "baseline" or len(result.summaries) == 1)
@@ -292,7 +292,7 @@ def plan_candidate(task: dict) -> dict:
         sc = scenario_from_dict(_with_load(raw, spec, 1.0), source)
         raw["_plan_mean_output_tokens"] = _mean_len(sc.workload.output_tokens)
         raw["_plan_inflight_output_tokens"] = _biased_mean_len(sc.workload.output_tokens)
-        from dspark_sim.analytic import memory_available_bytes
+        from dspark_sim.core.analytic import memory_available_bytes
 
         if memory_available_bytes(sc) <= 0:
             raise InputError(source, "deployment", "the weights do not fit in this many GPUs' memory")
@@ -356,7 +356,7 @@ def _cheapest(cands: list[PlanCandidateResult]) -> PlanCandidateResult | None:
 def run_plan(path: str | Path, *, executor: str = "local", workers: int | None = None,
              ray_address: str | None = None, on_start: Callable[[int], None] | None = None,
              on_candidate: Callable[[dict], None] | None = None) -> PlanResult:
-    from dspark_sim.sweep import map_unordered
+    from dspark_sim.studies.sweep import map_unordered
 
     t0 = time.perf_counter()
     spec, base, raw = load_plan(path)
@@ -457,7 +457,7 @@ def plan_command(plan_file: Path, *, executor: str = "local", workers: int | Non
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dspark_sim.io import write_atomic
+    from dspark_sim.config.io import write_atomic
 
     err = Console(stderr=True, highlight=False)
     show = progress and err.is_terminal

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import write_atomic
 from dspark_sim.config.loader import (
     list_hardware_profiles,
     list_model_presets,
@@ -22,7 +23,6 @@ from dspark_sim.config.loader import (
     load_model_preset,
     load_scenario,
 )
-from dspark_sim.io import write_atomic
 
 app = typer.Typer(
     help="Predict, simulate and measure speculative decoding on your hardware, model pair and traffic.",
@@ -66,7 +66,7 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the JSON here")] = None,
 ) -> None:
     """Closed-form prediction: baseline vs speculative step times, tau, tokens/s, best gamma."""
-    from dspark_sim.analytic import predict_scenario
+    from dspark_sim.core.analytic import predict_scenario
     from dspark_sim.report.console import print_predict
 
     sc = load_scenario(scenario, set_ or [])
@@ -90,7 +90,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Discrete-event simulation of the deployment (and the no-speculation baseline on the same requests)."""
-    from dspark_sim.sim.cli import run_command
+    from dspark_sim.cli.run import run_command
 
     run_command(scenario, set_ or [], json_out=json_out, out_dir=out_dir, progress=progress)
 
@@ -147,7 +147,7 @@ def profile(
     import torch
     from rich.progress import Progress
 
-    from dspark_sim.engine.profile import ProfileGrid, load_engine_models, run_profile
+    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
@@ -156,7 +156,8 @@ def profile(
                                             allreduce_tokens, repeats, hardware, hardware_out, out))
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no CUDA device")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    from dspark_sim.engine.model import WEIGHT_DTYPES as dtypes
+
     if dtype not in dtypes:
         raise InputError("--dtype", None, f"got {dtype!r}, allowed: {', '.join(dtypes)}")
     grid = ProfileGrid.quick() if quick else ProfileGrid()
@@ -224,8 +225,8 @@ def calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit the cost model to a profile: effective bandwidths, FLOP/s, overheads; per-point errors; SPS(B)."""
-    from dspark_sim.calibrate import calibrate as fit
-    from dspark_sim.calibrate import load_profile, profile_yaml
+    from dspark_sim.fit.calibrate import calibrate as fit
+    from dspark_sim.fit.calibrate import load_profile, profile_yaml
     from dspark_sim.report.console import print_calibration
 
     doc = load_profile(profile_path)
@@ -273,7 +274,7 @@ def validate(
         _validate_drafters(drafters, profile_path, out_dir, device, cache_dir, tolerance)
         return
     if repredict is not None:
-        from dspark_sim.validate import repredict_report
+        from dspark_sim.validate.run import repredict_report
 
         if out_dir is None or out_dir.resolve() == repredict.resolve():
             raise InputError("--out", None, "--repredict needs --out, another folder than the report's")
@@ -283,9 +284,9 @@ def validate(
         _write_validation(report, out_dir, console)
         return
 
-    from dspark_sim.calibrate import check_profile_matches, load_profile
-    from dspark_sim.engine.profile import engine_version
-    from dspark_sim.validate import resolve_estimator, run_validation
+    from dspark_sim.fit.calibrate import check_profile_matches, load_profile
+    from dspark_sim.measure.profile import engine_version
+    from dspark_sim.validate.run import resolve_estimator, run_validation
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")
@@ -346,8 +347,8 @@ def _validate_drafters(table: Path, profile_path: Path | None, out_dir: Path | N
     """`validate --drafters`: the simulator's prediction of a measured drafter table, with its error."""
     import statistics
 
-    from dspark_sim.calibrate import check_profile_matches, load_profile
-    from dspark_sim.validate_drafters import markdown, validate_drafters
+    from dspark_sim.fit.calibrate import check_profile_matches, load_profile
+    from dspark_sim.validate.drafters import markdown, validate_drafters
 
     if profile_path is None:
         raise InputError("--drafters", None, "needs --profile: the engine profile of the device that measured the table")
@@ -423,7 +424,7 @@ def profiles_show(name: str, json_out: JsonOpt = False) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """List the bundled model presets with derived parameter counts."""
-    from dspark_sim.models import model_stats
+    from dspark_sim.core.models import model_stats
 
     console = _console()
     for name in list_model_presets():
@@ -459,7 +460,7 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Run a grid or random sample of scenario variations (predict or run) in parallel; resumable."""
-    from dspark_sim.sweep import sweep_command
+    from dspark_sim.studies.sweep import sweep_command
 
     sweep_command(sweep_file, executor=executor, workers=workers, ray_address=ray_address, out_dir=out_dir,
                   overrides=set_ or [], retry_errors=retry_errors, report=report, json_out=json_out,
@@ -478,7 +479,7 @@ def plan(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Cheapest deployment meeting the SLOs at a target load, with and without speculation; capacities."""
-    from dspark_sim.plan import plan_command
+    from dspark_sim.studies.plan import plan_command
 
     plan_command(plan_file, executor=executor, workers=workers, ray_address=ray_address, json_out=json_out,
                  out=out, report=report, progress=progress)
@@ -507,7 +508,7 @@ def dashboard(
 def _mount_optional() -> None:
     """Sub-commands whose modules may be absent or need optional extras are mounted when importable."""
     try:
-        from dspark_sim.engine.cli import engine_app
+        from dspark_sim.cli.engine import engine_app
     except ImportError:
         return
     app.add_typer(engine_app, name="engine", help="The bundled PyTorch speculative engine.")

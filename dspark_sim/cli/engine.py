@@ -85,7 +85,7 @@ def _fmt(values: list[float]) -> str:
 def build_policy(name: str, gamma: int, threshold: float, target: Any, batch: int) -> Any:
     """A policy spec by CLI name; 'dspark' gets an SPS(B) curve profiled on this target, now."""
     from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation
-    from dspark_sim.policies import make_policy
+    from dspark_sim.core.policies import make_policy
 
     if name not in POLICIES:
         raise InputError("engine generate", "--policy", f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
@@ -134,6 +134,7 @@ def generate(
     """Generate with speculative decoding; print text, tau, acceptance, tokens/s and the speed-up."""
     import torch
 
+    from dspark_sim.config.traces import write_trace
     from dspark_sim.engine.data import decode, encode
     from dspark_sim.engine.generate import (
         Sampling,
@@ -144,7 +145,6 @@ def generate(
     )
     from dspark_sim.engine.model import KV_DTYPES
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
-    from dspark_sim.traces import write_trace
 
     src = "engine generate"
     if max_new_tokens < 1:
@@ -165,7 +165,8 @@ def generate(
         folder = checkpoint
     if not (folder / "target.safetensors").is_file():
         raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
-    weight_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    from dspark_sim.engine.model import WEIGHT_DTYPES as weight_dtypes
+
     if dtype not in weight_dtypes:
         raise InputError(src, "--dtype", f"unknown {dtype!r} (allowed: {', '.join(weight_dtypes)})")
     pair = load_pair(folder, device=device, dtype=weight_dtypes[dtype])
@@ -314,13 +315,13 @@ def drafters_generate(
     import torch
 
     from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma
+    from dspark_sim.core.policies import make_policy
     from dspark_sim.engine.data import decode, encode
     from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
     from dspark_sim.engine.drafters import KINDS, drafter_dir
     from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
     from dspark_sim.engine.train_drafters import load_drafters
-    from dspark_sim.policies import make_policy
 
     src = "engine drafters generate"
     get_preset(preset)

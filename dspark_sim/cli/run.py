@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dspark_sim.config.io import write_atomic
 from dspark_sim.config.results import RunResult, RunTimeSeriesDoc
-from dspark_sim.io import write_atomic
 from dspark_sim.sim.run import ConfigRun, ScenarioRun, run_scenario
 
 _CSV_FIELDS = ("id", "domain", "replica", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",

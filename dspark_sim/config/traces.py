@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from dspark_sim.config.io import write_atomic
 
 
 class _Record(BaseModel):
@@ -96,20 +97,8 @@ _ADAPTER: TypeAdapter[TraceMeta | StepRecord | RequestRecord] = TypeAdapter(Trac
 
 
 def write_trace(path: str | os.PathLike[str], records: Iterable[BaseModel]) -> Path:
-    """Write records as JSONL atomically: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(rec.model_dump_json())
-                fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write records as JSONL atomically (`io.write_atomic`)."""
+    return write_atomic(path, "".join(rec.model_dump_json() + "\n" for rec in records))
 
 
 def parse_record(data: dict[str, Any] | str) -> TraceMeta | StepRecord | RequestRecord:

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from dspark_sim.config.schema import DTYPE_BYTES, DrafterSpec, HardwareProfile, ModelSpec
-from dspark_sim.models import ModelStats, drafter_model, expected_distinct_experts, model_stats
+from dspark_sim.core.models import ModelStats, drafter_model, expected_distinct_experts, model_stats
 
 BOUNDS = ("compute", "memory", "communication", "overhead")
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.io import append_line, write_atomic
 from dspark_sim.config.loader import (
     absolutise_paths,
     apply_overrides,
@@ -40,7 +41,6 @@ from dspark_sim.config.loader import (
 )
 from dspark_sim.config.results import SweepPointRecord, SweepPointSummary, SweepResult
 from dspark_sim.config.schema import ParameterRange, SweepSpec
-from dspark_sim.io import append_line, write_atomic
 
 POINTS_FILE = "points.jsonl"
 MANIFEST_FILE = "sweep.json"
@@ -290,7 +290,7 @@ def simulate_dict(raw: dict, source: str, base_dir: Path | None = None):
 def evaluate(command: str, raw: dict, source: str) -> tuple[dict, dict[str, Any]]:
     """(result document, headline metrics) of one scenario dict."""
     if command == "predict":
-        from dspark_sim.analytic import predict_scenario
+        from dspark_sim.core.analytic import predict_scenario
 
         result = predict_scenario(scenario_from_dict(raw, source))
         return result.model_dump(mode="json"), predict_metrics(result)
