@@ -23,7 +23,7 @@ from dspark_sim.fit.calibrate import (
     interconnect_yaml,
 )
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "tp_engine.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "tp_engine.py"
 SIZES = [2**k for k in range(13, 23)]  # 8 KB .. 4 MB, the engine's all-reduce messages
 
 

@@ -13,7 +13,7 @@ from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import PlanSpec
 from dspark_sim.studies import plan as planmod
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 
 TINY_PLAN = f"""

@@ -24,7 +24,7 @@ from dspark_sim.studies.sweep import (
     run_sweep,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 
 PREDICT_SWEEP = f"""
