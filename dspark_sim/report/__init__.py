@@ -1,0 +1,1 @@
+"""Rendering: console tables, plotly figures and the self-contained HTML dashboards."""
