@@ -41,7 +41,7 @@ class PassSample(Doc):
     median_s: float
     spread: float = Field(description="(p90 - p10) / median of the repeats")
     host_probe_s: list[float] | None = Field(
-        None, description="the host-speed yardstick's time (this model's pass yardstick) at each repeat's moment, "
+        default=None, description="the host-speed yardstick's time (this model's pass yardstick) at each repeat's moment, "
         "aligned with times_s (validate on a CPU; engine/host_speed.py); absent where the host was not probed")
 
 
@@ -55,15 +55,16 @@ class StepSample(Doc):
     verify_s: float = Field(description="mean time of the verify phase (target pass, sampling, acceptance)")
     context_tokens: int = Field(description="mean cached tokens per sequence during the run")
     attended_tokens: int = Field(description="static cache length every query attends over")
-    baseline_loop: bool = Field(False, description="measured with the engine's plain decoding loop")
-    temperature: float = Field(0.0, description="sampling temperature of the run (0 = greedy)")
+    baseline_loop: bool = Field(default=False, description="measured with the engine's plain decoding loop")
+    temperature: float = Field(default=0.0, description="sampling temperature of the run (0 = greedy)")
     policy: Literal["fixed", "dspark"] = Field(
-        "fixed", description="fixed gamma, or the DSpark prefix scheduler drafting `gamma` and verifying a prefix")
+        default="fixed", description="fixed gamma, or the DSpark prefix scheduler drafting `gamma` and verifying a prefix")
     verify_counts: dict[int, int] | None = Field(
-        None, description="DSpark steps: how many steps verified k draft tokens in their widest sequence, by k "
+        default=None, description="DSpark steps: how many steps verified k draft tokens in their widest sequence, by k "
         "(the padded verify pass is k + 1 tokens a sequence)")
-    host_probe_s: float | None = Field(None, description="the step yardstick's time at the run's moment "
-                                       "(as PassSample.host_probe_s)")
+    host_probe_s: float | None = Field(
+        default=None, description="the step yardstick's time at the run's moment (as PassSample.host_probe_s)"
+    )
 
 
 class EngineProfile(Doc):
@@ -76,10 +77,10 @@ class EngineProfile(Doc):
     draft: ModelSpec | None = None
     samples: list[PassSample]
     steps: list[StepSample] = Field(default_factory=list)
-    cuda_graphs: bool | None = Field(None, description="on CUDA: passes timed as CUDA-graph replays (true, as "
+    cuda_graphs: bool | None = Field(default=None, description="on CUDA: passes timed as CUDA-graph replays (true, as "
                                      "`validate` runs the engine) or eager calls (false, as the drafter table's "
                                      "loops run); null on a CPU and in profiles that predate the field")
-    created_by: str = Field("", description="the command that made this profile")
+    created_by: str = Field(default="", description="the command that made this profile")
 
 
 class ParameterFit(Doc):
@@ -128,38 +129,42 @@ class ValidationPoint(Doc):
     speedup_error_pct: float
     baseline_error_pct: float
     tau_error_pct: float | None = Field(
-        None, description="predicted vs measured tau: the acceptance side of the tokens/s error (the held-apart "
+        default=None, description="predicted vs measured tau: the acceptance side of the tokens/s error (the held-apart "
         "prompts' traces against the measured prompts)")
     per_tau_error_pct: float | None = Field(
-        None, description="error of tokens/s divided by tau: the timing side of the tokens/s error, acceptance "
+        default=None, description="error of tokens/s divided by tau: the timing side of the tokens/s error, acceptance "
         "factored out (1 + tok/s err = (1 + tau err)(1 + this), up to how the two tau are averaged)")
-    cross_prediction: bool = Field(False, description="batch beyond what calibration saw")
+    cross_prediction: bool = Field(default=False, description="batch beyond what calibration saw")
     measured_batch_tokens_per_s: float | None = Field(
-        None, description="speculative decode tokens per second of the whole static batch, first token to last "
+        default=None, description="speculative decode tokens per second of the whole static batch, first token to last "
         "finish: its drain tail (the unluckiest sequences stepping the full batch) included")
     predicted_batch_tokens_per_s: float | None = None
     measured_repeats_tokens_per_s: list[float] | None = Field(
-        None, description="measured_tokens_per_s of each timed repeat, in time order (the figure above takes "
+        default=None,
+        description="measured_tokens_per_s of each timed repeat, in time order (the figure above takes "
         "each prompt round's median over them; a wide spread says the machine changed speed)")
     measured_baseline_repeats_tokens_per_s: list[float] | None = Field(
-        None, description="this case's own plain-decoding tokens per second in each timed repeat (the baseline "
+        default=None, description="this case's own plain-decoding tokens per second in each timed repeat (the baseline "
         "above is the median over every case of its temperature, batch and prompt length)")
     measured_verified: float | None = Field(
-        None, description="drafts verified per sequence-pass in the engine's run: the policy's decisions (a "
+        default=None,
+        description="drafts verified per sequence-pass in the engine's run: the policy's decisions (a "
         "fixed gamma's, short of the end of a sequence; DSpark's, step by step), pooled as tau is")
-    predicted_verified: float | None = Field(None, description="the same in the simulated run")
+    predicted_verified: float | None = Field(default=None, description="the same in the simulated run")
     measured_repeat_spread_pct: float | None = Field(
-        None, description="(max - min) / median of the timed repeats' tokens/s: how far the machine's own speed "
+        default=None, description="(max - min) / median of the timed repeats' tokens/s: how far the machine's own speed "
         "moved between them: an error within it is within what the machine itself varied (None with fewer than two repeats)")
     measured_speedup_repeat_spread_pct: float | None = Field(
-        None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
+        default=None,
+        description="the same for the speed-up, each repeat's speculative run over its own plain run")
     measured_median_tokens_per_s: float | None = Field(
-        None, description="measured_tokens_per_s under the 'median' estimator (each prompt round's median over "
+        default=None, description="measured_tokens_per_s under the 'median' estimator (each prompt round's median over "
         "the repeats), kept whatever the report's estimator so that a re-prediction can take either")
     measured_median_baseline_tokens_per_s: float | None = Field(
-        None, description="the same for the baseline")
+        default=None, description="the same for the baseline")
     measured_host_probe_s: list[float] | None = Field(
-        None, description="the host-speed yardstick at each timed repeat (as MeasuredCase.host_probe_s)")
+        default=None,
+        description="the host-speed yardstick at each timed repeat (as MeasuredCase.host_probe_s)")
 
 
 #: How a point's timed repeats become one measured figure, and a profile's rounds one step time.
@@ -187,9 +192,11 @@ class MeasuredCase(Doc):
     repeats_tokens_per_s: list[float]
     baseline_tokens_per_s: float
     baseline_repeats_tokens_per_s: list[float]
-    verified: float | None = Field(None, description="as ValidationPoint.measured_verified (absent before session 9)")
+    verified: float | None = Field(
+        default=None, description="as ValidationPoint.measured_verified (absent from older measurement files)"
+    )
     host_probe_s: list[float] | None = Field(
-        None, description="the step yardstick's time at each timed repeat (aligned with repeats_tokens_per_s; "
+        default=None, description="the step yardstick's time at each timed repeat (aligned with repeats_tokens_per_s; "
         "validate on a CPU)")
 
 
@@ -204,16 +211,16 @@ class ValidationMeasurements(Doc):
     quick: bool
     command: str
     acceptance_by_temperature: dict[str, list[float]]
-    host_drift_pct: float | None = Field(None, description="as ValidationReport.host_drift_pct")
+    host_drift_pct: float | None = Field(default=None, description="as ValidationReport.host_drift_pct")
     timings_s: dict[str, float]
     sps_table: dict[int, float]
     profile_rounds: int
-    estimator: Estimator = Field("median", description="as ValidationReport.estimator")
+    estimator: Estimator = Field(default="median", description="as ValidationReport.estimator")
     host_probe_reference_s: dict[str, float] | None = Field(
-        None, description="by yardstick kind (step, target, draft: engine/host_speed.py), the time every timing of "
+        default=None, description="by yardstick kind (step, target, draft: engine/host_speed.py), the time every timing of "
         "that kind is scaled to under the 'probed' estimator: the median of the run's readings")
     host_probes: dict[str, list[tuple[float, float]]] | None = Field(
-        None, description="the run's host-speed timeline by kind: (seconds since the first reading, yardstick s)")
+        default=None, description="the run's host-speed timeline by kind: (seconds since the first reading, yardstick s)")
     cases: list[MeasuredCase]
 
 
@@ -225,12 +232,13 @@ class ErrorSummary(Doc):
     median_abs_tokens_per_s_error_pct: float
     worst_abs_tokens_per_s_error_pct: float
     median_abs_tau_error_pct: float | None = None
-    median_abs_per_tau_error_pct: float | None = Field(None, description="timing side alone (see ValidationPoint)")
+    median_abs_per_tau_error_pct: float | None = Field(default=None, description="timing side alone (see ValidationPoint)")
     median_repeat_spread_tokens_per_s_pct: float | None = Field(
-        None, description="the measurement's own noise: per point, (max - min) / median of its timed repeats' "
+        default=None, description="the measurement's own noise: per point, (max - min) / median of its timed repeats' "
         "tokens/s; the median over the group's points (None without repeats)")
     median_repeat_spread_speedup_pct: float | None = Field(
-        None, description="the same for the speed-up, each repeat's speculative run over its own plain run")
+        default=None,
+        description="the same for the speed-up, each repeat's speculative run over its own plain run")
 
 
 class ValidationReport(Doc):
@@ -249,22 +257,23 @@ class ValidationReport(Doc):
     summary: list[ErrorSummary]
     points: list[ValidationPoint]
     host_drift_pct: float | None = Field(
-        None, description="how much slower (+) or faster (-) a fixed reference run (plain decoding, batch 1) "
+        default=None,
+        description="how much slower (+) or faster (-) a fixed reference run (plain decoding, batch 1) "
         "stepped after measuring than at the start of the run (before profiling, when it profiled): the machine's own drift, which a prediction made "
         "from the profile cannot know")
     timings_s: dict[str, float] = Field(description="wall time of each phase")
     sps_table: dict[int, float] | None = Field(
-        None, description="the SPS(B) table the engine's DSpark policy ran with while measuring (from the first "
+        default=None, description="the SPS(B) table the engine's DSpark policy ran with while measuring (from the first "
         "profile round), which the predictions use too; null in reports that predate the field")
     estimator: Estimator = Field(
-        "median", description="how the timed repeats and the profile rounds were summarised: 'best' (the fastest "
+        default="median", description="how the timed repeats and the profile rounds were summarised: 'best' (the fastest "
         "repeat and profile round; validate's default on a GPU, whose slow-downs are the host's and only add time) "
         "or 'median' (as measured), or 'probed' (the default on a CPU, whose own speed moves both ways with its "
         "neighbours: every profile and measured timing scaled to the run's reference host speed by a yardstick timed "
         "beside it, then the median)")
     host_probe_reference_s: dict[str, float] | None = Field(
-        None, description="as ValidationMeasurements.host_probe_reference_s")
+        default=None, description="as ValidationMeasurements.host_probe_reference_s")
     host_probes: dict[str, list[tuple[float, float]]] | None = Field(
-        None, description="as ValidationMeasurements.host_probes")
-    profile_rounds: int = Field(1, description="profile rounds taken between the measurement rounds and merged "
+        default=None, description="as ValidationMeasurements.host_probes")
+    profile_rounds: int = Field(default=1, description="profile rounds taken between the measurement rounds and merged "
                                 "into profile.json (1: one profile before measuring, or a given one)")

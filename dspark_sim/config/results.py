@@ -92,7 +92,7 @@ class RunSummary(Result):
     """One simulated configuration: a (sweep value, variant) pair, or its no-speculation baseline."""
 
     variant: str = Field(description="'main', a variant's name, or 'baseline' (no speculation)")
-    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
+    sweep_value: _Any = Field(default=None, description="the sweep field's value (None without a sweep)")
     speculative: bool
     baseline_of: list[str] = Field(default_factory=list, description="variants this baseline serves")
     drafter: str
@@ -117,9 +117,15 @@ class RunSummary(Result):
     tpot_ms: LatencyStats
     e2e_s: LatencyStats
     # SLOs
-    slo_attainment: float | None = Field(None, description="fraction of measured requests meeting every SLO")
-    goodput_tokens_per_s_per_gpu: float | None = Field(None, description="throughput of SLO-meeting requests")
-    slo_met: bool | None = Field(None, description="the p99 / mean SLO figures hold for the whole run")
+    slo_attainment: float | None = Field(
+        default=None, description="fraction of measured requests meeting every SLO"
+    )
+    goodput_tokens_per_s_per_gpu: float | None = Field(
+        default=None, description="throughput of SLO-meeting requests"
+    )
+    slo_met: bool | None = Field(
+        default=None, description="the p99 / mean SLO figures hold for the whole run"
+    )
     # speculation (decode steps inside the measurement window)
     tau: float = Field(description="tokens per sequence per decode step, bonus token included")
     mean_verify_budget: float = Field(
@@ -152,25 +158,26 @@ class RunSummary(Result):
     # comparison with the baseline of the same deployment and requests
     speedup_tokens_per_s_per_user: float | None = None
     speedup_throughput: float | None = None
-    speedup_tpot_p50: float | None = Field(None, description="baseline TPOT p50 / this TPOT p50")
+    speedup_tpot_p50: float | None = Field(default=None, description="baseline TPOT p50 / this TPOT p50")
 
 
 class SkippedRun(Result):
     variant: str
-    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
+    sweep_value: _Any = Field(default=None, description="the sweep field's value (None without a sweep)")
     reason: str
 
 
 class MatchedPoint(Result):
     """A variant's sweep point beside the main configuration's curve at the same throughput per GPU."""
 
-    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
+    sweep_value: _Any = Field(default=None, description="the sweep field's value (None without a sweep)")
     throughput_tokens_per_s_per_gpu: float
     tokens_per_s_per_user: float
     main_tokens_per_s_per_user: float | None = Field(
-        None, description="main's per-user speed at this throughput (interpolated; None outside main's range)"
+        default=None,
+        description="main's per-user speed at this throughput (interpolated; None outside main's range)"
     )
-    main_gain: float | None = Field(None, description="main / this variant per-user speed at matched throughput")
+    main_gain: float | None = Field(default=None, description="main / this variant per-user speed at matched throughput")
 
 
 class SweepCurve(Result):
@@ -178,10 +185,11 @@ class SweepCurve(Result):
 
     variant: str
     throughput_at_slo_per_gpu: float | None = Field(
-        None, description="throughput per GPU where tokens/s per user falls to the SLO's minimum (interpolated)"
+        default=None, description="throughput per GPU where tokens/s per user falls to the SLO's minimum (interpolated)"
     )
     slo_within_sweep: bool = Field(
-        False, description="the SLO speed is crossed inside the sweep (else the figure is the sweep's edge)"
+        default=False,
+        description="the SLO speed is crossed inside the sweep (else the figure is the sweep's edge)"
     )
     matched: list[MatchedPoint] = Field(default_factory=list)
 
@@ -205,7 +213,7 @@ class RunTimeSeries(Result):
     """Per-interval series of one configuration (bins of SimulationSpec.time_series_interval_s)."""
 
     variant: str
-    sweep_value: _Any = Field(None, description="the sweep field's value (None without a sweep)")
+    sweep_value: _Any = Field(default=None, description="the sweep field's value (None without a sweep)")
     interval_s: float
     t_s: list[float] = Field(description="start of each bin")
     tokens_per_s: list[float]
@@ -249,7 +257,7 @@ class SweepPointRecord(Result):
     status: Literal["ok", "error"]
     error: str | None = None
     metrics: dict[str, Scalar] = Field(default_factory=dict, description="headline figures of the point")
-    result: dict[str, Any] | None = Field(None, description="the full predict / run result document")
+    result: dict[str, Any] | None = Field(default=None, description="the full predict / run result document")
     elapsed_s: float = Field(description="wall time of the point in its worker, seconds")
 
 
@@ -292,7 +300,7 @@ class PlanCandidateResult(Result):
     speculation: str
     speculative: bool
     feasible: bool = Field(description="some load meets the SLOs on one replica")
-    reason: str | None = Field(None, description="why the candidate is out, when it is")
+    reason: str | None = Field(default=None, description="why the candidate is out, when it is")
     replica_capacity: float = Field(
         description="highest sustainable load of one replica under the SLOs (requests/s or users)"
     )
@@ -301,21 +309,23 @@ class PlanCandidateResult(Result):
     search: list[dict[str, Scalar]] = Field(
         default_factory=list, description="each probe: load, slo_met, ttft_p99_s, tpot_p99_ms, tokens/s/user"
     )
-    replicas: int | None = Field(None, description="replicas needed for the target load")
+    replicas: int | None = Field(default=None, description="replicas needed for the target load")
     gpus: int | None = None
-    capacity: float | None = Field(None, description="highest sustainable load of the whole deployment")
+    capacity: float | None = Field(
+        default=None, description="highest sustainable load of the whole deployment"
+    )
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = Field(
-        None, description="at the target load: price per hour / output tokens per hour"
+        default=None, description="at the target load: price per hour / output tokens per hour"
     )
     usd_per_million_output_tokens_at_capacity: float | None = Field(
-        None, description="if the deployment ran at its capacity"
+        default=None, description="if the deployment ran at its capacity"
     )
     at_capacity: dict[str, Scalar] = Field(
         default_factory=dict, description="one replica's figures at its capacity (TTFT/TPOT p99, tokens/s/user...)"
     )
     check: dict[str, Scalar] | None = Field(
-        None, description="a full-deployment simulation at the target load, when run (plan --check)"
+        default=None, description="a full-deployment simulation at the target load, when run (plan --check)"
     )
 
 
@@ -331,10 +341,11 @@ class PlanResult(Result):
     slo: dict[str, float | None]
     prices_usd_per_gpu_hour: dict[str, float] = Field(description="the plan file's inputs, not defaults")
     candidates: list[PlanCandidateResult]
-    best: PlanCandidateResult | None = Field(None, description="cheapest feasible candidate overall")
+    best: PlanCandidateResult | None = Field(default=None, description="cheapest feasible candidate overall")
     best_without_speculation: PlanCandidateResult | None = None
     best_with_speculation: PlanCandidateResult | None = None
     saving_fraction: float | None = Field(
-        None, description="1 - cost of the best speculative plan / cost of the best plan without speculation"
+        default=None,
+        description="1 - cost of the best speculative plan / cost of the best plan without speculation"
     )
     wall_s: float
