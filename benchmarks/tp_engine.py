@@ -7,7 +7,7 @@ loop and speculative decoding (FixedGamma) at each batch size (CUDA graphs on a 
 and `validate` run). The TP-1 run also profiles the passes and whole steps of this configuration and
 the cost model is calibrated on them (`calibrate`); every TP > 1 run profiles its all-reduces (the
 engine's message sizes, tokens x hidden x dtype), and the interconnect latency and bandwidth are
-fitted to them (`calibrate.fit_interconnect`). The prediction is the cost model with tensor_parallel
+fitted to them (`fit.interconnect.fit_interconnect`). The prediction is the cost model with tensor_parallel
 (`StepCoster(..., tp)`, as the simulator prices a deployment), with the measured tau, so the table
 isolates timing: TP 1 rows show the calibration's fit, TP > 1 rows the TP model (sharded weights and
 KV, two all-reduces per layer). Prints one JSON document on stdout and a table on stderr.
@@ -193,7 +193,7 @@ def _interconnect(report: dict[str, Any], samples: list, hw, mode: str):
     "profile". mode "measured" fits the all-reduces timed between matmuls as the model runs them when
     the run has them (else the bursts); "measured-burst" the back-to-back bursts; the other fit is
     reported beside it (`interconnect_fit_other`)."""
-    from dspark_sim.fit.calibrate import apply_interconnect_fit, fit_interconnect
+    from dspark_sim.fit.interconnect import apply_interconnect_fit, fit_interconnect
 
     if not samples:
         return hw

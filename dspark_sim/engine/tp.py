@@ -1138,7 +1138,7 @@ def _main(argv: Sequence[str] | None) -> int:
                         opts.device)
     if not lead:
         return 0
-    from dspark_sim.fit.calibrate import apply_interconnect_fit, fit_interconnect, interconnect_yaml
+    from dspark_sim.fit.interconnect import apply_interconnect_fit, fit_interconnect, interconnect_yaml
 
     fit = fit_interconnect(doc["samples"], base)
     doc["fit"] = fit.to_dict()

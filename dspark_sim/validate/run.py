@@ -40,7 +40,8 @@ from dspark_sim.config.measurements import (
 )
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma, HardwareProfile, Scenario
 from dspark_sim.core.policies import make_policy
-from dspark_sim.fit.calibrate import calibrate, engine_coster
+from dspark_sim.fit.calibrate import calibrate
+from dspark_sim.fit.pricing import engine_coster
 
 #: prompts measured per grid point (rounds x batch); the acceptance traces use ACCEPTANCE_PROMPTS others.
 #: A point's measured tau is a mean over its prompts, the prediction's a mean over the traces' prompts:

@@ -11,13 +11,14 @@ import pytest
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import ModelSpec
-from dspark_sim.fit.calibrate import _shapes as sample_shapes
-from dspark_sim.fit.calibrate import (
-    calibrate,
-    check_profile_matches,
-    hardware_from_params,
-    load_profile,
+from dspark_sim.core.costmodel import BatchShape, forward_cost, multi_token_share
+from dspark_sim.fit.calibrate import calibrate, check_profile_matches, load_profile
+from dspark_sim.fit.params import base_profile_for, hardware_from_params
+from dspark_sim.fit.pricing import (
+    dspark_steps_without_scheduler,
     predict_samples,
+    predict_steps,
+    sample_shapes,
 )
 
 TARGET = ModelSpec(name="t", num_layers=6, hidden_size=512, num_heads=8, num_kv_heads=2, head_dim=64,
@@ -49,8 +50,6 @@ def _profile(noise: float = 0.0, batches=(1, 2, 4, 8, 16, 32), contexts=(64, 512
 
 
 def _base(prof):
-    from dspark_sim.fit.calibrate import base_profile_for
-
     return base_profile_for(prof)
 
 
@@ -180,8 +179,6 @@ def test_gpu_profile_tells_multi_query_passes_from_multi_row_ones():
     assert fitted["per_layer_multi_query_us"].value == pytest.approx(20.0, rel=0.15)
     assert fitted["per_layer_multi_token_us"].value == pytest.approx(10.0, rel=0.25)
     # a one-token-a-sequence batch does not pay it
-    from dspark_sim.core.costmodel import BatchShape, forward_cost
-
     wide = BatchShape(4.0, 4.0, 400.0, 400.0, 400.0, 400.0)  # 4 sequences x 1 token
     block = BatchShape(1.0, 4.0, 100.0, 100.0, 400.0, 400.0)  # 1 sequence x 4 tokens
     without = truth.model_copy(update={"overheads": truth.overheads.model_copy(
@@ -195,8 +192,6 @@ def test_scheduler_overhead_is_fitted_from_dspark_steps():
     """DSpark steps that take 150 us more than their fixed-gamma price (draft of gamma, verify at the
     recorded widths): calibration reports that as the scheduler's per-step time, and the simulator adds
     it to DSpark steps only."""
-    from dspark_sim.fit.calibrate import dspark_steps_without_scheduler
-
     prof = _profile()
     fixed = [StepSample(batch_size=b, gamma=g, step_s=0.01, draft_s=0.0, verify_s=0.0, context_tokens=64,
                         attended_tokens=80) for b in (1, 4) for g in (1, 3)]
@@ -219,8 +214,6 @@ def test_scheduler_overhead_is_fitted_from_dspark_steps():
 def _profile_with_steps(per_step_us: float, gammas=(1, 3, 5), **overheads: float) -> EngineProfile:
     """The synthetic profile plus whole engine steps at batch 1/4/16 and `gammas` (0: the plain loop), timed
     as the cost model prices them with TRUE, `per_step_us` and the given further overheads."""
-    from dspark_sim.fit.calibrate import predict_steps
-
     prof = _profile()
     prof.steps = [StepSample(batch_size=b, gamma=g, step_s=1.0, draft_s=0.0, verify_s=0.0, context_tokens=64,
                              attended_tokens=80, baseline_loop=g == 0) for b in (1, 4, 16) for g in gammas]
@@ -250,8 +243,6 @@ def test_gpu_profile_fits_the_ramp_of_the_multi_token_cost():
     """Small GEMMs run kernels whose time grows with the rows up to a tile's height: a synthetic GPU whose
     multi-token set-up reaches its full value over 4 extra tokens is fitted so (a step from 2 tokens would
     miss the 2- and 3-token passes), and the cost model prices the ramp as documented."""
-    from dspark_sim.core.costmodel import multi_token_share
-
     assert list(multi_token_share([1, 2, 3, 5, 9], 4.0)) == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert list(multi_token_share([1, 2, 9], 0.0)) == [0.0, 1.0, 1.0]  # 0: all of it from 2 tokens
     _, rep = calibrate(_synthetic_gpu_profile({"per_layer_multi_token_us": 40.0}, multi_token_ramp_tokens=4.0)[0])

@@ -101,7 +101,7 @@ class HardwareProfile(Strict):
         description="fixed cost of one collective (all-reduce), microseconds, whatever the rank count: kernel "
         "launch and rank synchronisation, on top of interconnect_latency_us per ring hop (measured on 4 H200s "
         "over NCCL in CUDA graphs: a small all-reduce costs 12-14 us on 2 ranks, 17-20 us on 4); "
-        "`calibrate.fit_interconnect` fits it from all-reduces at two or more world sizes",
+        "`fit.interconnect.fit_interconnect` fits it from all-reduces at two or more world sizes",
     )
     multi_token_weight_reads: PositiveFloat = Field(
         default=1.0,
