@@ -15,7 +15,8 @@ import numpy as np
 from dspark_sim.config.results import CostBreakdown, PredictPoint, PredictResult, SpeculativePoint
 from dspark_sim.config.schema import Scenario
 from dspark_sim.core.acceptance import expected_tokens, survival_curve
-from dspark_sim.core.costmodel import BOUNDS, PassCost, StepCoster, stats_of
+from dspark_sim.core.costmodel import StepCoster, stats_of
+from dspark_sim.core.passes import BOUNDS, PassCost
 
 
 def speedup_from_times(tau, t_base, t_draft, t_verify, t_step_overhead=0.0):

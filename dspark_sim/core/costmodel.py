@@ -5,21 +5,20 @@ it" is mostly "how many bytes does a verify pass move compared with a decode pas
 where they come from (HBM vs on-chip SRAM/L2), FLOPs by kind (matmul vs attention), tensor-parallel
 all-reduces, and fixed overheads, and report which one bounds each pass.
 
-A batch enters only through a few aggregates (`BatchShape`), so a ragged batch from the simulator and a
+A batch enters only through a few aggregates (`passes.BatchShape`), so a ragged batch from the simulator and a
 grid of 100,000 uniform batches from `predict` go through the same arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from dspark_sim.config.schema import DTYPE_BYTES, DrafterSpec, HardwareProfile, ModelSpec
 from dspark_sim.core.models import ModelStats, drafter_model, expected_distinct_experts, model_stats
-
-BOUNDS = ("compute", "memory", "communication", "overhead")
+from dspark_sim.core.passes import ZERO_COST, BatchShape, PassCost, ragged_batch, uniform_batch
 
 #: Fixed cost of one position of DSpark's Markov head as a fraction of a decode layer's (per_layer_us):
 #: measured with torch.profiler on the bundled engine, a decode layer runs 48 top-level aten ops and a
@@ -32,96 +31,6 @@ MARKOV_STEP_LAYER_FRACTION = 10.0 / 48.0
 #: two norms, attention in/out) plus FFN intermediates; small at decode, visible at prefill.
 _ACT_HIDDEN_TOUCHES = 8.0
 _ACT_FFN_TOUCHES = 3.0
-
-
-@dataclass(frozen=True)
-class BatchShape:
-    """What a pass's cost depends on. Each field is a number or a numpy array (broadcast together).
-
-    num_seqs: sequences in the pass; query_tokens: new tokens over all sequences (sum of q_i);
-    kv_tokens / kv_tokens_window: cached + new tokens attended, summed over sequences, for full and
-    sliding-window layers; attn_pairs / attn_pairs_window: (query, key) pairs, sum of
-    q_i * (ctx_i + (q_i + 1) / 2) (causal within the new tokens).
-    """
-
-    num_seqs: np.ndarray | float
-    query_tokens: np.ndarray | float
-    kv_tokens: np.ndarray | float
-    kv_tokens_window: np.ndarray | float
-    attn_pairs: np.ndarray | float
-    attn_pairs_window: np.ndarray | float
-
-
-def uniform_batch(num_seqs, query_per_seq, context_len, window: int | None = None) -> BatchShape:
-    """A batch of `num_seqs` sequences each with `context_len` cached and `query_per_seq` new tokens."""
-    b = np.asarray(num_seqs, dtype=float)
-    q = np.asarray(query_per_seq, dtype=float)
-    c = np.asarray(context_len, dtype=float)
-    kv = c + q
-    pairs = q * (c + (q + 1.0) / 2.0)
-    if window:
-        ckw = np.minimum(c, window)
-        kvw = np.minimum(kv, window)
-        pairs_w = q * (ckw + (q + 1.0) / 2.0)
-    else:
-        kvw, pairs_w = kv, pairs
-    return BatchShape(b, b * q, b * kv, b * kvw, b * pairs, b * pairs_w)
-
-
-def ragged_batch(query_lens, context_lens, window: int | None = None) -> BatchShape:
-    """A real batch: per-sequence new-token counts and cached lengths (scalar aggregates)."""
-    q = np.asarray(query_lens, dtype=float)
-    c = np.asarray(context_lens, dtype=float)
-    kv = c + q
-    pairs = q * (c + (q + 1.0) / 2.0)
-    if window:
-        kvw = np.minimum(kv, window)
-        pairs_w = q * (np.minimum(c, window) + (q + 1.0) / 2.0)
-    else:
-        kvw, pairs_w = kv, pairs
-    return BatchShape(float(len(q)), q.sum(), kv.sum(), kvw.sum(), pairs.sum(), pairs_w.sum())
-
-
-@dataclass(frozen=True)
-class PassCost:
-    """Time of one pass (or the sum of several) and where it goes. Fields are numbers or arrays."""
-
-    time_s: np.ndarray | float
-    compute_s: np.ndarray | float
-    hbm_s: np.ndarray | float
-    onchip_s: np.ndarray | float
-    comm_s: np.ndarray | float
-    overhead_s: np.ndarray | float
-    flops: np.ndarray | float
-    hbm_bytes: np.ndarray | float
-    onchip_bytes: np.ndarray | float
-    comm_bytes: np.ndarray | float
-
-    @property
-    def memory_s(self):
-        return np.asarray(self.hbm_s) + np.asarray(self.onchip_s)
-
-    def bound(self) -> np.ndarray:
-        """Index into BOUNDS of the largest term, per element."""
-        terms = np.stack(
-            np.broadcast_arrays(self.compute_s, self.memory_s, self.comm_s, self.overhead_s), axis=0
-        )
-        return np.argmax(terms, axis=0)
-
-    def __add__(self, other: PassCost) -> PassCost:
-        return PassCost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def scaled(self, k) -> PassCost:
-        return PassCost(**{f.name: getattr(self, f.name) * k for f in fields(self)})
-
-    def at(self, index) -> PassCost:
-        """One element of a vectorised cost (scalars broadcast)."""
-        names = [f.name for f in fields(self)]
-        arrays = np.broadcast_arrays(*[np.asarray(getattr(self, n), dtype=float) for n in names])
-        return PassCost(**{n: float(a[index]) if a.ndim else float(a) for n, a in zip(names, arrays, strict=True)})
-
-
-ZERO_COST = PassCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def multi_token_share(tokens, ramp_tokens: float):
@@ -143,6 +52,93 @@ def _onchip_split(resident_bytes, other_bytes, capacity_bytes: float):
     return onchip, np.asarray(resident_bytes, dtype=float) - onchip
 
 
+def _weight_bytes(model: ModelSpec, hw: HardwareProfile, s: ModelStats, t: np.ndarray, tp: int,
+                  include_embedding: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Weight bytes a pass reads per device (only the experts the batch's tokens touch), and the share
+    of the multi-token extra cost it pays."""
+    wb = DTYPE_BYTES[model.weight_dtype]
+    h = model.hidden_size
+    dense_layer_params = s.attention_params_per_layer + s.dense_ffn_params_per_layer
+    weight_params = s.num_dense_layers * dense_layer_params + model.vocab_size * h  # + lm head matmul
+    if model.moe is not None:
+        e = model.moe
+        touched = expected_distinct_experts(t, e.num_experts, e.experts_per_token)
+        moe_layer = (
+            s.attention_params_per_layer
+            + h * e.num_experts
+            + (touched + e.num_shared_experts) * s.expert_params
+        )
+        weight_params = weight_params + s.num_moe_layers * moe_layer
+    weight_bytes = np.asarray(weight_params, dtype=float) * wb / tp
+    # matrix-matrix passes may stream the weights more than once (a CPU GEMM packs them first)
+    multi_share = multi_token_share(t, hw.multi_token_ramp_tokens)
+    reads = hw.multi_token_weight_reads
+    weight_bytes = weight_bytes * np.where(multi_share >= 1.0, reads, 1.0 + (reads - 1.0) * multi_share)
+    if include_embedding:
+        weight_bytes = weight_bytes + t * h * wb  # embedding rows looked up
+    return weight_bytes, multi_share
+
+
+def _kv_bytes(model: ModelSpec, s: ModelStats, batch: BatchShape, t: np.ndarray,
+              tp: int) -> tuple[np.ndarray, np.ndarray]:
+    """KV-cache bytes read and written per device (GQA heads shard over tp; an MLA latent is read whole
+    by every rank)."""
+    kv_shard = 1 if model.attention == "mla" else min(tp, model.num_kv_heads)
+    full_layers = model.num_layers - model.sliding_window_layers
+    kv_tok_full = s.kv_bytes_per_token_per_layer
+    kv_tok_window = s.kv_bytes_per_token_per_layer * model.kv_compression_ratio  # windows are uncompressed
+    kv_read = (
+        full_layers * kv_tok_full * np.asarray(batch.kv_tokens, dtype=float)
+        + model.sliding_window_layers * kv_tok_window * np.asarray(batch.kv_tokens_window, dtype=float)
+    ) / kv_shard
+    kv_write = t * (full_layers * kv_tok_full + model.sliding_window_layers * kv_tok_window) / kv_shard
+    return kv_read, kv_write
+
+
+def _placement(hw: HardwareProfile, weight_bytes: np.ndarray, kv_read: np.ndarray, weights_onchip: bool,
+               kv_onchip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(on-chip bytes, HBM bytes) of the weights and KV read: all on chip when the whole working set
+    fits (it is reused pass after pass), else the flagged parts as far as they fit."""
+    capacity = hw.onchip_capacity_mb * 1e6
+    everything = weight_bytes + kv_read
+    fits_whole = everything <= capacity
+    w_on, w_off = _onchip_split(weight_bytes, 0.0, capacity) if weights_onchip else (0.0, weight_bytes)
+    if kv_onchip:
+        kv_on, kv_off = _onchip_split(kv_read, np.asarray(w_on), capacity)
+    else:
+        kv_on, kv_off = 0.0, kv_read
+    onchip_bytes = np.where(fits_whole, everything, np.asarray(w_on) + np.asarray(kv_on))
+    hbm_bytes = np.where(fits_whole, 0.0, np.asarray(w_off) + np.asarray(kv_off))
+    return onchip_bytes, hbm_bytes
+
+
+def _flops(model: ModelSpec, s: ModelStats, batch: BatchShape, t: np.ndarray, tp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matmul FLOPs, attention FLOPs) per device."""
+    full_layers = model.num_layers - model.sliding_window_layers
+    matmul_flops = t * s.matmul_flops_per_token / tp
+    head_shard = min(tp, model.num_heads)
+    attn_flops = s.attention_flops_per_pair_per_layer * (
+        full_layers * np.asarray(batch.attn_pairs, dtype=float) / model.kv_compression_ratio
+        + model.sliding_window_layers * np.asarray(batch.attn_pairs_window, dtype=float)
+    ) / head_shard
+    return matmul_flops, attn_flops
+
+
+def _allreduces(model: ModelSpec, hw: HardwareProfile, t: np.ndarray, tp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, bytes) of the tensor-parallel all-reduces: two per layer (after attention, after the
+    FFN), ring algorithm: a fixed cost per collective (launch, rank synchronisation) + 2 (tp - 1) hops
+    + the ring's bytes."""
+    if tp <= 1:
+        return np.zeros_like(t), np.zeros_like(t)
+    msg = t * model.hidden_size * DTYPE_BYTES[model.activation_dtype]
+    n_ar = 2 * model.num_layers
+    link = max(hw.interconnect_bandwidth_gbps, 1e-9) * 1e9 * hw.efficiency.interconnect
+    # (x + 0.0 == x exactly: a profile without a launch cost prices exactly as one without the term)
+    per_ar = (2 * (tp - 1) * hw.interconnect_latency_us * 1e-6 + 2 * (tp - 1) / tp * msg / link
+              + hw.collective_launch_us * 1e-6)
+    return n_ar * per_ar, n_ar * 2 * (tp - 1) / tp * msg
+
+
 def forward_cost(
     model: ModelSpec,
     hw: HardwareProfile,
@@ -162,91 +158,29 @@ def forward_cost(
     parts flagged `weights_onchip` / `kv_onchip` are, as far as they fit.
     """
     s = stats or model_stats(model)
-    wb = DTYPE_BYTES[model.weight_dtype]
     ab = DTYPE_BYTES[model.activation_dtype]
     t = np.asarray(batch.query_tokens, dtype=float)
     h = model.hidden_size
-
-    # ---- weights read once per pass
-    dense_layer_params = s.attention_params_per_layer + s.dense_ffn_params_per_layer
-    weight_params = s.num_dense_layers * dense_layer_params + model.vocab_size * h  # + lm head matmul
-    if model.moe is not None:
-        e = model.moe
-        touched = expected_distinct_experts(t, e.num_experts, e.experts_per_token)
-        moe_layer = (
-            s.attention_params_per_layer
-            + h * e.num_experts
-            + (touched + e.num_shared_experts) * s.expert_params
-        )
-        weight_params = weight_params + s.num_moe_layers * moe_layer
-    weight_bytes = np.asarray(weight_params, dtype=float) * wb / tp
-    # matrix-matrix passes may stream the weights more than once (a CPU GEMM packs them first)
-    multi_share = multi_token_share(t, hw.multi_token_ramp_tokens)
-    reads = hw.multi_token_weight_reads
-    weight_bytes = weight_bytes * np.where(multi_share >= 1.0, reads, 1.0 + (reads - 1.0) * multi_share)
-    if include_embedding:
-        weight_bytes = weight_bytes + t * h * wb  # embedding rows looked up
-
-    # ---- KV cache traffic (GQA heads shard over tp; an MLA latent is read whole by every rank)
-    kv_shard = 1 if model.attention == "mla" else min(tp, model.num_kv_heads)
-    full_layers = model.num_layers - model.sliding_window_layers
-    kv_tok_full = s.kv_bytes_per_token_per_layer
-    kv_tok_window = s.kv_bytes_per_token_per_layer * model.kv_compression_ratio  # windows are uncompressed
-    kv_read = (
-        full_layers * kv_tok_full * np.asarray(batch.kv_tokens, dtype=float)
-        + model.sliding_window_layers * kv_tok_window * np.asarray(batch.kv_tokens_window, dtype=float)
-    ) / kv_shard
-    kv_write = t * (full_layers * kv_tok_full + model.sliding_window_layers * kv_tok_window) / kv_shard
-
-    # ---- activations and logits
+    weight_bytes, multi_share = _weight_bytes(model, hw, s, t, tp, include_embedding)
+    kv_read, kv_write = _kv_bytes(model, s, batch, t, tp)
+    # activations and logits
     ffn_eff = model.ffn_hidden_size if model.moe is None else model.moe.expert_ffn_hidden_size * (
         model.moe.experts_per_token + model.moe.num_shared_experts
     )
     act = t * model.num_layers * ab * (_ACT_HIDDEN_TOUCHES * h + _ACT_FFN_TOUCHES * ffn_eff / tp)
     logits = t * model.vocab_size * 4.0 / tp
+    onchip_bytes, hbm_resident = _placement(hw, weight_bytes, kv_read, weights_onchip, kv_onchip)
+    hbm_bytes = hbm_resident + kv_write + act + logits
 
-    # ---- where the bytes come from
-    capacity = hw.onchip_capacity_mb * 1e6
-    everything = weight_bytes + kv_read
-    fits_whole = everything <= capacity
-    w_on, w_off = _onchip_split(weight_bytes, 0.0, capacity) if weights_onchip else (0.0, weight_bytes)
-    if kv_onchip:
-        kv_on, kv_off = _onchip_split(kv_read, np.asarray(w_on), capacity)
-    else:
-        kv_on, kv_off = 0.0, kv_read
-    onchip_bytes = np.where(fits_whole, everything, np.asarray(w_on) + np.asarray(kv_on))
-    hbm_bytes = np.where(fits_whole, 0.0, np.asarray(w_off) + np.asarray(kv_off)) + kv_write + act + logits
-
-    # ---- FLOPs
-    matmul_flops = t * s.matmul_flops_per_token / tp
-    head_shard = min(tp, model.num_heads)
-    attn_flops = s.attention_flops_per_pair_per_layer * (
-        full_layers * np.asarray(batch.attn_pairs, dtype=float) / model.kv_compression_ratio
-        + model.sliding_window_layers * np.asarray(batch.attn_pairs_window, dtype=float)
-    ) / head_shard
+    matmul_flops, attn_flops = _flops(model, s, batch, t, tp)
     compute_s = matmul_flops / (hw.matmul_tflops(model.weight_dtype) * 1e12 * hw.efficiency.compute) + (
         attn_flops / (hw.matmul_tflops(model.activation_dtype) * 1e12 * hw.efficiency.compute)
     )
-
     eff_bw = hw.memory_bandwidth_gbps * 1e9 * hw.efficiency.memory_bandwidth
     hbm_s = hbm_bytes / eff_bw
     onchip_bw = hw.onchip_bandwidth_gbps * 1e9 * hw.efficiency.onchip_bandwidth
     onchip_s = np.where(onchip_bw > 0, onchip_bytes / max(onchip_bw, 1e-30), onchip_bytes / eff_bw)
-
-    # ---- tensor-parallel all-reduces: two per layer (after attention, after the FFN), ring algorithm:
-    # a fixed cost per collective (launch, rank synchronisation) + 2 (tp - 1) hops + the ring's bytes
-    if tp > 1:
-        msg = t * h * ab
-        n_ar = 2 * model.num_layers
-        link = max(hw.interconnect_bandwidth_gbps, 1e-9) * 1e9 * hw.efficiency.interconnect
-        # (x + 0.0 == x exactly: a profile without a launch cost prices exactly as before)
-        per_ar = (2 * (tp - 1) * hw.interconnect_latency_us * 1e-6 + 2 * (tp - 1) / tp * msg / link
-                  + hw.collective_launch_us * 1e-6)
-        comm_s = n_ar * per_ar
-        comm_bytes = n_ar * 2 * (tp - 1) / tp * msg
-    else:
-        comm_s = np.zeros_like(t)
-        comm_bytes = np.zeros_like(t)
+    comm_s, comm_bytes = _allreduces(model, hw, t, tp)
 
     multi = hw.overheads.per_layer_multi_token_us * model.num_layers
     multi_query = hw.overheads.per_layer_multi_query_us * model.num_layers
@@ -257,7 +191,6 @@ def forward_cost(
     # the larger of compute and memory time, plus the part of the smaller one that does not overlap
     serial = 1.0 - hw.compute_memory_overlap
     time_s = np.maximum(compute_s, memory_s) + serial * np.minimum(compute_s, memory_s) + comm_s + overhead_s
-    total_flops = matmul_flops + attn_flops
     return PassCost(
         time_s=time_s,
         compute_s=compute_s,
@@ -265,7 +198,7 @@ def forward_cost(
         onchip_s=onchip_s,
         comm_s=comm_s,
         overhead_s=np.broadcast_to(overhead_s, np.shape(time_s)).astype(float),
-        flops=total_flops,
+        flops=matmul_flops + attn_flops,
         hbm_bytes=hbm_bytes,
         onchip_bytes=onchip_bytes,
         comm_bytes=comm_bytes,
@@ -290,6 +223,10 @@ class StepCoster:
     tp: int = 1
     pad_verify: bool = False  # every sequence verifies the batch's longest block (gpt-fast style)
     static_kv_tokens: int | None = None  # passes attend over a fixed, masked cache of this length
+    # derived in __post_init__, once per coster: specs are re-serialised to look them up (~10 us a call)
+    _target_stats: ModelStats = field(init=False, repr=False, compare=False)
+    _draft_arch: ModelSpec | None = field(init=False, repr=False, compare=False)
+    _draft_stats: ModelStats | None = field(init=False, repr=False, compare=False)
 
     @classmethod
     def for_deployment(cls, dep) -> StepCoster:
@@ -304,7 +241,6 @@ class StepCoster:
         return np.maximum(self.static_kv_tokens - np.asarray(query, dtype=float), 0.0)
 
     def __post_init__(self) -> None:
-        # derived once per coster: specs are re-serialised to look them up, which costs ~10 us a call
         arch = _cached_draft_arch(self.target, self.drafter)
         object.__setattr__(self, "_target_stats", stats_of(self.target))
         object.__setattr__(self, "_draft_arch", arch)

@@ -14,7 +14,8 @@ import numpy as np
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import EngineProfile, StepSample
 from dspark_sim.config.schema import DrafterSpec, HardwareProfile, ModelSpec
-from dspark_sim.core.costmodel import BatchShape, StepCoster, forward_cost
+from dspark_sim.core.costmodel import StepCoster, forward_cost
+from dspark_sim.core.passes import BatchShape
 
 #: KV-cache dtypes the engine stores as such; a profile sample of another dtype is priced as the model's own.
 _ENGINE_KV_DTYPES = ("fp32", "bf16", "fp16", "int8")

@@ -17,15 +17,8 @@ import numpy as np
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import DTYPE_BYTES, Scenario
 from dspark_sim.core.analytic import kv_bytes_per_token_per_gpu, memory_available_bytes
-from dspark_sim.core.costmodel import (
-    MARKOV_STEP_LAYER_FRACTION,
-    BatchShape,
-    PassCost,
-    StepCoster,
-    forward_cost,
-    stats_of,
-    uniform_batch,
-)
+from dspark_sim.core.costmodel import MARKOV_STEP_LAYER_FRACTION, StepCoster, forward_cost, stats_of
+from dspark_sim.core.passes import BatchShape, PassCost, uniform_batch
 
 
 class Cost(NamedTuple):
@@ -208,7 +201,7 @@ def _close(a: Cost, b: Cost) -> bool:
 
 
 def _uniform(b: float, q: float, c: float, window: int | None) -> tuple[float, float, float, float, float]:
-    """Aggregates of costmodel.uniform_batch: (query tokens, kv, kv window, pairs, pairs window)."""
+    """Aggregates of passes.uniform_batch: (query tokens, kv, kv window, pairs, pairs window)."""
     kv = c + q
     pairs = q * (c + (q + 1.0) / 2.0)
     if window:

@@ -11,7 +11,8 @@ import pytest
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import ModelSpec
-from dspark_sim.core.costmodel import BatchShape, forward_cost, multi_token_share
+from dspark_sim.core.costmodel import forward_cost, multi_token_share
+from dspark_sim.core.passes import BatchShape
 from dspark_sim.fit.calibrate import calibrate, check_profile_matches, load_profile
 from dspark_sim.fit.params import base_profile_for, hardware_from_params
 from dspark_sim.fit.pricing import (

@@ -14,8 +14,9 @@ import yaml
 
 from dspark_sim.config.loader import load_hardware_profile, load_model_preset
 from dspark_sim.config.schema import HardwareProfile
-from dspark_sim.core.costmodel import forward_cost, uniform_batch
+from dspark_sim.core.costmodel import forward_cost
 from dspark_sim.core.models import model_stats
+from dspark_sim.core.passes import uniform_batch
 from dspark_sim.fit.interconnect import (
     allreduce_time_s,
     apply_interconnect_fit,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dspark_sim.config.loader import load_hardware_profile, load_model_preset
-from dspark_sim.core.costmodel import BatchShape, forward_cost
+from dspark_sim.core.costmodel import forward_cost
+from dspark_sim.core.passes import BatchShape
 from dspark_sim.sim.run import Simulation
 from tests.sim.sim_helpers import base_dict, scenario
 
