@@ -16,15 +16,17 @@ One iteration (`plan`), vLLM-v1 / Sarathi style:
 5. acceptance is sampled per sequence; rejected tokens' slots are freed (the lookahead rolls back).
 The state is advanced at once; completion times are stamped when the simpy timeout of the step ends.
 """
+# long: one replica's engine is one job (its batch state and the iteration over it share every array);
+# the per-sequence draws are in draws.py, the pricing in costs.py
 
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
 from dspark_sim.config.schema import DSparkScheduler
-from dspark_sim.core.acceptance import sample_accepted
 from dspark_sim.core.policies import (
     DSparkPolicy,
     FeedbackPolicy,
@@ -32,6 +34,8 @@ from dspark_sim.core.policies import (
     StepView,
     ThresholdPolicy,
 )
+from dspark_sim.sim.costs import Cost
+from dspark_sim.sim.draws import TraceRows, accepted_counts, drafter_confidences
 from dspark_sim.sim.workload import uniforms
 
 #: columns of a replica's step log (one row per iteration)
@@ -40,6 +44,18 @@ STEP_COLUMNS = (
     "kv_blocks", "kv_peak_blocks", "draft_s", "target_s", "overhead_s", "hbm_bytes", "onchip_bytes",
     "preemptions",
 )
+
+
+
+class _StepCost(NamedTuple):
+    """One iteration's time and where it went."""
+
+    dt: float
+    draft_s: float
+    target_s: float
+    overhead_s: float
+    hbm: float
+    onchip: float
 
 
 class Replica:
@@ -193,47 +209,98 @@ class Replica:
         return new_first
 
     def _try_plan(self, now: float) -> float | None:
-        bs = self.block
         first_tokens = self._admit_decoders(now) if self.disaggregated and self.waiting else 0
-        # ---- 1. memory: lookahead reservation for every decoding sequence; preempt if it does not fit
+        n, total = self._reserve_lookahead()
+        dec = self.decoding[:n]
+        all_dec = bool(dec.all())
+        di = slice(0, n) if all_dec else np.flatnonzero(dec)
+        c_d = self.ctx[:n][di]
+        nd = len(c_d)
+        view, draft_cost, verify, draft_sum = self._speculate(di, c_d, dec)
+        budget = min(self.chunk_tokens, self.max_tokens - nd - int(verify.sum()))
+        chunk_idx, chunk_len, free = self._fill_budget(budget, self.cap_blocks - total, all_dec, dec)
+        if nd == 0 and not chunk_idx:
+            return None
+        if self.static and self.static_rows == 0:  # the static batch formed in this step
+            self.static_rows = self.n
+        ci = np.asarray(chunk_idx, dtype=np.int64)
+        cq = np.asarray(chunk_len, dtype=np.int64)
+        cost = self._price(nd, verify, c_d, ci, cq, draft_cost)
+        tokens = first_tokens
+        acc_sum = 0
+        if nd:
+            acc = self._accept(di, nd, verify)
+            acc_sum, yielded = self._advance_decoders(di, verify, acc)
+            tokens += yielded
+            if self.speculative:
+                assert view is not None  # set whenever there are decoders to speculate for
+                self.policy.observe(view, verify, acc, cost.dt)
+        first = None
+        if chunk_idx:
+            self.ctx[ci] += cq
+            fin = ci[self.ctx[ci] >= self.pre_target[ci]]
+            if len(fin):
+                self.decoding[fin] = True
+                self.gen[fin] += 1
+                self.last_yield[fin] = 1
+                tokens += len(fin)
+                first = self.rid[fin]
+        n = self.n
+        done = self.gen[:n] >= self.out_len[:n]  # only decoding sequences can have reached it
+        self._pending_first = first
+        self._pending_done = done if done.any() else None
+        kv_blocks = int(((self.ctx[:n] + (self.block - 1)) // self.block).sum())
+        self.log.append((
+            now, cost.dt, nd, int(verify.sum()), acc_sum, draft_sum, tokens, int(sum(chunk_len)), len(self.waiting), n,
+            kv_blocks, self.cap_blocks - free, cost.draft_s, cost.target_s, cost.overhead_s, cost.hbm, cost.onchip,
+            self._preempted_this_step,
+        ))
+        self.step_no += 1
+        return cost.dt
+
+    def _reserve_lookahead(self) -> tuple[int, int]:
+        """Memory: every decoding sequence reserves KV blocks for its lookahead; the most recently admitted
+        sequence is preempted while they do not fit. Returns (sequences, blocks needed)."""
+        bs = self.block
         while True:
             n = self.n
             ctx = self.ctx[:n]
-            dec = self.decoding[:n]
             held = (ctx + (bs - 1)) // bs
-            need = np.where(dec, (ctx + (self.lookahead + bs - 1)) // bs, held)
+            need = np.where(self.decoding[:n], (ctx + (self.lookahead + bs - 1)) // bs, held)
             total = int(need.sum())
             if total <= self.cap_blocks or n <= 1:
-                break
+                return n, total
             self._preempt_last()
-        all_dec = bool(dec.all())
-        di = slice(0, n) if all_dec else np.flatnonzero(dec)
-        c_d = ctx[di]
+
+    def _speculate(self, di: slice | np.ndarray, c_d: np.ndarray, dec: np.ndarray
+                   ) -> tuple[StepView | None, Cost | None, np.ndarray, int]:
+        """Speculation for the decoding sequences: the policy's draft lengths, the drafter's cost, the verify
+        lengths. Returns (view, draft cost or None, verify lengths, draft tokens)."""
         nd = len(c_d)
-
-        # ---- 2. speculation for the decoding sequences
-        draft_cost = None
         verify = np.zeros(nd, dtype=np.int64)
-        draft_sum = 0
-        if nd and self.speculative:
-            g_d = self.gen[di]
-            view = StepView(c_d, self.step_no, self.rid[di], self.max_tokens)
-            draft = np.asarray(self.policy.draft_lengths(view), dtype=np.int64)
-            gd = int(draft.max())
-            draft_sum = int(draft.sum())
-            if gd > 0:
-                draft_cost = self.costs.draft(nd + self._ghost_rows(), gd, float(c_d.mean()),
-                                              float(self.last_yield[di].mean()))
-                if self.sps is not None:
-                    self.sps.set_batch(c_d, float(draft_cost.time_s), self._prefill_estimate(dec))
-                conf = self._confidences(di, nd) if self.wants_conf else None
-                verify = self._decide_verify(view, draft, conf, np.maximum(self.out_len[di] - g_d - 1, 0))
-                if nd + int(verify.sum()) > self.max_tokens:
-                    verify = _trim(verify, self.max_tokens - nd)
+        if not (nd and self.speculative):
+            return None, None, verify, 0
+        g_d = self.gen[di]
+        view = StepView(c_d, self.step_no, self.rid[di], self.max_tokens)
+        draft = np.asarray(self.policy.draft_lengths(view), dtype=np.int64)
+        gd = int(draft.max())
+        draft_sum = int(draft.sum())
+        if gd <= 0:
+            return view, None, verify, draft_sum
+        draft_cost = self.costs.draft(nd + self._ghost_rows(), gd, float(c_d.mean()), float(self.last_yield[di].mean()))
+        if self.sps is not None:
+            self.sps.set_batch(c_d, float(draft_cost.time_s), self._prefill_estimate(dec))
+        conf = self._confidences(di) if self.wants_conf else None
+        verify = self._decide_verify(view, draft, conf, np.maximum(self.out_len[di] - g_d - 1, 0))
+        if nd + int(verify.sum()) > self.max_tokens:
+            verify = _trim(verify, self.max_tokens - nd)
+        return view, draft_cost, verify, draft_sum
 
-        # ---- 3. prefill chunks and admissions
-        budget = min(self.chunk_tokens, self.max_tokens - nd - int(verify.sum()))
-        free = self.cap_blocks - total
+    def _fill_budget(self, budget: int, free: int, all_dec: bool, dec: np.ndarray) -> tuple[list[int], list[int], int]:
+        """The token budget left after the decode blocks: prefill chunks of running sequences, then newly
+        admitted requests (FCFS, while slots, tokens and KV blocks last). Returns (slots, chunk lengths,
+        free blocks)."""
+        bs = self.block
         chunk_idx: list[int] = []
         chunk_len: list[int] = []
         if not all_dec and budget > 0:
@@ -262,15 +329,13 @@ class Replica:
             chunk_len.append(chunk)
             budget -= chunk
             free -= blocks
-        if nd == 0 and not chunk_idx:
-            return None
-        if self.static and forming:
-            self.static_rows = self.n
+        return chunk_idx, chunk_len, free
 
-        # ---- 4. price the iteration
-        if chunk_idx:
-            ci = np.asarray(chunk_idx, dtype=np.int64)
-            cq = np.asarray(chunk_len, dtype=np.int64)
+    def _price(self, nd: int, verify: np.ndarray, c_d: np.ndarray, ci: np.ndarray, cq: np.ndarray,
+               draft_cost: Cost | None) -> _StepCost:
+        """The iteration's time: one target pass over the ragged batch (decode blocks, prefill chunks, a
+        static batch's finished rows), the drafter's passes and prefill, the per-step overhead."""
+        if len(ci):
             cc = self.ctx[ci]
             q = np.concatenate([verify + 1, cq]).astype(float)
             c = np.concatenate([c_d, cc]).astype(float)
@@ -294,79 +359,45 @@ class Replica:
                 hbm += float(extra.hbm_bytes)
                 onchip += float(extra.onchip_bytes)
         overhead_s = self.costs.step_overhead_s + self.costs.sequence_overhead_s * (nd + ghosts if nd else 0)
-        dt = draft_s + target_s + overhead_s
+        return _StepCost(draft_s + target_s + overhead_s, draft_s, target_s, overhead_s, hbm, onchip)
 
-        # ---- 5. acceptance, then advance the state (KV of rejected tokens rolls back)
-        tokens = first_tokens
-        acc_sum = 0
-        if nd:
-            rid_d = self.rid[di]
-            if self.speculative and verify.any():
-                g_d = self.gen[di]
-                w = self.width
-                acc = sample_accepted(self.cond[di], verify, uniforms(self.seed[di], g_d, w))
-                if self.has_trace:
-                    tl = self.tlen[di]
-                    tr = tl > 0
-                    if tr.any() and self.pflat is not None:  # a fresh draw from the recorded probabilities
-                        prob = self._recorded(self.pflat, di, w)
-                        drawn = sample_accepted(prob, verify, uniforms(self.seed[di], g_d, w))
-                        acc = np.where(tr, drawn, acc)
-                    elif tr.any():
-                        pos = np.minimum(g_d, np.maximum(tl - 1, 0))
-                        y = np.where(g_d < tl, self.yflat[self.toff[di] + pos], 1)
-                        acc = np.where(tr, np.minimum(y - 1, verify), acc)
-                self.tried += np.bincount(np.minimum(verify, acc + 1), minlength=w + 2)[: w + 2]
-                self.acc_hist += np.bincount(acc, minlength=w + 2)[: w + 2]
-                y = acc + 1
-            else:
-                acc = np.zeros(nd, dtype=np.int64)
-                y = np.ones(nd, dtype=np.int64)
-            if self.disaggregated:  # arrivals whose first token (from prefill) was the whole answer
-                live = self.gen[di] < self.out_len[di]
-                if not live.all():
-                    y = y * live
-                    acc = acc * live
-            self.ctx[di] += y
-            self.gen[di] += y
-            self.last_yield[di] = y
-            acc_sum = int(acc.sum())
-            tokens += int(y.sum())
-            out = self.out
-            out.steps[rid_d] += 1
-            out.verified[rid_d] += verify
-            out.accepted[rid_d] += acc
-            if self.speculative:
-                self.policy.observe(view, verify, acc, dt)
-        first = None
-        if chunk_idx:
-            self.ctx[ci] += cq
-            fin = ci[self.ctx[ci] >= self.pre_target[ci]]
-            if len(fin):
-                self.decoding[fin] = True
-                self.gen[fin] += 1
-                self.last_yield[fin] = 1
-                tokens += len(fin)
-                first = self.rid[fin]
-        n = self.n
-        done = self.gen[:n] >= self.out_len[:n]  # only decoding sequences can have reached it
-        self._pending_first = first
-        self._pending_done = done if done.any() else None
-        kv_blocks = int(((self.ctx[:n] + (bs - 1)) // bs).sum())
-        self.log.append((
-            now, dt, nd, int(verify.sum()), acc_sum, draft_sum, tokens, int(sum(chunk_len)), len(self.waiting), n,
-            kv_blocks, self.cap_blocks - free, draft_s, target_s, overhead_s, hbm, onchip,
-            self._preempted_this_step,
-        ))
-        self.step_no += 1
-        return dt
+    def _accept(self, di: slice | np.ndarray, nd: int, verify: np.ndarray) -> np.ndarray:
+        """Accepted draft tokens per decoding sequence (none without speculation)."""
+        if not (self.speculative and verify.any()):
+            return np.zeros(nd, dtype=np.int64)
+        w = self.width
+        u = uniforms(self.seed[di], self.gen[di], w)
+        rows = self._trace_rows(di) if self.has_trace else None
+        acc = accepted_counts(self.cond[di], verify, u, rows, self.yflat, self.pflat)
+        self.tried += np.bincount(np.minimum(verify, acc + 1), minlength=w + 2)[: w + 2]
+        self.acc_hist += np.bincount(acc, minlength=w + 2)[: w + 2]
+        return acc
+
+    def _advance_decoders(self, di: slice | np.ndarray, verify: np.ndarray, acc: np.ndarray) -> tuple[int, int]:
+        """Each decoding sequence takes its accepted tokens and one more (the KV of rejected tokens rolls
+        back). Returns (accepted tokens, tokens produced)."""
+        y = acc + 1
+        if self.disaggregated:  # arrivals whose first token (from prefill) was the whole answer
+            live = self.gen[di] < self.out_len[di]
+            if not live.all():
+                y = y * live
+                acc = acc * live
+        rid_d = self.rid[di]
+        self.ctx[di] += y
+        self.gen[di] += y
+        self.last_yield[di] = y
+        out = self.out
+        out.steps[rid_d] += 1
+        out.verified[rid_d] += verify
+        out.accepted[rid_d] += acc
+        return int(acc.sum()), int(y.sum())
 
     def _decide_verify(self, view: StepView, draft: np.ndarray, conf, left: np.ndarray) -> np.ndarray:
         """The policy's verify lengths as the engine asks for them: each row's drafts cut to the tokens it has
         left before the policy decides, and a static batch's finished rows, which still ride in every pass (a
         token each, nothing drafted), in the batch it decides over. A batch-aware policy (DSpark's budget
         search over the SPS curve) counts them: leaving them out had it verify 3-34% more drafts a step than
-        the engine in this CPU's batch-16 runs, where the curve is steep (validation/README.md, session 11)."""
+        the engine at batch 16 on this project's CPU, where the curve is steep (docs/validation.md)."""
         draft = np.minimum(draft, left)
         ghosts = self._ghost_rows()
         nd = len(draft)
@@ -403,38 +434,17 @@ class Replica:
         pw = q * (np.minimum(c, w) + (q + 1.0) * 0.5) if w else pairs
         return (float(len(q)), float(q.sum()), float(kv.sum()), float(kvw.sum()), float(pairs.sum()), float(pw.sum()))
 
-    def _recorded(self, flat: np.ndarray, di, width: int) -> np.ndarray:
-        """[decoders, width] recorded values (confidences, acceptance probabilities) of the draft tokens a
-        step starting at each decoder's output position proposes: one value per output position (the
-        k-th draft token's at position + k), or per-position chains (the k-th value of the chain recorded
-        at the step's start), or per-step chains (that of the request's step number: chains_by step).
-        0 past a request's trace and past a chain's end."""
-        tl = self.tlen[di]
-        g = self.gen[di]
-        at = g[:, None] + np.arange(width)[None, :]
-        if flat.ndim == 1:
-            idx = self.toff[di][:, None] + np.minimum(at, np.maximum(tl[:, None] - 1, 0))
-            return np.where(at < tl[:, None], flat[idx], 0.0)
-        k = min(width, flat.shape[1])
-        row = self.out.steps[self.rid[di]] if self.chains_by_step else g
-        rows = self.toff[di] + np.minimum(row, np.maximum(tl - 1, 0))
-        out = np.zeros((len(g), width))
-        out[:, :k] = flat[rows, :k]
-        return np.where(at < tl[:, None], out, 0.0)
+    def _trace_rows(self, di: slice | np.ndarray) -> TraceRows:
+        """Where the decoding sequences stand in their recorded traces."""
+        step = self.out.steps[self.rid[di]] if self.chains_by_step else None
+        return TraceRows(self.toff[di], self.tlen[di], self.gen[di], step)
 
-    def _confidences(self, di, nd: int) -> np.ndarray:
-        """The drafter's confidence c_k: recorded confidences when the trace has them (replayed by
-        output position), else the true conditional, perturbed in logit space if miscalibrated."""
-        c = self.cond[di][:, : self.gamma]
-        if self.cflat is not None:
-            tl = self.tlen[di]
-            c = np.where(tl[:, None] > 0, self._recorded(self.cflat, di, self.gamma), c)
-        if self.calibration_error <= 0:
-            return c
-        eps = 1e-6
-        p = np.clip(c, eps, 1.0 - eps)
-        z = np.log(p / (1.0 - p)) + self.calibration_error * self.conf_rng.standard_normal(p.shape)
-        return 1.0 / (1.0 + np.exp(-z))
+    def _confidences(self, di: slice | np.ndarray) -> np.ndarray:
+        """The drafter's confidence c_k: recorded confidences when the trace has them, else the true
+        conditional, perturbed in logit space if miscalibrated."""
+        rows = self._trace_rows(di) if self.cflat is not None else None
+        return drafter_confidences(self.cond[di][:, : self.gamma], self.gamma, rows, self.cflat,
+                                   self.calibration_error, self.conf_rng)
 
     def finish(self, now: float) -> None:
         """The step's simulated time has passed: stamp first tokens and completions, free finished slots."""
