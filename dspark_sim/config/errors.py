@@ -7,6 +7,7 @@ package prints tracebacks at users.
 from __future__ import annotations
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 
 class InputError(Exception):
@@ -46,7 +47,7 @@ def _loc_to_path(loc: tuple, data: object = None) -> str:
     return path
 
 
-def _allowed(err: dict) -> str:
+def _allowed(err: ErrorDetails) -> str:
     """Say what is allowed, from pydantic's error context."""
     ctx = err.get("ctx") or {}
     kind = err.get("type", "")

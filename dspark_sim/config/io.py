@@ -31,20 +31,16 @@ def open_text(path: str | Path):
     return open(path, encoding="utf-8")
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over `path`; text to a name
     ending in .gz is gzipped (with no timestamp, so the same text gives the same bytes)."""
     path = Path(path)
     if isinstance(data, str) and path.name.endswith(".gz"):
         data = gzip.compress(data.encode("utf-8"), mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(fd, data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result file is as readable as any other
@@ -54,6 +50,20 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _write_synced(fd: int, data: str | bytes) -> None:
+    """Write `data` to the open descriptor `fd` (text as UTF-8), flush and fsync, close it."""
+    if isinstance(data, bytes):
+        with os.fdopen(fd, "wb") as fb:
+            fb.write(data)
+            fb.flush()
+            os.fsync(fb.fileno())
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as ft:
+            ft.write(data)
+            ft.flush()
+            os.fsync(ft.fileno())
 
 
 def append_line(path: str | Path, line: str) -> None:

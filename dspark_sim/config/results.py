@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
+#: What bounds a pass: the largest of its compute, memory, communication and fixed-overhead times.
+Bound = Literal["compute", "memory", "communication", "overhead"]
+
 
 class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +33,7 @@ class CostBreakdown(Result):
     hbm_gb: float
     onchip_gb: float
     tflop: float
-    bound: Literal["compute", "memory", "communication", "overhead"]
+    bound: Bound
 
 
 class SpeculativePoint(Result):

@@ -63,7 +63,9 @@ def parse_policy(text: str, *, source: str = "policy", field: str | None = None,
         if kind == "goodput":
             return GoodputPolicy(gamma_max=gamma)
         if kind == "confidence_threshold":
-            return ConfidenceThreshold(gamma_max=gamma, **({"threshold": float(threshold)} if threshold else {}))
+            if threshold:
+                return ConfidenceThreshold(gamma_max=gamma, threshold=float(threshold))
+            return ConfidenceThreshold(gamma_max=gamma)
         if sps_table is not None:
             return DSparkScheduler(gamma_max=gamma, sps_source="table",
                                    sps_table={int(k): float(v) for k, v in sps_table.items()})

@@ -85,7 +85,11 @@ def _load_trace(path: str, _size: int, _mtime_ns: int, field: str, max_requests:
 def _read_trace(path: str, field: str, max_requests: int | None, confidence_field: str | None,
                 probability_field: str | None, chains_by: str = "position") -> AcceptanceTrace:
     p = Path(path)
-    prompts, outputs, yields, confs, probs = [], [], [], [], []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    yields: list[np.ndarray] = []
+    confs: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
     with open_text(p) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -285,7 +289,8 @@ class RequestAcceptance:
         return min(y - 1, verified)
 
 
-def _empirical_conditional(yields: np.ndarray, n: int) -> np.ndarray:
+def empirical_conditional(yields: np.ndarray, n: int) -> np.ndarray:
+    """c_k of one request's recorded yields (what a calibrated confidence head reports on average)."""
     acc = yields - 1
     tail = np.array([(acc >= k).mean() for k in range(0, n + 1)])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -306,7 +311,7 @@ def draw_request_acceptance(spec, rng: np.random.Generator, gamma_cap: int, inde
         trace = _trace_of(spec)
         r = int(rng.integers(trace.num_requests)) if index is None else index % trace.num_requests
         y = trace.yields[r]
-        return RequestAcceptance(yields=y, trace_conditional=_empirical_conditional(y, n))
+        return RequestAcceptance(yields=y, trace_conditional=empirical_conditional(y, n))
     raise TypeError(f"unknown acceptance model {spec!r}")
 
 

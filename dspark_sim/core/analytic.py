@@ -98,15 +98,15 @@ def breakdown(cost: PassCost, index=None) -> CostBreakdown:
     """One element of a (possibly vectorised) PassCost as a result record."""
     one = cost.at(index) if index is not None else cost.at(())
     return CostBreakdown(
-        time_ms=one.time_s * 1e3,
-        compute_ms=one.compute_s * 1e3,
-        hbm_ms=one.hbm_s * 1e3,
-        onchip_ms=one.onchip_s * 1e3,
-        communication_ms=one.comm_s * 1e3,
-        overhead_ms=one.overhead_s * 1e3,
-        hbm_gb=one.hbm_bytes / 1e9,
-        onchip_gb=one.onchip_bytes / 1e9,
-        tflop=one.flops / 1e12,
+        time_ms=float(one.time_s) * 1e3,
+        compute_ms=float(one.compute_s) * 1e3,
+        hbm_ms=float(one.hbm_s) * 1e3,
+        onchip_ms=float(one.onchip_s) * 1e3,
+        communication_ms=float(one.comm_s) * 1e3,
+        overhead_ms=float(one.overhead_s) * 1e3,
+        hbm_gb=float(one.hbm_bytes) / 1e9,
+        onchip_gb=float(one.onchip_bytes) / 1e9,
+        tflop=float(one.flops) / 1e12,
         bound=BOUNDS[int(np.asarray(one.bound()))],
     )
 

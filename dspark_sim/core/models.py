@@ -84,6 +84,9 @@ def model_stats(m: ModelSpec) -> ModelStats:
     h = m.hidden_size
     attn = _attention_params(m) + 2 * h  # + the two RMSNorm weights
     dense_ffn = 3 * h * m.ffn_hidden_size
+    expert: float  # parameters of one expert, of all experts and router, of those a token activates
+    moe_total: float
+    moe_active: float
     if m.moe is not None:
         e = m.moe
         n_dense = e.first_dense_layers

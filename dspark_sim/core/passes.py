@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-BOUNDS = ("compute", "memory", "communication", "overhead")
+from dspark_sim.config.results import Bound
+
+BOUNDS: tuple[Bound, ...] = ("compute", "memory", "communication", "overhead")
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class Costs:
     def _markov(self, b: float) -> tuple[float, float, float]:
         """One position of DSpark's Markov head (transcribed from StepCoster._markov_head)."""
         arch = self.draft_arch
+        assert arch is not None  # a DSpark drafter has a draft architecture
         hw = self.hw
         r = self.drafter.markov_rank
         vocab = arch.vocab_size

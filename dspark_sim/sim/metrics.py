@@ -15,6 +15,7 @@ Definitions (all in simulated time):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,120 @@ def per_request(sim) -> dict[str, np.ndarray]:
     return {"ttft": ttft, "e2e": e2e, "tpot": tpot, "speed": speed, "tau": tau}
 
 
+def _window(sim, log: np.ndarray, end: float) -> tuple[float, float, float, np.ndarray]:
+    """(start, end, length, steps inside) of the throughput window: from warmup_s to the run's end, or for
+    closed-loop workloads to the last request's issue; the whole run if that leaves no step."""
+    sc, reqs = sim.scenario, sim.requests
+    t0 = sc.simulation.warmup_s
+    t1 = end
+    if reqs.closed_loop:
+        issued = reqs.arrival[~np.isnan(reqs.arrival)]
+        if issued.size and issued.max() > t0:
+            t1 = min(end, float(issued.max()))
+    step_end = log[:, _COL["t_start"]] + log[:, _COL["dt"]]
+    in_window = (step_end > t0) & (step_end <= t1)
+    window = max(t1 - t0, 0.0)
+    if window <= 0 or not in_window.any():
+        t0, t1, window = 0.0, end, end
+        in_window = np.ones(len(log), dtype=bool)
+    return t0, t1, window, in_window
+
+
+def _slo_fields(sim, m: np.ndarray, pr: dict[str, np.ndarray], tpot: np.ndarray, speed: np.ndarray,
+                thr_per_gpu: float) -> dict[str, Any]:
+    """SLO attainment, goodput and whether the p99 / mean figures hold (None without SLOs)."""
+    slo, reqs = sim.scenario.slo, sim.requests
+    if slo.ttft_p99_s is None and slo.tpot_p99_ms is None and slo.min_tokens_per_s_per_user is None:
+        return {"slo_attainment": None, "goodput_tokens_per_s_per_gpu": None, "slo_met": None}
+    ttft = pr["ttft"][m]
+    ok = np.ones(int(m.sum()), dtype=bool)
+    tp_all = pr["tpot"][m]
+    sp_all = pr["speed"][m]
+    if slo.ttft_p99_s is not None:
+        ok &= ttft <= slo.ttft_p99_s
+    if slo.tpot_p99_ms is not None:
+        ok &= ~(tp_all * 1e3 > slo.tpot_p99_ms)
+    if slo.min_tokens_per_s_per_user is not None:
+        ok &= ~(sp_all < slo.min_tokens_per_s_per_user)
+    out_tokens = reqs.output[m]
+    checks = []
+    if slo.ttft_p99_s is not None:
+        checks.append(float(np.percentile(ttft, 99)) <= slo.ttft_p99_s)
+    if slo.tpot_p99_ms is not None and tpot.size:
+        checks.append(float(np.percentile(tpot, 99)) * 1e3 <= slo.tpot_p99_ms)
+    if slo.min_tokens_per_s_per_user is not None and speed.size:
+        checks.append(float(speed.mean()) >= slo.min_tokens_per_s_per_user)
+    return {
+        "slo_attainment": float(ok.mean()),
+        "goodput_tokens_per_s_per_gpu": thr_per_gpu * float(out_tokens[ok].sum() / max(out_tokens.sum(), 1)),
+        "slo_met": bool(all(checks)),
+    }
+
+
+def _speculation_fields(sim, wlog: np.ndarray) -> dict[str, Any]:
+    """tau, verification budget and acceptance over the window's steps (the steady state, not the ramp-up
+    or the drain); acceptance by draft position over the whole run."""
+    steps_total = int(wlog[:, _COL["decoders"]].sum())
+    verified = int(wlog[:, _COL["verify_sum"]].sum())
+    accepted = int(wlog[:, _COL["accepted_sum"]].sum())
+    dec_steps = float(steps_total)
+    tried = sum(rep.tried for rep in sim.replicas)
+    acc_hist = sum(rep.acc_hist for rep in sim.replicas)
+    tried_ge = np.cumsum(tried[::-1])[::-1]
+    acc_ge = np.cumsum(acc_hist[::-1])[::-1]
+    per_pos = []
+    for k in range(1, min(sim.gamma_max, len(tried) - 1) + 1):
+        if tried_ge[k] <= 0:
+            break
+        per_pos.append(float(acc_ge[k] / tried_ge[k]))
+    wasted = verified - accepted
+    return {
+        "tau": (accepted + steps_total) / steps_total if steps_total else 1.0,
+        "mean_verify_budget": verified / steps_total if steps_total else 0.0,
+        "mean_draft_tokens": float(wlog[:, _COL["draft_sum"]].sum() / dec_steps) if dec_steps else 0.0,
+        "acceptance_rate": accepted / verified if verified else 0.0,
+        "acceptance_per_position": per_pos,
+        "wasted_verify_tokens": wasted,
+        "wasted_verify_fraction": wasted / (verified + steps_total) if steps_total else 0.0,
+    }
+
+
+def _engine_fields(sim, log: np.ndarray, wlog: np.ndarray, window: float) -> dict[str, Any]:
+    """Where the window's time and bytes went, the KV cache's fill and the queue."""
+    dep = sim.scenario.deployment
+    dt = wlog[:, _COL["dt"]]
+    busy = float(dt.sum())
+    all_tokens = float(wlog[:, _COL["tokens"]].sum())
+    hbm = float(wlog[:, _COL["hbm_bytes"]].sum())
+    onchip = float(wlog[:, _COL["onchip_bytes"]].sum())
+    cap = sim.kv_blocks
+    kv = wlog[:, _COL["kv_blocks"]] / cap
+    queue = wlog[:, _COL["queue"]]
+
+    def frac(col: str) -> float:
+        return float(wlog[:, _COL[col]].sum() / busy) if busy > 0 else 0.0
+
+    return {
+        "steps": len(log),
+        "mean_batch_size": float(wlog[:, _COL["decoders"]].mean()) if len(wlog) else 0.0,
+        "draft_time_fraction": frac("draft_s"),
+        "verify_time_fraction": frac("target_s"),
+        "overhead_time_fraction": frac("overhead_s"),
+        "busy_fraction": busy / (window * dep.replicas) if window > 0 else 0.0,
+        "hbm_gb_per_output_token": hbm / all_tokens / 1e9 if all_tokens else 0.0,
+        "onchip_gb_per_output_token": onchip / all_tokens / 1e9 if all_tokens else 0.0,
+        "onchip_byte_fraction": onchip / (onchip + hbm) if onchip + hbm > 0 else 0.0,
+        "kv_capacity_tokens": cap * dep.kv_block_tokens,
+        "kv_mean_fraction": float(kv.mean()) if len(kv) else 0.0,
+        "kv_peak_fraction": float(log[:, _COL["kv_peak_blocks"]].max() / cap) if len(log) else 0.0,
+        "mean_queue_length": float(queue.mean()) if len(queue) else 0.0,
+        "max_queue_length": int(queue.max()) if len(queue) else 0,
+        "preemptions": int(sim.out.preemptions.sum()),
+    }
+
+
 def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tuple[RunSummary, RunTimeSeries]:
+    """One configuration's summary and time series, measured over the requests and steps that count."""
     sc = sim.scenario
     dep = sc.deployment
     out, reqs = sim.out, sim.requests
@@ -81,82 +195,13 @@ def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tu
     multi = m & (reqs.output > 1)
     tpot = pr["tpot"][multi]
     speed = pr["speed"][multi & np.isfinite(pr["speed"])]
-
-    # ---- throughput window
-    t0 = sc.simulation.warmup_s
-    t1 = end
-    if reqs.closed_loop:
-        issued = reqs.arrival[~np.isnan(reqs.arrival)]
-        if issued.size and issued.max() > t0:
-            t1 = min(end, float(issued.max()))
-    step_end = log[:, _COL["t_start"]] + log[:, _COL["dt"]]
-    in_window = (step_end > t0) & (step_end <= t1)
-    window = max(t1 - t0, 0.0)
-    if window <= 0 or not in_window.any():
-        t0, t1, window = 0.0, end, end
-        in_window = np.ones(len(log), dtype=bool)
+    t0, t1, window, in_window = _window(sim, log, end)
     tokens = int(log[in_window, _COL["tokens"]].sum())
     gpus = dep.replicas * dep.tensor_parallel
     thr = tokens / window if window > 0 else 0.0
     finished_in = ((out.finish > t0) & (out.finish <= t1)).sum()
-
-    # ---- SLOs
-    slo = sc.slo
-    attainment = goodput = slo_met = None
-    if slo.ttft_p99_s is not None or slo.tpot_p99_ms is not None or slo.min_tokens_per_s_per_user is not None:
-        ok = np.ones(int(m.sum()), dtype=bool)
-        tp_all = pr["tpot"][m]
-        sp_all = pr["speed"][m]
-        if slo.ttft_p99_s is not None:
-            ok &= ttft <= slo.ttft_p99_s
-        if slo.tpot_p99_ms is not None:
-            ok &= ~(tp_all * 1e3 > slo.tpot_p99_ms)
-        if slo.min_tokens_per_s_per_user is not None:
-            ok &= ~(sp_all < slo.min_tokens_per_s_per_user)
-        attainment = float(ok.mean())
-        out_tokens = reqs.output[m]
-        goodput = thr / gpus * float(out_tokens[ok].sum() / max(out_tokens.sum(), 1))
-        checks = []
-        if slo.ttft_p99_s is not None:
-            checks.append(float(np.percentile(ttft, 99)) <= slo.ttft_p99_s)
-        if slo.tpot_p99_ms is not None and tpot.size:
-            checks.append(float(np.percentile(tpot, 99)) * 1e3 <= slo.tpot_p99_ms)
-        if slo.min_tokens_per_s_per_user is not None and speed.size:
-            checks.append(float(speed.mean()) >= slo.min_tokens_per_s_per_user)
-        slo_met = bool(all(checks))
-
-    # ---- speculation (steps inside the window: the steady state, not the ramp-up or the drain)
     wlog = log[in_window]
-    steps_total = int(wlog[:, _COL["decoders"]].sum())
-    verified = int(wlog[:, _COL["verify_sum"]].sum())
-    accepted = int(wlog[:, _COL["accepted_sum"]].sum())
-    tau = (accepted + steps_total) / steps_total if steps_total else 1.0
-    dec_steps = float(steps_total)
-    tried = sum(rep.tried for rep in sim.replicas)
-    acc_hist = sum(rep.acc_hist for rep in sim.replicas)
-    tried_ge = np.cumsum(tried[::-1])[::-1]
-    acc_ge = np.cumsum(acc_hist[::-1])[::-1]
-    per_pos = []
-    for k in range(1, min(sim.gamma_max, len(tried) - 1) + 1):
-        if tried_ge[k] <= 0:
-            break
-        per_pos.append(float(acc_ge[k] / tried_ge[k]))
-    wasted = verified - accepted
-
-    # ---- time and bytes (window)
-    dt = wlog[:, _COL["dt"]]
-    busy = float(dt.sum())
-    all_tokens = float(wlog[:, _COL["tokens"]].sum())
-    hbm = float(wlog[:, _COL["hbm_bytes"]].sum())
-    onchip = float(wlog[:, _COL["onchip_bytes"]].sum())
-    cap = sim.kv_blocks
-    kv = wlog[:, _COL["kv_blocks"]] / cap
-    queue = wlog[:, _COL["queue"]]
-
-    def frac(col: str) -> float:
-        return float(wlog[:, _COL[col]].sum() / busy) if busy > 0 else 0.0
-
-    ttft_stats, tpot_stats, e2e_stats = _stats(ttft), _stats(tpot * 1e3), _stats(e2e)
+    tpot_stats = _stats(tpot * 1e3)
     mean_speed = float(speed.mean()) if speed.size else 0.0
     summary = RunSummary(
         variant=variant,
@@ -178,34 +223,12 @@ def summarize(sim, variant: str, sweep_value, baseline: RunSummary | None) -> tu
         requests_per_s=float(finished_in / window) if window > 0 else 0.0,
         tokens_per_s_per_user=mean_speed,
         tokens_per_s_per_user_p50=float(np.median(speed)) if speed.size else 0.0,
-        ttft_s=ttft_stats,
+        ttft_s=_stats(ttft),
         tpot_ms=tpot_stats,
-        e2e_s=e2e_stats,
-        slo_attainment=attainment,
-        goodput_tokens_per_s_per_gpu=goodput,
-        slo_met=slo_met,
-        tau=tau,
-        mean_verify_budget=verified / steps_total if steps_total else 0.0,
-        mean_draft_tokens=float(wlog[:, _COL["draft_sum"]].sum() / dec_steps) if dec_steps else 0.0,
-        acceptance_rate=accepted / verified if verified else 0.0,
-        acceptance_per_position=per_pos,
-        wasted_verify_tokens=wasted,
-        wasted_verify_fraction=wasted / (verified + steps_total) if steps_total else 0.0,
-        steps=len(log),
-        mean_batch_size=float(wlog[:, _COL["decoders"]].mean()) if len(wlog) else 0.0,
-        draft_time_fraction=frac("draft_s"),
-        verify_time_fraction=frac("target_s"),
-        overhead_time_fraction=frac("overhead_s"),
-        busy_fraction=busy / (window * dep.replicas) if window > 0 else 0.0,
-        hbm_gb_per_output_token=hbm / all_tokens / 1e9 if all_tokens else 0.0,
-        onchip_gb_per_output_token=onchip / all_tokens / 1e9 if all_tokens else 0.0,
-        onchip_byte_fraction=onchip / (onchip + hbm) if onchip + hbm > 0 else 0.0,
-        kv_capacity_tokens=cap * dep.kv_block_tokens,
-        kv_mean_fraction=float(kv.mean()) if len(kv) else 0.0,
-        kv_peak_fraction=float(log[:, _COL["kv_peak_blocks"]].max() / cap) if len(log) else 0.0,
-        mean_queue_length=float(queue.mean()) if len(queue) else 0.0,
-        max_queue_length=int(queue.max()) if len(queue) else 0,
-        preemptions=int(out.preemptions.sum()),
+        e2e_s=_stats(e2e),
+        **_slo_fields(sim, m, pr, tpot, speed, thr / gpus),
+        **_speculation_fields(sim, wlog),
+        **_engine_fields(sim, log, wlog, window),
     )
     if baseline is not None:
         summary.speedup_tokens_per_s_per_user = _ratio(mean_speed, baseline.tokens_per_s_per_user)

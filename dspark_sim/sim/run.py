@@ -12,7 +12,7 @@ Requests are routed to the replica with the fewest outstanding requests (ties: l
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from dspark_sim.config.schema import DSparkScheduler, GoodputPolicy, Scenario
 from dspark_sim.core.policies import make_policy
 from dspark_sim.sim.costs import CostModelSPS, Costs, kv_capacity, uniform_step_time
 from dspark_sim.sim.metrics import request_records, summarize, sweep_curves
+from dspark_sim.sim.replica import Replica
 from dspark_sim.sim.workload import RequestTable, build_requests, stream
 
 
@@ -59,8 +60,6 @@ class Simulation:
     """One configuration on one request table."""
 
     def __init__(self, sc: Scenario, source: str = "scenario", progress=None):
-        from dspark_sim.sim.replica import Replica
-
         self.scenario = sc
         self.source = source
         self.progress = progress
@@ -260,6 +259,62 @@ class ScenarioRun:
     runs: list[ConfigRun]
 
 
+@dataclass
+class _Progress:
+    """What simulating a scenario's configurations has produced so far."""
+
+    total: int
+    done: int = 0
+    runs: list[ConfigRun] = field(default_factory=list)
+    skipped: list[SkippedRun] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    baselines: dict[tuple[str, str], ConfigRun] = field(default_factory=dict)  # per (sweep value, deployment)
+
+
+def _configurations(raw: dict, base_sc: Scenario, base_dir: Path, source: str) -> list[tuple[Any, str, dict]]:
+    """(sweep value, variant name, raw scenario) of every configuration: each sweep value x (main + variants)."""
+    sweep = base_sc.sweep
+    values = list(sweep.values) if sweep else [None]
+    variants: list[tuple[str, list[str]]] = [("main", [])] + [(v.name, list(v.set)) for v in base_sc.variants]
+    names = [v[0] for v in variants]
+    if len(set(names)) != len(names) or "baseline" in names:
+        raise InputError(source, "variants", "variant names must be unique and not 'main' or 'baseline'")
+    plan: list[tuple[Any, str, dict]] = []
+    for value in values:
+        for name, sets in variants:
+            ov = ([f"{sweep.path}={json.dumps(value)}"] if sweep else []) + sets
+            cfg = absolutise_paths(apply_overrides(raw, ov, override_resolver("scenario")), base_dir)
+            plan.append((value, name, cfg))
+    return plan
+
+
+def _shared_baseline(prog: _Progress, cfg: dict, name: str, value: Any, label: str, source: str,
+                     with_records: bool, on_config, on_progress) -> ConfigRun | None:
+    """The no-speculation run of `cfg`'s deployment and requests, simulated once per sweep value and
+    deployment and shared by every variant that has them; None where it cannot run."""
+    bcfg = baseline_dict(cfg)
+    key = (json.dumps(value, default=str), _baseline_key(bcfg))
+    base_run = prog.baselines.get(key)
+    if base_run is None:
+        if on_config:
+            prog.total = max(prog.total, prog.done + 1)
+            on_config(f"baseline for {label}", prog.done, prog.total)
+        try:
+            base_run = simulate_config(scenario_from_dict(bcfg, source), "baseline", value, source,
+                                       with_records, on_progress)
+        except InputError as exc:
+            prog.skipped.append(SkippedRun(variant="baseline", sweep_value=value,
+                                           reason=f"baseline of {name}: {exc}"))
+            base_run = None
+        else:
+            prog.baselines[key] = base_run
+            prog.runs.append(base_run)
+        prog.done += 1
+    if base_run is not None:
+        base_run.summary.baseline_of.append(name)
+    return base_run
+
+
 def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *, with_records: bool = False,
                  on_config=None, on_progress=None) -> ScenarioRun:
     """Simulate every (sweep value, variant) of a scenario and its baselines, on common random numbers.
@@ -271,73 +326,39 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
     scenario_path = Path(path) if path is not None else default_scenario_path()
     source = str(scenario_path)
     raw = load_scenario_dict(scenario_path, overrides or [])
-    base_dir = scenario_path.resolve().parent
     base_sc = scenario_from_dict(raw, source)
     sweep = base_sc.sweep
-    values = list(sweep.values) if sweep else [None]
-    variants = [("main", [])] + [(v.name, list(v.set)) for v in base_sc.variants]
-    names = [v[0] for v in variants]
-    if len(set(names)) != len(names) or "baseline" in names:
-        raise InputError(source, "variants", "variant names must be unique and not 'main' or 'baseline'")
-
-    plan: list[tuple[Any, str, dict]] = []
-    skipped: list[SkippedRun] = []
-    for value in values:
-        for name, sets in variants:
-            ov = ([f"{sweep.path}={json.dumps(value)}"] if sweep else []) + sets
-            cfg = absolutise_paths(apply_overrides(raw, ov, override_resolver("scenario")), base_dir)
-            plan.append((value, name, cfg))
+    plan = _configurations(raw, base_sc, scenario_path.resolve().parent, source)
     want_baseline = base_sc.simulation.simulate_baseline
-    total = len(plan) + (len(values) if want_baseline else 0)  # baselines are shared where they can be
-    runs: list[ConfigRun] = []
-    baselines: dict[tuple[str, str], ConfigRun] = {}  # one per (sweep value, deployment + workload)
-    errors: list[InputError] = []
-    done = 0
+    n_values = len(sweep.values) if sweep else 1
+    prog = _Progress(total=len(plan) + (n_values if want_baseline else 0))  # baselines are shared where they can be
     for value, name, cfg in plan:
-        label = name if value is None else f"{name} @ {sweep.path.split('.')[-1]}={value}"
+        label = name if sweep is None or value is None else f"{name} @ {sweep.path.split('.')[-1]}={value}"
         try:
             sc = scenario_from_dict(cfg, source)
         except InputError as exc:
-            errors.append(exc)
-            skipped.append(SkippedRun(variant=name, sweep_value=value, reason=str(exc)))
+            prog.errors.append(exc)
+            prog.skipped.append(SkippedRun(variant=name, sweep_value=value, reason=str(exc)))
             continue
         base_run = None
         if want_baseline and sc.policy.kind != "none":
-            bcfg = baseline_dict(cfg)
-            key = (json.dumps(value, default=str), _baseline_key(bcfg))
-            base_run = baselines.get(key)
-            if base_run is None:
-                if on_config:
-                    total = max(total, done + 1)
-                    on_config(f"baseline for {label}", done, total)
-                try:
-                    base_run = simulate_config(scenario_from_dict(bcfg, source), "baseline", value, source,
-                                               with_records, on_progress)
-                except InputError as exc:
-                    skipped.append(SkippedRun(variant="baseline", sweep_value=value,
-                                              reason=f"baseline of {name}: {exc}"))
-                    base_run = None
-                else:
-                    baselines[key] = base_run
-                    runs.append(base_run)
-                done += 1
-            if base_run is not None:
-                base_run.summary.baseline_of.append(name)
+            base_run = _shared_baseline(prog, cfg, name, value, label, source, with_records, on_config, on_progress)
         if on_config:
-            total = max(total, done + 1)
-            on_config(label, done, total)
+            prog.total = max(prog.total, prog.done + 1)
+            on_config(label, prog.done, prog.total)
         try:
             run = simulate_config(sc, name, value, source, with_records, on_progress,
                                   base_run.summary if base_run else None)
         except InputError as exc:
-            errors.append(exc)
-            skipped.append(SkippedRun(variant=name, sweep_value=value, reason=str(exc)))
-            done += 1
+            prog.errors.append(exc)
+            prog.skipped.append(SkippedRun(variant=name, sweep_value=value, reason=str(exc)))
+            prog.done += 1
             continue
-        runs.append(run)
-        done += 1
-    if not any(r.summary.variant != "baseline" for r in runs) and errors:
-        raise errors[0]
+        prog.runs.append(run)
+        prog.done += 1
+    runs = prog.runs
+    if not any(r.summary.variant != "baseline" for r in runs) and prog.errors:
+        raise prog.errors[0]
     result = RunResult(
         scenario=base_sc.name,
         seed=base_sc.seed,
@@ -347,7 +368,6 @@ def run_scenario(path: str | Path | None, overrides: list[str] | None = None, *,
         summaries=[r.summary for r in runs],
         curves=sweep_curves([r.summary for r in runs], base_sc.slo.min_tokens_per_s_per_user)
         if sweep and sweep.path.endswith(_LOAD_FIELDS) else [],
-        skipped=skipped,
+        skipped=prog.skipped,
     )
     return ScenarioRun(base_sc, result, runs)
-

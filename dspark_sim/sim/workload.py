@@ -13,10 +13,7 @@ which requests are issued), which the engine gathers from when it admits request
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +21,7 @@ from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import (
     ClosedLoopArrivals,
     ConstantArrivals,
+    Domain,
     EmpiricalLength,
     FixedLength,
     GammaArrivals,
@@ -34,8 +32,10 @@ from dspark_sim.config.schema import (
     TraceAcceptance,
     TraceArrivals,
     UniformLength,
+    WorkloadSpec,
 )
-from dspark_sim.core.acceptance import draw_request_acceptance, load_acceptance_trace
+from dspark_sim.core.acceptance import draw_request_acceptance, empirical_conditional, load_acceptance_trace
+from dspark_sim.sim.arrival_trace import ArrivalTrace, load_arrival_trace
 
 #: Stream ids: one generator per (seed, stream, domain). Never renumber (it would change every result).
 STREAMS = {"arrivals": 1, "domains": 2, "prompt": 3, "output": 4, "acceptance": 5, "step_seeds": 6,
@@ -95,102 +95,6 @@ def open_loop_arrivals(spec, rng: np.random.Generator, n: int) -> np.ndarray:
     if isinstance(spec, ConstantArrivals):
         return np.arange(n, dtype=float) / spec.rate_per_s
     raise TypeError(f"not an open-loop arrival process: {spec!r}")
-
-
-_TIME_KEYS = ("arrival_s", "arrival_time_s", "arrival_time", "timestamp")
-_PROMPT_KEYS = ("prompt_len", "prompt_tokens", "input_len")
-_OUTPUT_KEYS = ("output_len", "output_tokens")
-_ACCEPT_KEYS = ("accept_len",)
-
-
-@dataclass(frozen=True)
-class ArrivalTrace:
-    times: np.ndarray
-    prompts: np.ndarray
-    outputs: np.ndarray
-    yields: list[np.ndarray | None]
-
-
-def _pick(rec: dict, keys: tuple[str, ...], path: str, where: str, required: bool = True):
-    for k in keys:
-        if k in rec and rec[k] not in (None, ""):
-            return rec[k]
-    if required:
-        raise InputError(path, f"{where}.{keys[0]}", f"missing field (accepted names: {', '.join(keys)})")
-    return None
-
-
-def _number(value, path: str, where: str, integer: bool) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(path, where, f"expected a number, got {value!r}") from None
-    if not np.isfinite(x) or x < 0 or (integer and (x != int(x) or x < 1)):
-        kind = "a whole number >= 1" if integer else "a finite number >= 0"
-        raise InputError(path, where, f"expected {kind}, got {value!r}")
-    return x
-
-
-def load_arrival_trace(spec: TraceArrivals, accept_field: str | None = None) -> ArrivalTrace:
-    """Read a JSONL or CSV request trace: arrival time, prompt and output length, optional yields.
-
-    Optional per-step acceptance: `accept_len` (or the acceptance trace's `field`), a list of step
-    yields by output position (SpecDecode-Bench convention); in CSV, numbers separated by spaces or `;`.
-    """
-    path = spec.path
-    p = Path(path)
-    if not p.exists():
-        raise InputError(path, None, "arrival trace not found")
-    records: list[tuple[str, dict]] = []
-    try:
-        if p.suffix.lower() == ".csv":
-            with p.open(encoding="utf-8", newline="") as fh:
-                for i, row in enumerate(csv.DictReader(fh), 2):
-                    records.append((f"line {i}", dict(row)))
-        else:
-            with p.open(encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(path, f"line {i}", f"not valid JSON ({exc.msg})") from None
-                    if not isinstance(rec, dict):
-                        raise InputError(path, f"line {i}", "expected a JSON object per line")
-                    records.append((f"line {i}", rec))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, f"cannot read: {exc}") from None
-    if not records:
-        raise InputError(path, None, "no requests in the arrival trace")
-    keys = _ACCEPT_KEYS + ((accept_field,) if accept_field else ())
-    times, prompts, outputs, yields = [], [], [], []
-    for where, rec in records:
-        times.append(_number(_pick(rec, _TIME_KEYS, path, where), path, where, integer=False))
-        prompts.append(_number(_pick(rec, _PROMPT_KEYS, path, where), path, where, integer=True))
-        outputs.append(_number(_pick(rec, _OUTPUT_KEYS, path, where), path, where, integer=True))
-        acc = _pick(rec, keys, path, where, required=False)
-        if acc is None:
-            yields.append(None)
-            continue
-        if isinstance(acc, str):
-            acc = [x for x in acc.replace(";", " ").split() if x]
-        try:
-            arr = np.asarray([int(x) for x in acc], dtype=np.int64)
-        except (TypeError, ValueError):
-            raise InputError(path, f"{where}.accept_len", "expected a list of whole-number step yields") from None
-        if arr.size == 0 or arr.min() < 1:
-            raise InputError(path, f"{where}.accept_len", "expected step yields >= 1")
-        yields.append(arr)
-    t = np.asarray(times, dtype=float)
-    order = np.argsort(t, kind="stable")
-    t = (t[order] - t[order[0]]) * spec.time_scale
-    return ArrivalTrace(
-        times=t,
-        prompts=np.asarray(prompts, dtype=np.int64)[order],
-        outputs=np.asarray(outputs, dtype=np.int64)[order],
-        yields=[yields[i] for i in order],
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,10 +161,105 @@ def _aligned(parts: dict[int, np.ndarray], store: _YieldStore, source: str, fiel
     return np.concatenate(arrays).astype(float)
 
 
+@dataclass
+class _Draws:
+    """Per-request draws being filled in, domain by domain, and the recorded traces they replay."""
+
+    prompt: np.ndarray
+    output: np.ndarray
+    cond: np.ndarray
+    trace_off: np.ndarray
+    trace_len: np.ndarray
+    store: _YieldStore = field(default_factory=_YieldStore)
+    conf_parts: dict[int, np.ndarray] = field(default_factory=dict)
+    prob_parts: dict[int, np.ndarray] = field(default_factory=dict)
+    chains_by: set[str] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, n: int, width: int) -> _Draws:
+        return cls(np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty((n, width), dtype=float),
+                   np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+
+
+def _domains(wl: WorkloadSpec, seed: int, n: int) -> tuple[list[str], np.ndarray]:
+    """The traffic slices' names and each request's slice (one default slice without a mixture)."""
+    domains = wl.domains
+    names = [d.name for d in domains] if domains else ["default"]
+    if domains:
+        w = np.asarray([d.weight for d in domains], dtype=float)
+        dom = stream(seed, "domains").choice(len(domains), size=n, p=w / w.sum()).astype(np.int64)
+    else:
+        dom = np.zeros(n, dtype=np.int64)
+    return names, dom
+
+
+def _replay_trace(acc: TraceAcceptance, idx: np.ndarray, rng: np.random.Generator, width: int,
+                  lengths_from_trace: bool, draws: _Draws) -> None:
+    """The requests `idx` each replay a record of the acceptance trace (drawn, or in order)."""
+    trace = load_acceptance_trace(acc.path, acc.field, acc.max_requests, acc.confidence_field,
+                                  acc.probability_field, acc.chains_by)
+    if acc.confidence_field or acc.probability_field:
+        draws.chains_by.add(acc.chains_by)
+    cache: dict[int, np.ndarray] = {}
+    for i in idx.tolist():
+        if lengths_from_trace or acc.records == "in_order":
+            r = (acc.first_record + i) % trace.num_requests
+        else:
+            r = int(rng.integers(trace.num_requests))
+        if r not in cache:
+            conditional = draw_request_acceptance(acc, rng, width, index=r).trace_conditional
+            assert conditional is not None  # a trace record's empirical conditional
+            cache[r] = conditional
+        draws.cond[i] = cache[r]
+        draws.trace_off[i], draws.trace_len[i] = draws.store.add(trace.yields[r])
+        if trace.confidences is not None:
+            draws.conf_parts[id(trace.yields[r])] = trace.confidences[r]
+        if trace.probabilities is not None:
+            draws.prob_parts[id(trace.yields[r])] = trace.probabilities[r]
+        if lengths_from_trace:
+            draws.prompt[i], draws.output[i] = trace.prompt_lens[r], trace.output_lens[r]
+
+
+def _draw_domain(sc: Scenario, d: int, slice_: Domain | None, idx: np.ndarray, n: int, width: int,
+                 draws: _Draws) -> None:
+    """Lengths and acceptance of the requests `idx` of traffic slice `d`."""
+    wl, seed = sc.workload, sc.seed
+    pdist = (slice_.prompt_tokens if slice_ and slice_.prompt_tokens else None) or wl.prompt_tokens
+    odist = (slice_.output_tokens if slice_ and slice_.output_tokens else None) or wl.output_tokens
+    # draw for all n and select, so adding a domain does not reshuffle the others' draws
+    draws.prompt[idx] = sample_lengths(pdist, stream(seed, "prompt", d), n)[idx]
+    draws.output[idx] = sample_lengths(odist, stream(seed, "output", d), n)[idx]
+    acc = (slice_.acceptance if slice_ and slice_.acceptance else None) or sc.acceptance
+    rng = stream(seed, "acceptance", d)
+    if isinstance(acc, TraceAcceptance):
+        _replay_trace(acc, idx, rng, width, wl.lengths_from_trace, draws)
+    elif isinstance(acc, PerRequestAcceptance):
+        for i in idx.tolist():
+            draws.cond[i] = draw_request_acceptance(acc, rng, width).conditional
+    else:
+        draws.cond[idx] = draw_request_acceptance(acc, rng, width).conditional
+
+
+def _arrivals(sc: Scenario, arrival_trace: ArrivalTrace | None, n: int, width: int, draws: _Draws) -> np.ndarray:
+    """Arrival times: replayed (with the trace's lengths and recorded yields), NaN until a closed-loop user
+    issues the request, or drawn from the open-loop process."""
+    arr_spec = sc.workload.arrivals
+    if arrival_trace is not None:
+        draws.prompt[:] = arrival_trace.prompts[:n]
+        draws.output[:] = arrival_trace.outputs[:n]
+        for i, y in enumerate(arrival_trace.yields[:n]):
+            if y is not None:
+                draws.trace_off[i], draws.trace_len[i] = draws.store.add(y)
+                draws.cond[i] = empirical_conditional(y, width)
+        return arrival_trace.times[:n].copy()
+    if isinstance(arr_spec, ClosedLoopArrivals):
+        return np.full(n, np.nan)
+    return open_loop_arrivals(arr_spec, stream(sc.seed, "arrivals"), n)
+
+
 def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> RequestTable:
     """Draw the whole workload of a scenario. `gamma_cap` is the width of the acceptance curves."""
     wl = sc.workload
-    seed = sc.seed
     width = max(int(gamma_cap), 1)
     arr_spec = wl.arrivals
     arrival_trace = None
@@ -269,104 +268,33 @@ def build_requests(sc: Scenario, gamma_cap: int, source: str = "scenario") -> Re
         accept_field = sc.acceptance.field if isinstance(sc.acceptance, TraceAcceptance) else None
         arrival_trace = load_arrival_trace(arr_spec, accept_field)
         n = min(n, len(arrival_trace.times))
-
-    # domains (a mixture) or the single default slice
-    domains = wl.domains
-    names = [d.name for d in domains] if domains else ["default"]
-    if domains:
-        w = np.asarray([d.weight for d in domains], dtype=float)
-        dom = stream(seed, "domains").choice(len(domains), size=n, p=w / w.sum()).astype(np.int64)
-    else:
-        dom = np.zeros(n, dtype=np.int64)
-
-    prompt = np.empty(n, dtype=np.int64)
-    output = np.empty(n, dtype=np.int64)
-    cond = np.empty((n, width), dtype=float)
-    trace_off = np.zeros(n, dtype=np.int64)
-    trace_len = np.zeros(n, dtype=np.int64)
-    store = _YieldStore()
-    conf_parts: dict[int, np.ndarray] = {}
-    prob_parts: dict[int, np.ndarray] = {}
-    chains_by: set[str] = set()
+    names, dom = _domains(wl, sc.seed, n)
+    draws = _Draws.empty(n, width)
     for d in range(len(names)):
-        slice_ = domains[d] if domains else None
-        idx = np.flatnonzero(dom == d)
-        pdist = (slice_.prompt_tokens if slice_ and slice_.prompt_tokens else None) or wl.prompt_tokens
-        odist = (slice_.output_tokens if slice_ and slice_.output_tokens else None) or wl.output_tokens
-        # draw for all n and select, so adding a domain does not reshuffle the others' draws
-        prompt[idx] = sample_lengths(pdist, stream(seed, "prompt", d), n)[idx]
-        output[idx] = sample_lengths(odist, stream(seed, "output", d), n)[idx]
-        acc = (slice_.acceptance if slice_ and slice_.acceptance else None) or sc.acceptance
-        rng = stream(seed, "acceptance", d)
-        if isinstance(acc, TraceAcceptance):
-            trace = load_acceptance_trace(acc.path, acc.field, acc.max_requests, acc.confidence_field,
-                                          acc.probability_field, acc.chains_by)
-            if acc.confidence_field or acc.probability_field:
-                chains_by.add(acc.chains_by)
-            cache: dict[int, np.ndarray] = {}
-            for i in idx.tolist():
-                if wl.lengths_from_trace or acc.records == "in_order":
-                    r = (acc.first_record + i) % trace.num_requests
-                else:
-                    r = int(rng.integers(trace.num_requests))
-                if r not in cache:
-                    cache[r] = draw_request_acceptance(acc, rng, width, index=r).trace_conditional
-                cond[i] = cache[r]
-                trace_off[i], trace_len[i] = store.add(trace.yields[r])
-                if trace.confidences is not None:
-                    conf_parts[id(trace.yields[r])] = trace.confidences[r]
-                if trace.probabilities is not None:
-                    prob_parts[id(trace.yields[r])] = trace.probabilities[r]
-                if wl.lengths_from_trace:
-                    prompt[i], output[i] = trace.prompt_lens[r], trace.output_lens[r]
-        elif isinstance(acc, PerRequestAcceptance):
-            for i in idx.tolist():
-                cond[i] = draw_request_acceptance(acc, rng, width).conditional
-        else:
-            cond[idx] = draw_request_acceptance(acc, rng, width).conditional
-
-    if arrival_trace is not None:
-        arrival = arrival_trace.times[:n].copy()
-        prompt[:] = arrival_trace.prompts[:n]
-        output[:] = arrival_trace.outputs[:n]
-        for i, y in enumerate(arrival_trace.yields[:n]):
-            if y is not None:
-                trace_off[i], trace_len[i] = store.add(y)
-                cond[i] = _empirical_conditional(y, width)
-    elif isinstance(arr_spec, ClosedLoopArrivals):
-        arrival = np.full(n, np.nan)
-    else:
-        arrival = open_loop_arrivals(arr_spec, stream(seed, "arrivals"), n)
-
-    if len(chains_by) > 1:
+        _draw_domain(sc, d, wl.domains[d] if wl.domains else None, np.flatnonzero(dom == d), n, width, draws)
+    arrival = _arrivals(sc, arrival_trace, n, width, draws)
+    if len(draws.chains_by) > 1:
         raise InputError(source, "acceptance.chains_by", "the replayed traces mix chains by position and by step")
-    trace_conf = _aligned(conf_parts, store, source, "confidence_field")
-    trace_prob = _aligned(prob_parts, store, source, "probability_field")
-    step_seed = stream(seed, "step_seeds").integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
-    closed = isinstance(arr_spec, ClosedLoopArrivals)
+    trace_conf = _aligned(draws.conf_parts, draws.store, source, "confidence_field")
+    trace_prob = _aligned(draws.prob_parts, draws.store, source, "probability_field")
+    step_seed = stream(sc.seed, "step_seeds").integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
+    closed = arr_spec if isinstance(arr_spec, ClosedLoopArrivals) else None
     return RequestTable(
         n=n,
         arrival=arrival,
-        prompt=prompt,
-        output=output,
+        prompt=draws.prompt,
+        output=draws.output,
         domain=dom,
         domain_names=names,
-        cond=np.clip(cond, 0.0, 1.0),
+        cond=np.clip(draws.cond, 0.0, 1.0),
         step_seed=step_seed,
-        trace_off=trace_off,
-        trace_len=trace_len,
-        trace_yields=store.flat(),
+        trace_off=draws.trace_off,
+        trace_len=draws.trace_len,
+        trace_yields=draws.store.flat(),
         trace_conf=trace_conf,
         trace_prob=trace_prob,
-        chains_by_step=chains_by == {"step"},
-        closed_loop=closed,
-        concurrency=arr_spec.concurrency if closed else 0,
-        think_time_s=arr_spec.think_time_s if closed else 0.0,
+        chains_by_step=draws.chains_by == {"step"},
+        closed_loop=closed is not None,
+        concurrency=closed.concurrency if closed is not None else 0,
+        think_time_s=closed.think_time_s if closed is not None else 0.0,
     )
-
-
-def _empirical_conditional(yields: np.ndarray, n: int) -> np.ndarray:
-    """c_k of one request's recorded yields (what a calibrated confidence head reports on average)."""
-    acc = yields - 1
-    tail = np.array([(acc >= k).mean() for k in range(0, n + 1)])
-    return np.where(tail[:-1] > 0, tail[1:] / np.maximum(tail[:-1], 1e-12), 0.0)

@@ -18,11 +18,11 @@ from dspark_sim.config.schema import (
     TraceArrivals,
     UniformLength,
 )
+from dspark_sim.sim.arrival_trace import load_arrival_trace
 from dspark_sim.sim.metrics import summarize
 from dspark_sim.sim.run import Simulation
 from dspark_sim.sim.workload import (
     build_requests,
-    load_arrival_trace,
     open_loop_arrivals,
     sample_lengths,
     uniforms,
