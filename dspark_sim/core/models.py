@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from dspark_sim.config.schema import DTYPE_BYTES, DrafterSpec, ModelSpec
 
 
@@ -171,7 +173,5 @@ def expected_distinct_experts(num_tokens, num_experts: int, experts_per_token: i
     one token with probability 1 - k/E. Real routers are skewed, which touches fewer experts; this is
     the memory-traffic upper estimate. Works on numpy arrays.
     """
-    import numpy as np
-
     t = np.asarray(num_tokens, dtype=float)
     return num_experts * (1.0 - (1.0 - experts_per_token / num_experts) ** t)

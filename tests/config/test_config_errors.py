@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dspark_sim.config.errors import InputError
@@ -91,9 +94,6 @@ def test_override_reaches_named_profile(write_yaml):
 
 def test_missing_optional_package_is_one_line():
     """Without the engine extra, engine commands say which extra to install (no traceback)."""
-    import subprocess
-    import sys
-
     code = "import sys; sys.modules['torch'] = None; sys.argv = ['dspark-sim', 'profile']; " \
            "from dspark_sim.cli.main import main; main()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -18,7 +18,12 @@ from dspark_sim.config.schema import (
     PerRequestAcceptance,
 )
 from dspark_sim.core.acceptance import expected_tokens, leviathan_expected_tokens, survival_curve
-from dspark_sim.core.analytic import predict_grid, predict_scenario, speedup_from_times
+from dspark_sim.core.analytic import (
+    memory_available_bytes,
+    predict_grid,
+    predict_scenario,
+    speedup_from_times,
+)
 from dspark_sim.core.costmodel import StepCoster
 
 
@@ -135,8 +140,6 @@ def test_vectorised_rate():
 def test_replicated_draft_model_has_no_collectives_and_reads_all_its_weights():
     """drafter.replicated: at TP 4 a draft model's passes run on one GPU's worth of weights each (no
     all-reduce, 4x the bytes of a sharded pass), and each GPU stores the whole draft."""
-    from dspark_sim.core.analytic import memory_available_bytes
-
     base = load_scenario(None, ["deployment.tensor_parallel=4",
                                 "deployment.drafter={kind: draft_model, model: llama-3.2-1b}"])
     rep = load_scenario(None, ["deployment.tensor_parallel=4",

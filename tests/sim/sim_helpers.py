@@ -1,4 +1,4 @@
-"""Small, fast scenarios for the simulator tests (no ../shared, no bundled profiles needed)."""
+"""Small, fast scenarios for the simulator tests (no data outside the repository, no bundled profiles needed)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dspark_sim.config.schema import Scenario
 from dspark_sim.core.analytic import kv_bytes_per_token_per_gpu
 from dspark_sim.core.costmodel import StepCoster, stats_of
 
-#: an H200-like device, figures from FACTS.md section 3 (inline so tests do not depend on profiles)
+#: an H200-like device, figures from the H200 SXM datasheet (inline so tests do not depend on profiles)
 HARDWARE: dict[str, Any] = {
     "name": "test-gpu",
     "memory_capacity_gb": 141.0,

@@ -14,13 +14,12 @@ from dspark_sim.sim.metrics import summarize
 from dspark_sim.sim.run import Simulation
 
 from .sim_helpers import base_dict, scenario
+from .sim_helpers import model as preset
 
 
 def _single_user(alpha: float, gamma: int, prompt: int, output: int, requests: int, model: str | None = None):
     d = base_dict()
     if model:
-        from .sim_helpers import model as preset
-
         d["deployment"]["model"] = preset(model)
     sc = scenario(
         d,

@@ -18,7 +18,7 @@ OURS = ["long-context", "deepseek-v4-flash-dspark-vs-mtp1", "static-mtp-high-con
 def test_scenario_validates(name):
     sc = load_scenario(SCENARIOS / f"{name}.yaml")
     assert sc.name == name and sc.sweep is not None
-    if sc.acceptance.kind != "trace":  # the trace scenario needs ../shared, which tests must not
+    if sc.acceptance.kind != "trace":  # the trace scenario reads the SpecDecode-Bench traces, not in the repo
         sim = Simulation(sc)
         assert sim.costs.fast  # the scalar cost path reproduces the shared cost model here
 

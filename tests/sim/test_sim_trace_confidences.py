@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from dspark_sim.config.errors import InputError
 from dspark_sim.config.loader import scenario_from_dict
+from dspark_sim.core.acceptance import load_acceptance_trace
 from dspark_sim.sim.run import simulate_config
 
 from .sim_helpers import base_dict
@@ -100,12 +102,8 @@ def test_live_step_chains_are_replayed_by_step_number(tmp_path):
 
 
 def test_step_chains_need_lists(tmp_path):
-    from dspark_sim.config.errors import InputError
-
     path = tmp_path / "flat.jsonl"
     path.write_text(json.dumps({"prompt_len": 4, "output_len": 3, "accept_len": [1, 1, 1],
                                 "step_confidence": [0.5, 0.5]}) + "\n")
-    from dspark_sim.core.acceptance import load_acceptance_trace
-
     with pytest.raises(InputError, match="line 1.step_confidence"):
         load_acceptance_trace(str(path), "accept_len", None, "step_confidence", None, "step")
