@@ -72,7 +72,7 @@ case "$1" in
     timeout 150 "${CLI[@]}" profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
       --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/cuda-profile-eager.json" \
       > "$R/profile-eager.log" 2>&1 || true
-    timeout 400 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+    timeout 400 "${CLI[@]}" engine drafters table --device cuda --cache-dir .carry/engine --new-tokens 96 \
       --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/cuda.json" \
       --markdown "$R/cuda.md" > "$R/drafters.log" 2>&1 || true ;;
   tensor-parallel)
