@@ -1,10 +1,11 @@
-"""Predicted vs published speed-ups for the Leviathan et al. and Chen et al. cases (FACTS.md section 1).
+"""Predicted vs published speed-ups for the Leviathan et al. (arXiv 2211.17192, Table 4) and Chen et al.
+(arXiv 2302.01318, Table 1) cases.
 
 Run: python validation/papers/make_table.py   (writes validation/papers/papers.md and papers.json)
 
 Both papers give per-token draft/target cost ratios (or times) and, for Leviathan, the acceptance
 alpha; dspark-sim's predictor prices a step as gamma draft passes + one verify pass and uses the same
-acceptance maths as every other command (dspark_sim.acceptance / dspark_sim.analytic).
+acceptance maths as every other command (dspark_sim.core.acceptance / dspark_sim.core.analytic).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 
 from scipy.optimize import brentq
 
-from dspark_sim.acceptance import expected_tokens
-from dspark_sim.analytic import speedup_from_times
+from dspark_sim.config.io import write_atomic
 from dspark_sim.config.schema import IIDAcceptance
-from dspark_sim.io import write_atomic
+from dspark_sim.core.acceptance import expected_tokens
+from dspark_sim.core.analytic import speedup_from_times
 
 HERE = Path(__file__).resolve().parent
 
@@ -84,8 +85,9 @@ def main() -> None:
     lines = [
         "# Predicted vs published: Leviathan et al. (2023) and Chen et al. (2023)",
         "",
-        "Made by `python validation/papers/make_table.py` (figures: ../../../shared/reference/FACTS.md section 1,",
-        "from arXiv 2211.17192 Table 4 and arXiv 2302.01318 Table 1).",
+        "Made by `python validation/papers/make_table.py` (figures: Leviathan, Kalman, Matias, ICML 2023,",
+        "arXiv 2211.17192, Table 4; Chen et al. 2023, arXiv 2302.01318, Table 1). Arithmetic only: any machine",
+        "gives these figures, byte for byte (`papers.json` holds them).",
         "",
         "## Leviathan et al., Table 4 (T5-XXL target, TPU-v4, batch 1)",
         "",
@@ -116,7 +118,7 @@ def main() -> None:
         "",
         "- Against the closed form (Leviathan's 'Exp' column) the predictor is exact: the differences above",
         "  are the paper's rounding to one decimal (|pred - formula| <= 0.06; the last row's 1.6 vs 1.54",
-        "  suggests the paper rounded alpha before printing it). `tests/test_analytic.py` checks the identity",
+        "  suggests the paper rounded alpha before printing it). `tests/core/test_analytic.py` checks the identity",
         "  to 1e-12 over random alpha, gamma and c.",
         "- Against the papers' *measured* speed-ups we claim no tolerance from these inputs alone: with only",
         "  (alpha, c) the error is -23% to +47%, the same gap the paper reports between its own formula and",
