@@ -15,7 +15,6 @@
 #                                                 #   (TP_DRAFT=--replicate-draft: the draft unsharded on every GPU)
 #   bash benchmarks/device_session.sh two         # on nvidia-h200-x2: validate and the drafters stage side by side
 #   bash benchmarks/device_session.sh solo        # on nvidia-h200-x2: validate alone, then the 8B TP run with its profile kept
-#   bash benchmarks/device_session.sh noise       # validate's measurement sequence re-run with diagnostics
 #   bash benchmarks/device_session.sh steps       # graphed speculative steps: GPU tests, eager vs graphed, quick validate
 #   bash benchmarks/device_session.sh checked     # the step-graph GPU tests, then (if they pass) validate, one archive
 #   bash benchmarks/device_session.sh tp2         # on nvidia-h200-x2: TP 1/2 8B, TP 2 70B, the draft replicated
@@ -50,18 +49,6 @@ case "${1:-}" in
     timeout 280 python3 -m dspark_sim.cli.main validate --device cuda --quick --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda-quick" > "$R/validate.log" 2>&1 || true
     tar czf "$OUT/quick.tgz" -C "$OUT" r && rm -rf "$R" ;;
-  noise)
-    # where the GPU outliers come from: the batch >= 4 cases' step walls, rounds with and without a matmul
-    # burst before each case, beside a log of the GPU's SM clock (benchmarks/gpu_case_noise.py)
-    export PYTHONUNBUFFERED=1
-    nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw,pstate --format=csv -lms 200 \
-      > "$OUT/clocks.csv" 2>&1 &
-    SMI=$!
-    timeout 330 python3 benchmarks/gpu_case_noise.py --device cuda --cache-dir .carry/engine --min-batch 4 \
-      --sps-from validation/reports/cuda/report.json --rounds cold,burst,cold \
-      -o "$OUT/noise.json" > "$OUT/noise.log" 2>&1 || true
-    kill $SMI || true
-    tar czf "$OUT/noise.tgz" -C "$OUT" noise.json clocks.csv && rm -f "$OUT/noise.json" "$OUT/clocks.csv" ;;
   steps)
     # the step graphs (cudagraphs.StepGraphs) on a GPU: their tests (pytest from the carried wheels), the
     # step time against the eager-phase loop, and validate --quick with the trained pair, in one archive
@@ -181,5 +168,5 @@ case "${1:-}" in
       2> "$OUT/tp2_70b.log" > /dev/null || true
     ;;
   *)
-    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|noise|steps|checked|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
+    echo "usage: OUT=... bash benchmarks/device_session.sh engine|validate|steps|checked|drafters|pair|tp|four|one|tp4|tp2|two|solo" >&2; exit 2 ;;
 esac
