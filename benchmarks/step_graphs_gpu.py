@@ -22,7 +22,7 @@ from dspark_sim.config.schema import FixedGamma
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
 from dspark_sim.engine.data import load_corpus
 from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
-from dspark_sim.validate.run import _prompt_sets, load_pair
+from dspark_sim.validate.engine_runs import load_pair, prompt_sets
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     a = ap.parse_args()
 
     target, draft, dev = load_pair("tiny", 0, a.cache_dir, a.device, a.dtype)
-    _, pool = _prompt_sets(load_corpus(2_000_000).eval, a.prompt_tokens, 64)
+    _, pool = prompt_sets(load_corpus(2_000_000).eval, a.prompt_tokens, 64)
     tf, df, graphs = GraphedForward(target), GraphedForward(draft), StepGraphs(target, draft)
     rows = []
     for temperature in (0.0, 1.0):

@@ -266,15 +266,13 @@ def validate(
              "beside it, then the median; cpu only); with --repredict the default keeps the folder's own")] = None,
 ) -> None:
     """Predict tokens/s and speed-up with the simulator, measure them with the engine, report the error."""
-    import torch
-
     if workers is not None and workers < 1:
         raise InputError("--workers", None, f"must be >= 1, got {workers}")
     if drafters is not None:
         _validate_drafters(drafters, profile_path, out_dir, device, cache_dir, tolerance)
         return
     if repredict is not None:
-        from dspark_sim.validate.run import repredict_report
+        from dspark_sim.validate.repredict import repredict_report
 
         if out_dir is None or out_dir.resolve() == repredict.resolve():
             raise InputError("--out", None, "--repredict needs --out, another folder than the report's")
@@ -284,9 +282,12 @@ def validate(
         _write_validation(report, out_dir, console)
         return
 
+    import torch
+
     from dspark_sim.fit.calibrate import check_profile_matches, load_profile
     from dspark_sim.measure.profile import engine_version
-    from dspark_sim.validate.run import resolve_estimator, run_validation
+    from dspark_sim.validate.compare import resolve_estimator
+    from dspark_sim.validate.measure import run_validation
 
     if device not in ("cpu", "cuda"):
         raise InputError("--device", None, f"got {device!r}, allowed: cpu, cuda")

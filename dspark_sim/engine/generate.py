@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dspark_sim.config.traces import RequestRecord, StepRecord, TraceMeta
 from dspark_sim.core.policies import StepView, make_policy
+from dspark_sim.core.static_cache import cache_tokens
 from dspark_sim.engine.model import KV_DTYPES, Transformer
 
 Forward = Callable[..., Tensor]
@@ -275,13 +276,6 @@ class _Clock:
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
-
-
-def cache_tokens(prompt_len: int, max_new_tokens: int, gamma: int) -> int:
-    """Static KV-cache length a speculative run needs: prompt + outputs + the drafts of the last step, and
-    room for finished rows that keep stepping with the batch. One rule for the engine, its profile and
-    validate, because the loops attend over the whole static cache (its length is part of the cost)."""
-    return prompt_len + max_new_tokens + 2 * gamma + 2
 
 
 def ensure_caches(model: Transformer, batch: int, length: int, kv_dtype: str | None) -> None:

@@ -17,10 +17,10 @@ token the target would reject is not what the live draft is conditioned on.
 `live_steps` records, for sampled decoding, what no walk along the target's own tokens can give: the
 states live steps start in. A live step starts after the previous step's accepted drafts (tokens the
 draft liked: distributed as min(p, q)) and its correction (one it did not: drawn from the residual), so
-the draft's confidences there differ from those at a position of the target's own output (at batch 1,
-fixed gamma 5: a first-draft confidence of 0.49 after a fully accepted step and 0.28 after a rejection,
-against 0.44 and 0.33 in a walk over the chains, benchmarks/dspark_live_vs_trace.py); a policy that
-chooses its verify length from the confidences then picks a different mix of states than the walk.
+the draft's confidences there differ from those at a position of the target's own output (the bundled
+tiny pair at batch 1, fixed gamma 5, 4 sampled paths x 48 prompts: a first-draft confidence of 0.49 after
+a fully accepted step and 0.28 after a rejection, against 0.44 and 0.33 in a walk over the chains); a
+policy that chooses its verify length from the confidences then picks a different mix of states than the walk.
 It runs the engine's own draft and rejection-sampling code with the policy deciding `batch` consecutive
 rows jointly, as the engine decides a static batch of that size (the states depend on it: a loaded
 scheduler verifies less, so more of its steps start after a fully accepted draft), and keeps, step by
@@ -51,7 +51,7 @@ from dspark_sim.engine.generate import (
     token_buffer_len,
     verify_drafts,
 )
-from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.model import KVCache, Transformer
 
 
 def _runs(ok: np.ndarray) -> np.ndarray:
@@ -68,8 +68,7 @@ def _prefill_rows(model: Transformer, seq: torch.Tensor, rows: int, cache_len: i
         model.setup_caches(rows, cache_len)
     zero = torch.zeros(1, dtype=torch.long, device=seq.device)
     model(seq, zero, logit_index=zero)  # only the cache matters here
-    for layer in model.layers:
-        kv = layer.attention.kv_cache
+    for kv in (m for m in model.modules() if isinstance(m, KVCache)):
         for buf in kv.buffers():
             buf[1:rows] = buf[0]
 
@@ -223,6 +222,8 @@ def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[lis
         if not active.any():
             break
         drafts, q, conf = _draft(draft, buf, pend, g, sampling, gen)
+        if q is None:  # the draft returns its distributions whenever it samples
+            raise ValueError("live_steps records sampled decoding: the draft returned no distributions")
         positions = pend[:, None] + torch.arange(g + 1, device=dev)
         p = logits_to_probs(target(buf.gather(1, positions), positions), sampling)
         q_d = q.gather(-1, drafts[..., None])[..., 0].float()

@@ -1,14 +1,14 @@
 """The machine's own speed, probed while `validate` profiles and measures on a CPU.
 
 Why: on a shared 2-core CPU the same unchanging work runs ~30% faster in some minutes than in others
-(benchmarks/cpu_host_states.py: the plain batch-16 loop read 7.1-7.5k tokens/s for three minutes, then
+(tools/cpu_host_states.py: the plain batch-16 loop read 7.1-7.5k tokens/s for three minutes, then
 5.3-5.8k for four), so a profile and a measurement taken minutes apart disagree by whatever spell each
 met. Short fixed yardsticks (a few tiny engine steps; a few passes of each model) timed every few
 seconds give a timeline of the host's speed; every profile and measured timing is then scaled to one
 reference speed (the run's median reading: steps and measured runs by the step yardstick, each model's
 passes by its own), and the prediction made at that speed is compared with measurements brought to it.
 Read right before a measured case, the step yardstick tracked the case's own speed with correlation
-0.70-0.81 (benchmarks/host_yardstick_tracking.py; validation/README.md, session 13).
+0.70-0.81 (tools/host_yardstick_tracking.py; validation/README.md, session 13).
 
 On a GPU the yardstick is not taken: its steps would drop the captured CUDA graphs, and the device's
 speed is steady there (its estimator is the fastest repeat instead).

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +26,7 @@ from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample
 from dspark_sim.config.schema import ModelSpec
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
 from dspark_sim.engine.model import ModelArgs, Transformer
+from dspark_sim.measure.profile_merge import timing_summary
 
 _ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
 
@@ -107,14 +107,6 @@ def time_call(fn, device: torch.device, warmup: int, repeats: int) -> list[float
     return times
 
 
-def _summary(times: list[float]) -> tuple[float, float]:
-    med = statistics.median(times)
-    if len(times) >= 3:
-        p10, p90 = np.percentile(times, [10, 90])
-        return med, float((p90 - p10) / med)
-    return med, 0.0
-
-
 @torch.no_grad()
 def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_tokens: list[int],
                    contexts: list[int], kv_dtypes: list[str | None], *, cache_len_for, forward=None,
@@ -178,7 +170,7 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
     out: list[PassSample] = []
     for key in shapes:
         kv, ctx, b, q = key
-        med, spread = _summary(times[key])
+        med, spread = timing_summary(times[key])
         out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
                               attended_tokens=cache_len_for(ctx, q),
                               kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
@@ -438,63 +430,6 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                          cuda_graphs=graphs)
 
 
-def at_reference_speed(profile: EngineProfile, reference_s: dict[str, float]) -> EngineProfile:
-    """The profile with every timing brought to the host speed at which the yardsticks read `reference_s`
-    (by kind: a pass by its model's, a step by the step yardstick; host_speed.py); timings taken without a
-    yardstick reading stay as they are."""
-    from dspark_sim.measure.host_speed import scaled
-
-    samples = []
-    for s in profile.samples:
-        if s.host_probe_s is None:
-            samples.append(s)
-            continue
-        ref = reference_s[s.role]
-        times = [scaled(t, p, ref) for t, p in zip(s.times_s, s.host_probe_s, strict=True)]
-        med, spread = _summary(times)
-        samples.append(s.model_copy(update={"times_s": times, "median_s": med, "spread": spread,
-                                            "host_probe_s": [ref] * len(times)}))
-    ref = reference_s["step"]
-    steps = [st if st.host_probe_s is None else st.model_copy(update={
-        "step_s": scaled(st.step_s, st.host_probe_s, ref), "draft_s": scaled(st.draft_s, st.host_probe_s, ref),
-        "verify_s": scaled(st.verify_s, st.host_probe_s, ref), "host_probe_s": ref})
-        for st in profile.steps]
-    return profile.model_copy(update={"samples": samples, "steps": steps})
-
-
-def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> EngineProfile:
-    """Profiles of one grid taken at different times -> one profile: every pass shape's repeats pooled
-    (median and spread recomputed), every step configuration's median run (lower middle), or with
-    `fastest_steps` its fastest.
-
-    Why: `validate` profiles in rounds between its measurement rounds, so that the calibration sees the
-    same slow and fast spells of a shared host as the measurements it predicts. On a GPU a whole step is
-    host-bound and a busy host only ever slows it (validation/README.md, session 12): there the fastest
-    round is the machine's own speed, as the fastest timed repeat is on the measuring side."""
-    if len(rounds) == 1:
-        return rounds[0]
-    passes: dict[tuple, list[PassSample]] = {}
-    for prof in rounds:
-        for s in prof.samples:
-            passes.setdefault((s.role, s.batch_size, s.query_tokens, s.context_tokens, s.attended_tokens,
-                               s.kv_dtype), []).append(s)
-    samples = []
-    for group in passes.values():
-        times = [t for s in group for t in s.times_s]
-        med, spread = _summary(times)
-        probes = ([p for s in group for p in s.host_probe_s] if all(s.host_probe_s is not None for s in group)
-                  else None)
-        samples.append(group[0].model_copy(update={"times_s": times, "median_s": med, "spread": spread,
-                                                   "host_probe_s": probes}))
-    steps_by: dict[tuple, list[StepSample]] = {}
-    for prof in rounds:
-        for st in prof.steps:
-            steps_by.setdefault((st.batch_size, st.gamma, st.context_tokens, st.attended_tokens, st.temperature,
-                                 st.baseline_loop, st.policy), []).append(st)
-    steps = [sorted(g, key=lambda st: st.step_s)[0 if fastest_steps else (len(g) - 1) // 2] for g in steps_by.values()]
-    return rounds[0].model_copy(update={"samples": samples, "steps": steps})
-
-
 # ------------------------------------------------------------------------------------------------
 # All-reduce microbenchmark (tensor parallelism's communication; `python -m dspark_sim.engine.tp allreduce`)
 # ------------------------------------------------------------------------------------------------
@@ -593,7 +528,7 @@ def profile_allreduce(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *,
             floor = statistics.median(alone)
             times = [max(v - floor, 1e-9 * floor) for v in both]
         times = [v / inner for v in times]
-        med, spread = _summary(times)
+        med, spread = timing_summary(times)
         out.append(AllReduceSample(world_size=tp.world, tokens=t, hidden=hidden, dtype=name,
                                    message_bytes=t * hidden * elem, mode=mode,
                                    context="between-matmuls" if weight is not None else "burst",

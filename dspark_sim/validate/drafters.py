@@ -164,7 +164,7 @@ def scenario(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
              policy: dict[str, Any] | None, trace: Path, seed: int, kind: str | None = None,
              gamma: int = 0) -> Scenario:
     """A closed static batch of `batch` requests, as `validate` describes an engine run."""
-    from dspark_sim.validate.run import engine_run_scenario
+    from dspark_sim.validate.engine_scenario import engine_run_scenario
 
     hw = setup.hardware(temperature, kind if drafter is not None else None, gamma)
     return engine_run_scenario(f"drafters T={temperature:g} B={batch}", seed, hw, setup.profile.target, drafter,
@@ -178,7 +178,7 @@ def simulate(setup: Setup, temperature: float, batch: int, drafter: dict[str, An
     """(full-batch decode tokens/s, tau) over the seeds: the steps with every request decoding, as
     `validate.predict_case` and the benchmark's `full_batch_tokens_per_s` take them."""
     from dspark_sim.sim.run import Simulation
-    from dspark_sim.validate.run import decode_tokens_and_passes, full_batch_window
+    from dspark_sim.validate.engine_scenario import decode_tokens_and_passes, full_batch_window
 
     tokens = seconds = gained = passes = 0.0
     for seed in setup.seeds:

@@ -1,15 +1,16 @@
 """Does a short yardstick read right before an engine case track the case's own speed on this CPU?
 
-Session 13's evidence for `validate`'s host-speed yardstick (dspark_sim/measure/host_speed.py). One process
+The check behind `validate`'s host-speed yardstick (dspark_sim/measure/host_speed.py, the 'probed'
+estimator on a CPU): run it on a new CPU host before relying on that estimator there. One process
 alternates, for --minutes, a reading of four tiny engine steps (plain and gamma 5 at batch 1 and 16, 8 new
 tokens) with four engine cases (T=0 B=16 P=64 fixed:5, T=0 B=1 P=64 fixed:5, T=1 B=4 P=256 fixed:3,
 T=0 B=16 P=256 fixed:1), then prints, per case and loop, the spread (standard deviation) of log tokens/s and
 how much of it the reading right before explains: the correlation, and the spread left once the rate is
-multiplied by the reading. Session 13's run of this procedure (6 minutes, 324 case runs): correlation
-0.70-0.81 with the four steps' geometric mean, spread 0.08-0.13 falling to 0.06-0.08 (validation/README.md,
-section 3, session 13).
+multiplied by the reading. On the shared 2-core CPU where the yardstick was designed (6 minutes, 324 case
+runs): correlation 0.70-0.81 with the four steps' geometric mean, spread 0.08-0.13 falling to 0.06-0.08
+(validation/README.md, section 3).
 
-    python benchmarks/host_yardstick_tracking.py --minutes 6 -o /tmp/host_yardstick_tracking.json
+    python tools/host_yardstick_tracking.py --minutes 6 -o /tmp/host_yardstick_tracking.json
 """
 
 from __future__ import annotations
@@ -21,17 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dspark_sim.config.io import write_atomic
 from dspark_sim.engine.data import load_corpus
 from dspark_sim.measure.profile import profile_steps
-from dspark_sim.validate.run import (
-    ACCEPTANCE_PROMPTS,
-    Case,
-    Engine,
-    _prompt_sets,
-    case_prompts,
-    load_pair,
-    run_case_once,
-)
+from dspark_sim.validate.cases import ACCEPTANCE_PROMPTS, Case
+from dspark_sim.validate.engine_runs import Engine, case_prompts, load_pair, prompt_sets, run_case_once
 
 CASES = [Case(0.0, 16, 64, "fixed:5", rounds=1, new_tokens=64), Case(0.0, 1, 64, "fixed:5", rounds=2, new_tokens=64),
          Case(1.0, 4, 256, "fixed:3", rounds=2, new_tokens=64), Case(0.0, 16, 256, "fixed:1", rounds=1, new_tokens=64)]
@@ -61,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     target, draft, dev = load_pair("tiny", 0, None, "cpu", log=lambda m: None)
     corpus = load_corpus(2_000_000)
-    set_a, set_b = _prompt_sets(corpus.eval, 256, ACCEPTANCE_PROMPTS)
+    set_a, set_b = prompt_sets(corpus.eval, 256, ACCEPTANCE_PROMPTS)
     eng = Engine(target, draft, dev, set_a, set_b)
     prompts = case_prompts(eng, CASES)
     runs: list[dict] = []
@@ -78,7 +73,7 @@ def main() -> None:
     print(len(runs), "case runs")
     analyse(runs)
     if args.out:
-        args.out.write_text(json.dumps(runs) + "\n")
+        write_atomic(args.out, json.dumps(runs) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Does this machine's own speed change while `validate` runs? One fixed workload timed for minutes.
 
-`validate` on the 2-core CPU misses its tokens/s targets in some runs by a near-constant factor (all of a
-run's points predicted 11-18% fast) while other runs sit within 2%; its profile rounds and measurement
-rounds of the plain batch-16 loop read 5.2-6.4k tokens/s in some rounds and 7.5-8.6k in others. This runs
+Run it before trusting `dspark-sim validate` on a shared CPU. On a shared 2-core CPU validate missed its
+tokens/s targets in some runs by a near-constant factor (all of a run's points predicted 11-18% fast) while
+other runs sat within 2%; its profile rounds and measurement rounds of the plain batch-16 loop read
+5.2-6.4k tokens/s in some rounds and 7.5-8.6k in others. This runs
 one unchanging piece of work, the plain decoding loop of the bundled tiny target at batch 1 and batch 16
 (same prompts, same caches, same process), back to back for `--minutes`, and prints how its speed moves:
 quantiles, the slow and fast spells, and how long a spell lasts. Nothing in the engine changes between
 samples, so whatever moves is the machine.
 
-    python benchmarks/cpu_host_states.py --minutes 8 -o /tmp/host_states.json
+    python tools/cpu_host_states.py --minutes 8 -o /tmp/host_states.json
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from dspark_sim.config.io import write_atomic
-from dspark_sim.validate.run import ACCEPTANCE_PROMPTS, _prompt_sets, load_pair
+from dspark_sim.engine.data import load_corpus
+from dspark_sim.engine.generate import Sampling, generate_baseline
+from dspark_sim.validate.cases import ACCEPTANCE_PROMPTS
+from dspark_sim.validate.engine_runs import load_pair, prompt_sets
 
 
 def spells(values: list[float], cut: float) -> list[tuple[bool, int]]:
@@ -44,14 +50,9 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, default=None)
     args = ap.parse_args()
 
-    import torch
-
-    from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.generate import Sampling, generate_baseline
-
     target, _, _ = load_pair("tiny", 0, args.cache_dir, "cpu", log=lambda m: None)
     corpus = load_corpus(2_000_000)
-    prompts, _ = _prompt_sets(corpus.eval, 64, ACCEPTANCE_PROMPTS)
+    prompts, _ = prompt_sets(corpus.eval, 64, ACCEPTANCE_PROMPTS)
     batches = [int(b) for b in args.batches.split(",")]
     series: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
     t_start = time.perf_counter()
