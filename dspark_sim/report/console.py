@@ -72,7 +72,8 @@ def print_profile(profile: HardwareProfile, console: Console) -> None:
         ("peak dense TFLOP/s", ", ".join(f"{k} {v:g}" for k, v in profile.peak_tflops.items())),
         ("interconnect", f"{profile.interconnect_bandwidth_gbps:g} GB/s/dir, {profile.interconnect_latency_us:g} us"),
         ("efficiency", ", ".join(f"{k} {v:g}" for k, v in profile.efficiency.model_dump().items())),
-        ("overheads", ", ".join(f"{k} {v:g}" for k, v in profile.overheads.model_dump().items())),
+        ("overheads", ", ".join(f"{k} {'-' if v is None else format(v, 'g')}"  # None: as per_step_us
+                                for k, v in profile.overheads.model_dump().items())),
         ("price", f"${profile.price_per_hour_usd:g}/h" if profile.price_per_hour_usd is not None else "-"),
     ]
     for k, v in rows:

@@ -704,7 +704,7 @@ def calibrations(profile: EngineProfile, grid: Grid, device: str, workers: int =
     """One calibration per temperature (sampling costs more per step than greedy decoding), and the
     cross-prediction's calibration on small batches only: (hardware, report, small-batch hardware) by T.
     The fits are independent, so they run in `workers` processes (a fit of a CPU profile can take 15 s)."""
-    from dspark_sim.studies.sweep import map_unordered
+    from dspark_sim.studies.executors import map_unordered
 
     measured_temps = {s.temperature for s in profile.steps}
     tasks = []
@@ -946,7 +946,7 @@ def predict_measurements(meas: ValidationMeasurements, profile: EngineProfile, t
                          workers: int | None = None) -> ValidationReport:
     """The predict half of `validate` (and all of `--repredict`): calibrate on the profile, simulate every
     measured case, and compare. Writes the calibrations; the caller writes the report."""
-    from dspark_sim.studies.sweep import default_workers, map_unordered
+    from dspark_sim.studies.executors import default_workers, map_unordered
 
     grid = QUICK if meas.quick else FULL
     workers = min(workers or default_workers(), len(meas.cases))
