@@ -35,7 +35,6 @@ from dspark_sim.config.loader import (
 from dspark_sim.config.measurements import CalibrationReport, EngineProfile, ValidationReport
 from dspark_sim.config.results import PlanResult, PredictResult, RunResult, SweepPointRecord, SweepResult
 from dspark_sim.config.schema import HardwareProfile, ModelSpec, PlanSpec, Scenario, SweepSpec
-from dspark_sim.core.analytic import predict_scenario
 from dspark_sim.core.models import model_stats
 from dspark_sim.report.console import print_model, print_predict, print_profile
 
@@ -66,6 +65,8 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the JSON here")] = None,
 ) -> None:
     """Closed-form prediction: baseline vs speculative step times, tau, tokens/s, best gamma."""
+    from dspark_sim.core.analytic import predict_scenario  # scipy: when it runs
+
     sc = load_scenario(scenario, set_ or [])
     result = predict_scenario(sc)
     doc = result.model_dump_json(indent=2)
