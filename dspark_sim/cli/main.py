@@ -151,7 +151,7 @@ def models_show(name: str, json_out: JsonOpt = False) -> None:
     if json_out:
         sys.stdout.write(m.model_dump_json(indent=2) + "\n")
     else:
-        print_model(m, console())
+        print_model(m, model_stats(m), console())
 
 
 def _mount_optional() -> None:
