@@ -15,6 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from dspark_sim.cli.dashboard import write_dashboard
+from dspark_sim.studies.sweep import POINTS_FILE, read_points, run_sweep
+
 REPO = Path(__file__).resolve().parent.parent
 
 SWEEP = """
@@ -33,15 +36,10 @@ groups:
 
 
 def _records(folder: Path) -> dict:
-    from dspark_sim.studies.sweep import POINTS_FILE, read_points
-
     return {r["key"]: {k: v for k, v in r.items() if k != "elapsed_s"} for r in read_points(folder / POINTS_FILE)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from dspark_sim.report.html import write_dashboard
-    from dspark_sim.studies.sweep import run_sweep
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=16, help="sweep points (half per policy)")
     ap.add_argument("--requests", type=int, default=400, help="requests per simulated point")

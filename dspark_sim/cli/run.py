@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -14,9 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dspark_sim.cli.common import console as make_console
+from dspark_sim.cli.dashboard import write_run_dashboard
 from dspark_sim.config.io import write_atomic
 from dspark_sim.config.results import RunResult, RunTimeSeriesDoc
-from dspark_sim.sim.run import ConfigRun, ScenarioRun, run_scenario
+from dspark_sim.sim.run import ScenarioRun, run_scenario
+from dspark_sim.studies.labels import file_label
 
 _CSV_FIELDS = ("id", "domain", "replica", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",
                "ttft_s", "tpot_ms", "e2e_s", "steps", "verified", "accepted", "tau", "preemptions", "measured")
@@ -54,20 +56,12 @@ def run_command(scenario: Path | str | None, overrides: list[str], *, json_out: 
     if json_out:
         sys.stdout.write(doc + "\n")
     else:
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, width=160)
+        console = make_console(160)
         print_run(run.result, console)
         console.print(f"[dim]{len(run.runs)} simulations in {wall:.1f} s wall[/dim]")
         if out_dir is not None:
             console.print(f"[dim]results written to {out_dir}[/dim]")
     return run
-
-
-def _label(run: ConfigRun) -> str:
-    s = run.summary
-    text = s.variant if s.sweep_value is None else f"{s.variant}_{s.sweep_value}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
 def write_outputs(run: ScenarioRun, out_dir: Path) -> None:
@@ -76,8 +70,6 @@ def write_outputs(run: ScenarioRun, out_dir: Path) -> None:
     write_atomic(out_dir / "summary.json", run.result.model_dump_json(indent=2) + "\n")
     series = RunTimeSeriesDoc(scenario=run.result.scenario, series=[r.series for r in run.runs])
     write_atomic(out_dir / "timeseries.json", series.model_dump_json() + "\n")
-    from dspark_sim.report.html import write_run_dashboard
-
     write_run_dashboard(run, out_dir / "report.html")
     fmt = run.scenario.simulation.per_request_output
     if fmt == "none":
@@ -85,7 +77,7 @@ def write_outputs(run: ScenarioRun, out_dir: Path) -> None:
     for r in run.runs:
         if r.records is None:
             continue
-        name = f"requests_{_label(r)}.{fmt}"
+        name = f"requests_{file_label(r.summary)}.{fmt}"
         if fmt == "jsonl":
             text = "".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in r.records)
         else:
@@ -107,9 +99,9 @@ def print_run(result: RunResult, console: Console) -> None:
     table = Table(show_header=True, header_style="bold")
     cols = ["variant", "sweep" if result.sweep_path else None, "policy", "tok/s/user", "tok/s/GPU", "TTFT p50 s",
             "TTFT p99 s", "TPOT p50 ms", "TPOT p99 ms", "tau", "verify", "batch", "preempt", "x user", "x tput"]
-    for c in cols:
-        if c is not None:
-            table.add_column(c, justify="left" if c in ("variant", "policy") else "right")
+    for col in cols:
+        if col is not None:
+            table.add_column(col, justify="left" if col in ("variant", "policy") else "right")
     for s in result.summaries:
         row = [s.variant]
         if result.sweep_path:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from dspark_sim.config.measurements import CalibrationReport
 from dspark_sim.config.results import PredictResult
 from dspark_sim.config.schema import HardwareProfile, ModelSpec
-from dspark_sim.core.models import model_stats
+from dspark_sim.core.models import ModelStats
 
 
 def _ms(x: float) -> str:
@@ -72,7 +73,8 @@ def print_profile(profile: HardwareProfile, console: Console) -> None:
         ("peak dense TFLOP/s", ", ".join(f"{k} {v:g}" for k, v in profile.peak_tflops.items())),
         ("interconnect", f"{profile.interconnect_bandwidth_gbps:g} GB/s/dir, {profile.interconnect_latency_us:g} us"),
         ("efficiency", ", ".join(f"{k} {v:g}" for k, v in profile.efficiency.model_dump().items())),
-        ("overheads", ", ".join(f"{k} {v:g}" for k, v in profile.overheads.model_dump().items())),
+        ("overheads", ", ".join(f"{k} {'-' if v is None else format(v, 'g')}"  # None: as per_step_us
+                                for k, v in profile.overheads.model_dump().items())),
         ("price", f"${profile.price_per_hour_usd:g}/h" if profile.price_per_hour_usd is not None else "-"),
     ]
     for k, v in rows:
@@ -80,8 +82,8 @@ def print_profile(profile: HardwareProfile, console: Console) -> None:
     console.print(table)
 
 
-def print_model(spec: ModelSpec, console: Console) -> None:
-    s = model_stats(spec)
+def print_model(spec: ModelSpec, s: ModelStats, console: Console) -> None:
+    """A model preset and what its architecture implies (`core.models.model_stats`)."""
     table = Table(show_header=False, title=f"{spec.name} ({spec.source})")
     table.add_column("field")
     table.add_column("value", justify="right")
@@ -97,12 +99,12 @@ def print_model(spec: ModelSpec, console: Console) -> None:
     console.print(table)
 
 
-def print_calibration(report, console: Console) -> None:
+def print_calibration(report: CalibrationReport, console: Console) -> None:
     table = Table(title=f"calibration on {report.profile_device}", show_header=True, header_style="bold")
     for col in ("parameter", "value", "unit", "identified", "note"):
         table.add_column(col)
-    for p in report.parameters:
-        table.add_row(p.name, f"{p.value:.4g}", p.unit, "yes" if p.identified else "[red]no[/red]", p.note)
+    for fit in report.parameters:
+        table.add_row(fit.name, f"{fit.value:.4g}", fit.unit, "yes" if fit.identified else "[red]no[/red]", fit.note)
     console.print(table)
     console.print(
         f"fit over {len(report.points)} pass shapes: median |error| {report.median_abs_error_pct:.2f}%, "

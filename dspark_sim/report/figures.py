@@ -1,7 +1,9 @@
-"""Plotly figures for dashboards. Each builder takes plain data (lists, dicts) and returns a figure, or
-None when it has nothing to draw, so any result document (or a future one) can feed it.
+"""Plotly figures for dashboards: colours, the common layout, trade-off lines, heatmaps, acceptance and
+validation scatters (latency distributions and stacked bars: `figures_breakdowns`). Each builder takes
+plain data (lists, dicts) and returns a figure, or None when it has nothing to draw, so any result
+document can feed it.
 
-Rendering only: the numbers come from result documents (`config/results.py`) or from the predictor.
+Rendering only: the numbers come from result documents (`config/results.py`) or from `studies.dashboard`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def wrap_label(label: str, width: int = 34) -> str:
     return "<br>".join(x.replace("· @", "@") for x in lines)
 
 
-def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int = 420, **kw) -> go.Figure:
+def layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int = 420, **kw) -> go.Figure:
     fig.update_layout(
         template="plotly_white",
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
@@ -73,13 +75,13 @@ def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, *, height: int
     return fig
 
 
-def _finite(*xs: float | None) -> bool:
+def finite(*xs: float | None) -> bool:
     return all(x is not None and isinstance(x, int | float) and math.isfinite(x) for x in xs)
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not dominated in (x up, y up), sorted by x: the frontier of a throughput/latency trade-off."""
-    pts = sorted({(float(x), float(y)) for x, y in points if _finite(x, y)}, key=lambda p: (-p[0], -p[1]))
+    pts = sorted({(float(x), float(y)) for x, y in points if finite(x, y)}, key=lambda p: (-p[0], -p[1]))
     front: list[tuple[float, float]] = []
     best_y = -math.inf
     for x, y in pts:
@@ -109,9 +111,9 @@ def frontier_figure(
     colors = colors or Colors()
     fig = go.Figure()
     any_data = False
-    n_total = sum(1 for pts in series.values() for p in pts if _finite(p[0], p[1]))
+    n_total = sum(1 for pts in series.values() for p in pts if finite(p[0], p[1]))
     for label, pts in series.items():
-        pts = [p for p in pts if _finite(p[0], p[1])]
+        pts = [p for p in pts if finite(p[0], p[1])]
         if not pts:
             continue
         any_data = True
@@ -134,8 +136,8 @@ def frontier_figure(
         ))
     if not any_data:
         return None
-    xs = [p[0] for pts in series.values() for p in pts if _finite(p[0], p[1])]
-    ys = [p[1] for pts in series.values() for p in pts if _finite(p[0], p[1])]
+    xs = [p[0] for pts in series.values() for p in pts if finite(p[0], p[1])]
+    ys = [p[1] for pts in series.values() for p in pts if finite(p[0], p[1])]
     if len(xs) <= 6:  # few points: leave room around them (and for their labels)
         fig.update_xaxes(range=[min(xs) * 0.8, max(xs) * 1.15])
         fig.update_yaxes(range=[0, max(ys) * 1.3])
@@ -143,7 +145,7 @@ def frontier_figure(
         fig.add_vline(x=slo_tokens_per_s_per_user, line={"color": "#111827", "dash": "dot", "width": 1},
                       annotation_text=f"SLO {slo_tokens_per_s_per_user:g} tok/s/user",
                       annotation_position="top right")
-    return _layout(fig, title, "tokens/s per user", "throughput, tokens/s per GPU")
+    return layout(fig, title, "tokens/s per user", "throughput, tokens/s per GPU")
 
 
 def lines_figure(
@@ -163,7 +165,7 @@ def lines_figure(
     fig = go.Figure()
     any_data = False
     for label, pts in series.items():
-        pts = sorted((p for p in pts if _finite(p[0], p[1])), key=lambda p: p[0])
+        pts = sorted((p for p in pts if finite(p[0], p[1])), key=lambda p: p[0])
         if not pts:
             continue
         any_data = True
@@ -178,7 +180,7 @@ def lines_figure(
     if hline is not None:
         fig.add_hline(y=hline[0], line={"color": "#111827", "dash": "dot", "width": 1},
                       annotation_text=hline[1], annotation_position="top left")
-    _layout(fig, title, xtitle, ytitle)
+    layout(fig, title, xtitle, ytitle)
     if log_x:
         fig.update_xaxes(type="log")
     if log_y:
@@ -202,13 +204,13 @@ def verify_budget_figure(
         colors = colors or Colors()
         fig = go.Figure()
         for label, pts in series.items():
-            pts = [p for p in pts if _finite(p[0], p[1])]
+            pts = [p for p in pts if finite(p[0], p[1])]
             if pts:
                 fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label,
                                          marker={"color": colors(label), "size": 6, "opacity": 0.7}))
         if not fig.data:
             return None
-        return _layout(fig, "Verification budget vs concurrency (per time bin)", xtitle,
+        return layout(fig, "Verification budget vs concurrency (per time bin)", xtitle,
                        "draft tokens verified per request per step")
     return lines_figure(series, title="Verification budget vs concurrency", xtitle=xtitle,
                         ytitle="draft tokens verified per request per step", colors=colors)
@@ -233,10 +235,10 @@ def heatmap_figure(
     text: Sequence[Sequence[str]] | None = None,
 ) -> go.Figure | None:
     """A heatmap with each cell's value written in it; a diverging scale centred on `center` (1x)."""
-    vals = [v for row in z for v in row if _finite(v)]
+    vals = [v for row in z for v in row if v is not None and finite(v)]
     if not vals:
         return None
-    labels = text or [[fmt.format(v) if _finite(v) else "" for v in row] for row in z]
+    labels = text or [[fmt.format(v) if finite(v) else "" for v in row] for row in z]
     kw: dict = {}
     if center is not None:
         lo, hi = min(vals), max(vals)
@@ -249,163 +251,26 @@ def heatmap_figure(
     else:
         kw.update(colorscale="Viridis")
     fig = go.Figure(go.Heatmap(
-        z=[[v if _finite(v) else None for v in row] for row in z],
+        z=[[v if finite(v) else None for v in row] for row in z],
         x=[str(v) for v in x], y=[str(v) for v in y], text=labels, texttemplate="%{text}",
         textfont={"size": 11}, colorbar={"title": {"text": colorbar}}, hoverongaps=False,
         hovertemplate=f"{xtitle} %{{x}}<br>{ytitle} %{{y}}<br>{colorbar} %{{z:.3f}}<extra></extra>", **kw,
     ))
-    _layout(fig, title, xtitle, ytitle)
+    layout(fig, title, xtitle, ytitle)
     fig.update_xaxes(type="category", showgrid=False)
     fig.update_yaxes(type="category", showgrid=False)
     return fig
 
 
 # --------------------------------------------------------------------------------------------
-# Latency
+# Acceptance and validation
 # --------------------------------------------------------------------------------------------
-
-
-def _ecdf(values: Sequence[float], max_points: int = 400) -> tuple[list[float], list[float]]:
-    xs = sorted(v for v in values if _finite(v))
-    n = len(xs)
-    if n == 0:
-        return [], []
-    step = max(1, n // max_points)
-    idx = list(range(0, n, step))
-    if idx[-1] != n - 1:
-        idx.append(n - 1)
-    return [xs[i] for i in idx], [(i + 1) / n for i in idx]
-
-
-def latency_cdf_figure(
-    samples: Mapping[str, Mapping[str, Sequence[float]]],
-    *,
-    metrics: Sequence[tuple[str, str]] = (("ttft_s", "TTFT, s"), ("tpot_ms", "TPOT, ms")),
-    colors: Colors | None = None,
-    slo: Mapping[str, float | None] | None = None,
-) -> go.Figure | None:
-    """Empirical CDFs of per-request latencies: samples[label][metric] = values; one panel per metric."""
-    from plotly.subplots import make_subplots
-
-    colors = colors or Colors()
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics],
-                        horizontal_spacing=0.1)
-    any_data = False
-    for label, by_metric in samples.items():
-        for col, (key, _name) in enumerate(metrics, start=1):
-            xs, ys = _ecdf(by_metric.get(key, []))
-            if not xs:
-                continue
-            any_data = True
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines", name=label, legendgroup=label, showlegend=col == 1,
-                line={"color": colors(label), "width": 2, "shape": "hv",
-                      "dash": "dash" if is_baseline_label(label) else "solid"},
-                hovertemplate="%{x:.3f}: %{y:.1%}<extra>" + label + "</extra>",
-            ), row=1, col=col)
-    if not any_data:
-        return None
-    for col, (key, _name) in enumerate(metrics, start=1):
-        limit = (slo or {}).get(key)
-        if limit:
-            fig.add_vline(x=limit, line={"color": "#111827", "dash": "dot", "width": 1}, row=1, col=col)
-    _layout(fig, "Latency CDFs (per request)", "", "fraction of requests")
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    return fig
-
-
-def latency_percentiles_figure(
-    stats: Mapping[str, Mapping[str, Mapping[str, float]]],
-    *,
-    metrics: Sequence[tuple[str, str]] = (("ttft_s", "TTFT, s"), ("tpot_ms", "TPOT, ms")),
-    colors: Colors | None = None,
-) -> go.Figure | None:
-    """CDF sketch from summary statistics: stats[label][metric] = {p50, p90, p99} (no per-request data)."""
-    samples: dict[str, dict[str, list[float]]] = {}
-    colors = colors or Colors()
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics],
-                        horizontal_spacing=0.1)
-    for label, by_metric in stats.items():
-        for col, (key, _name) in enumerate(metrics, start=1):
-            st = by_metric.get(key) or {}
-            pts = [(st.get(q), p) for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))]
-            pts = [(x, p) for x, p in pts if _finite(x)]
-            if not pts:
-                continue
-            samples.setdefault(label, {})[key] = [x for x, _ in pts]
-            fig.add_trace(go.Scatter(
-                x=[x for x, _ in pts], y=[p for _, p in pts], mode="lines+markers", name=label,
-                legendgroup=label, showlegend=col == 1,
-                line={"color": colors(label), "width": 2, "dash": "dash" if is_baseline_label(label) else "solid"},
-                hovertemplate="%{x:.3f} at p%{y:.0%}<extra>" + label + "</extra>",
-            ), row=1, col=col)
-    if not samples:
-        return None
-    _layout(fig, "Latency percentiles (p50, p90, p99)", "", "quantile")
-    fig.update_yaxes(range=[0.4, 1.0], tickvals=[0.5, 0.9, 0.99], ticktext=["p50", "p90", "p99"])
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# Where time and bytes go; acceptance
-# --------------------------------------------------------------------------------------------
-
-
-def stacked_bars_figure(
-    rows: Sequence[tuple[str, Mapping[str, float]]],
-    *,
-    title: str,
-    xtitle: str,
-    parts: Sequence[tuple[str, str, str]],
-    percent: bool = False,
-) -> go.Figure | None:
-    """Horizontal stacked bars: rows of (label, {part key: value}); parts = (key, legend name, colour)."""
-    rows = [r for r in rows if any(_finite(r[1].get(k)) for k, _, _ in parts)]
-    if not rows:
-        return None
-    labels = [wrap_label(r[0]) for r in rows]
-    lines = sum(lab.count("<br>") + 1 for lab in labels)
-    fig = go.Figure()
-    for key, name, color in parts:
-        vals = [float(r[1].get(key) or 0.0) for r in rows]
-        if not any(vals):
-            continue
-        fig.add_trace(go.Bar(
-            y=labels, x=vals, name=name, orientation="h", marker={"color": color},
-            hovertemplate="%{y}<br>" + name + ": %{x:" + (".1%" if percent else ".4g") + "}<extra></extra>",
-        ))
-    _layout(fig, title, xtitle, "", barmode="stack", height=max(300, 130 + 22 * lines + 14 * len(rows)))
-    fig.update_layout(legend={"traceorder": "normal"})
-    fig.update_yaxes(autorange="reversed", automargin=True)
-    if percent:
-        fig.update_xaxes(tickformat=".0%")
-    return fig
-
-
-TIME_PARTS = (("draft", "draft", "#f59e0b"), ("verify", "verify / target passes", "#2563eb"),
-              ("overhead", "fixed overhead", "#9ca3af"), ("idle", "idle", "#e5e7eb"))
-BYTE_PARTS = (("hbm", "HBM", "#7c3aed"), ("onchip", "on-chip (SRAM/L2)", "#10b981"))
-
-
-def time_breakdown_figure(rows: Sequence[tuple[str, Mapping[str, float]]], *, percent: bool = True,
-                          title: str = "Where the time goes") -> go.Figure | None:
-    """rows: (label, {draft, verify, overhead[, idle]}) as fractions (percent) or milliseconds."""
-    return stacked_bars_figure(rows, title=title, xtitle="share of time" if percent else "ms per step",
-                               parts=TIME_PARTS, percent=percent)
-
-
-def bytes_figure(rows: Sequence[tuple[str, Mapping[str, float]]], *, unit: str = "MB per output token",
-                 title: str = "Memory traffic per output token") -> go.Figure | None:
-    """rows: (label, {hbm, onchip}) in `unit`."""
-    return stacked_bars_figure(rows, title=title, xtitle=unit, parts=BYTE_PARTS)
 
 
 def acceptance_figure(series: Mapping[str, Sequence[float]], *, colors: Colors | None = None,
                       title: str = "Acceptance by draft position") -> go.Figure | None:
     """Conditional acceptance c_k (P(token k accepted | tokens before it were)) by position k = 1..."""
-    pts = {label: [(k + 1, v) for k, v in enumerate(vals) if _finite(v)] for label, vals in series.items()}
+    pts = {label: [(k + 1, v) for k, v in enumerate(vals) if finite(v)] for label, vals in series.items()}
     fig = lines_figure(pts, title=title, xtitle="draft position k", ytitle="conditional acceptance c_k",
                        colors=colors)
     if fig is not None:
@@ -414,15 +279,11 @@ def acceptance_figure(series: Mapping[str, Sequence[float]], *, colors: Colors |
     return fig
 
 
-# --------------------------------------------------------------------------------------------
-# Validation and planning
-# --------------------------------------------------------------------------------------------
-
 
 def validation_scatter(points: Sequence[tuple[float, float, str]], *, quantity: str = "value",
                        title: str = "Predicted vs measured") -> go.Figure | None:
     """(predicted, measured, label) triples; the diagonal is perfect agreement, the band is +-10% / +-25%."""
-    pts = [(float(p), float(m), str(lab)) for p, m, lab in points if _finite(p, m)]
+    pts = [(float(p), float(m), str(lab)) for p, m, lab in points if finite(p, m)]
     if not pts:
         return None
     lo = min(min(p, m) for p, m, _ in pts)
@@ -445,27 +306,7 @@ def validation_scatter(points: Sequence[tuple[float, float, str]], *, quantity: 
         text=[f"{lab}<br>error {e:+.1f}%" for (_, _, lab), e in zip(pts, errors)],
         hovertemplate="%{text}<br>predicted %{x:.4g}<br>measured %{y:.4g}<extra></extra>",
     ))
-    _layout(fig, title, f"predicted {quantity}", f"measured {quantity}")
+    layout(fig, title, f"predicted {quantity}", f"measured {quantity}")
     fig.update_xaxes(range=[lo, hi])
     fig.update_yaxes(range=[lo, hi])
-    return fig
-
-
-def cost_figure(rows: Sequence[tuple[str, float, bool]], *, title: str = "Cost per million output tokens",
-                best_label: str | None = None) -> go.Figure | None:
-    """rows: (candidate label, $ per million output tokens, speculative?) for feasible candidates."""
-    rows = sorted([r for r in rows if _finite(r[1])], key=lambda r: r[1])
-    if not rows:
-        return None
-    colors = ["#2563eb" if spec else BASELINE_COLOR for _, _, spec in rows]
-    if best_label is not None:
-        colors = ["#16a34a" if lab == best_label else c for (lab, _, _), c in zip(rows, colors)]
-    fig = go.Figure(go.Bar(
-        y=[r[0] for r in rows], x=[r[1] for r in rows], orientation="h", marker={"color": colors},
-        text=[f"${r[1]:.3f}" for r in rows], textposition="outside", cliponaxis=False,
-        hovertemplate="%{y}<br>$%{x:.4f} per million output tokens<extra></extra>", showlegend=False,
-    ))
-    _layout(fig, title, "USD per million output tokens (at the target load)", "",
-            height=max(300, 120 + 30 * len(rows)))
-    fig.update_yaxes(autorange="reversed", automargin=True)
     return fig

@@ -23,7 +23,7 @@ from dspark_sim.config.measurements import (
 from dspark_sim.config.schema import HardwareProfile
 from dspark_sim.fit.calibrate import calibrate
 from dspark_sim.sim.run import Simulation
-from dspark_sim.studies.sweep import default_workers, map_unordered
+from dspark_sim.studies.executors import default_workers, map_unordered
 from dspark_sim.validate.cases import Case, Grid, Measured, case_cache_tokens, grid_of
 from dspark_sim.validate.compare import log_point, make_point, summarise, summarised
 from dspark_sim.validate.engine_scenario import case_scenario, decode_tokens_and_passes, full_batch_window

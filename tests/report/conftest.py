@@ -17,7 +17,7 @@ DSPARK = REPO / "scenarios" / "deepseek-v4-flash-dspark-vs-mtp1.yaml"
 
 
 def plan_doc() -> dict:
-    """A small plan document (the planner itself is tested in tests/test_plan.py)."""
+    """A small plan document (the planner itself is tested in tests/studies/test_plan.py)."""
     def cand(hw, tp, spec, speculative, cap, replicas, price):
         usd = replicas * tp * price
         return {

@@ -9,17 +9,16 @@ import sys
 
 import pytest
 
-from dspark_sim.config.errors import InputError
-from dspark_sim.config.loader import load_scenario
-from dspark_sim.report.html import (
-    load_inputs,
-    short,
-    validation_points,
+from dspark_sim.cli.dashboard import (
     write_dashboard,
     write_predict_dashboard,
     write_run_dashboard,
     write_validation_dashboard,
 )
+from dspark_sim.config.errors import InputError
+from dspark_sim.config.loader import load_scenario
+from dspark_sim.studies.dashboard_inputs import load_inputs, validation_points
+from dspark_sim.studies.labels import short
 
 from .conftest import ARTIFACTS, DSPARK, QUICKSTART, REPO
 

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from dspark_sim.cli.study_runs import print_plan
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import PlanSpec
+from dspark_sim.studies import capacity
 from dspark_sim.studies import plan as planmod
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,8 +57,8 @@ def _fake_probe(threshold: float, calls: list):
 @pytest.mark.parametrize("guess", [1.0, 37.3, 500.0])
 def test_capacity_search_brackets_then_bisects(monkeypatch, guess):
     calls: list = []
-    monkeypatch.setattr(planmod, "_probe", _fake_probe(37.3, calls))
-    cap, s, probes = planmod.capacity_search({}, _spec(requests_per_s=10), "t", guess)
+    monkeypatch.setattr(capacity, "probe", _fake_probe(37.3, calls))
+    cap, s, probes = capacity.capacity_search({}, _spec(requests_per_s=10), "t", guess)
     assert cap <= 37.3 and (37.3 - cap) / 37.3 <= 0.02  # within the tolerance, on the safe side
     assert s.slo_met and len(probes) == len(calls) <= 20
     assert any(not p["slo_met"] for p in probes)  # the bracket's upper end was observed failing
@@ -64,15 +66,15 @@ def test_capacity_search_brackets_then_bisects(monkeypatch, guess):
 
 def test_capacity_search_integer_users(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(planmod, "_probe", _fake_probe(45, calls))
-    cap, s, _ = planmod.capacity_search({}, _spec(concurrent_users=100), "t", 8)
+    monkeypatch.setattr(capacity, "probe", _fake_probe(45, calls))
+    cap, s, _ = capacity.capacity_search({}, _spec(concurrent_users=100), "t", 8)
     assert cap == 45 and all(float(c).is_integer() for c in calls)
 
 
 def test_capacity_search_infeasible(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(planmod, "_probe", _fake_probe(0.0, calls))
-    cap, s, _ = planmod.capacity_search({}, _spec(concurrent_users=10), "t", 4)
+    monkeypatch.setattr(capacity, "probe", _fake_probe(0.0, calls))
+    cap, s, _ = capacity.capacity_search({}, _spec(concurrent_users=10), "t", 4)
     assert cap == 0 and s is None
 
 
@@ -122,7 +124,7 @@ def test_plan_cli_json_and_report(tmp_path, write_yaml, run_cli):
     from dspark_sim.config.results import PlanResult
 
     console = Console(record=True, width=200)
-    planmod.print_plan(PlanResult.model_validate(doc), console)
+    print_plan(PlanResult.model_validate(doc), console)
     text = console.export_text()
     assert "cheapest" in text and "inputs from the plan file" in text
 

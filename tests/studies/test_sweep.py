@@ -14,15 +14,8 @@ import pytest
 
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.schema import SweepSpec
-from dspark_sim.studies.sweep import (
-    POINTS_FILE,
-    expand,
-    load_sweep,
-    point_key,
-    point_seed,
-    read_points,
-    run_sweep,
-)
+from dspark_sim.studies.sweep import POINTS_FILE, read_points, run_sweep
+from dspark_sim.studies.sweep_points import expand, load_sweep, point_key, point_seed
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
