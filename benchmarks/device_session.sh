@@ -91,7 +91,7 @@ case "${1:-}" in
     # (session 4 ran batches 1,4,16 with frontier 1-16 in 173 s; session 3's 1-64 took 215 s at one repeat)
     timeout 150 python3 -m dspark_sim.cli.main profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
       --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/profile-eager.json" > "$R/profile-eager.log" 2>&1 || true
-    timeout 400 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+    timeout 400 python3 -m dspark_sim.cli.main engine drafters table --device cuda --cache-dir .carry/engine --new-tokens 96 \
       --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/drafters_cuda.json" \
       --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
     tar czf "$OUT/drafters.tgz" -C "$OUT" r && rm -rf "$R" ;;
@@ -115,7 +115,7 @@ case "${1:-}" in
        --out "$R/engine_8b.json" > "$R/engine_8b.log" 2>&1) &
     (CUDA_VISIBLE_DEVICES=1 timeout 230 python3 benchmarks/engine_gpu.py --shapes llama-3.2-1b \
        --out "$R/engine_1b.json" > "$R/engine_1b.log" 2>&1
-     CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine \
+     CUDA_VISIBLE_DEVICES=1 timeout 300 python3 -m dspark_sim.cli.main engine drafters table --device cuda --cache-dir .carry/engine \
        --new-tokens 96 --repeats 2 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" \
        > "$R/drafters.log" 2>&1) &
     (CUDA_VISIBLE_DEVICES=2 timeout 530 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny \
@@ -129,7 +129,7 @@ case "${1:-}" in
     R="$OUT/r"; mkdir -p "$R"; export PYTHONUNBUFFERED=1
     timeout 200 python3 -m dspark_sim.cli.main validate --device cuda --preset tiny --cache-dir .carry/engine \
       -o "$R/validation-cuda" > "$R/validate.log" 2>&1 || true
-    timeout 340 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+    timeout 340 python3 -m dspark_sim.cli.main engine drafters table --device cuda --cache-dir .carry/engine --new-tokens 96 \
       --repeats 1 --out "$R/drafters_cuda.json" --markdown "$R/drafters_cuda.md" > "$R/drafters.log" 2>&1 || true
     tar czf "$OUT/one.tgz" -C "$OUT" r && rm -rf "$R" ;;
   tp4)
@@ -153,7 +153,7 @@ case "${1:-}" in
      timeout 150 python3 -m dspark_sim.cli.main profile --device cuda --preset tiny --cache-dir .carry/engine --dtype fp32 \
        --no-cuda-graphs --batch-sizes 1,4,16,64 --repeats 2 -o "$R/drafters/profile-eager.json" \
        > "$R/drafters/profile-eager.log" 2>&1
-     timeout 380 python3 benchmarks/drafters_cpu.py --device cuda --cache-dir .carry/engine --new-tokens 96 \
+     timeout 380 python3 -m dspark_sim.cli.main engine drafters table --device cuda --cache-dir .carry/engine --new-tokens 96 \
        --repeats 1 --batches 1,4,16,64 --frontier-batches 1,2,4,8,16,32,64 --out "$R/drafters/drafters_cuda.json" \
        --markdown "$R/drafters/drafters_cuda.md" > "$R/drafters/drafters.log" 2>&1) &
     wait || true

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dspark_sim.cli.drafters import drafters_table
 from dspark_sim.config.errors import InputError
 
 engine_app = typer.Typer(help="Real PyTorch speculative decoding: train a pair, generate, measure.",
@@ -257,6 +258,7 @@ def generate(
 drafters_app = typer.Typer(help="Drafters on the target's hidden states: MTP head, parallel block, DSpark.",
                            no_args_is_help=True)
 engine_app.add_typer(drafters_app, name="drafters")
+drafters_app.command("table")(drafters_table)
 
 DRAFTER_POLICIES = ("dspark", "fixed", "confidence")
 

@@ -11,6 +11,7 @@ DSpark's scheduler used, each drafter loop's profiled step times) and what descr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -196,16 +197,26 @@ class DrafterTable(Doc):
 
     def sps_table(self, drafter: str, batch: int) -> dict[int, float] | None:
         """The SPS(B) table DSpark's scheduler used with this drafter at this batch, if measured."""
-        table = self.sps_tables.get(f"{drafter}@{batch}")
-        return None if table is None else {int(k): float(v) for k, v in table.items()}
+        return sps_table_of(self.sps_tables, drafter, batch)
 
     def loop_steps(self) -> dict[tuple[str, float, int, int], list[float]]:
         """The loop step times by (drafter, temperature, gamma, batch): [before, after] seconds."""
-        out = {}
-        for key, v in self.loop_step_s.items():
-            kind, t, g, b = key.split("|")
-            out[(kind, float(t), int(g), int(b))] = v
-        return out
+        return loop_steps_of(self.loop_step_s)
+
+
+def sps_table_of(sps_tables: Mapping[str, Mapping[str, float]], drafter: str, batch: int) -> dict[int, float] | None:
+    """`DrafterTable.sps_tables`' entry for this drafter and batch, keyed by tokens per verify pass."""
+    table = sps_tables.get(f"{drafter}@{batch}")
+    return None if table is None else {int(k): float(v) for k, v in table.items()}
+
+
+def loop_steps_of(loop_step_s: Mapping[str, Sequence[float]]) -> dict[tuple[str, float, int, int], list[float]]:
+    """`DrafterTable.loop_step_s` keyed by (drafter, temperature, gamma, batch)."""
+    out = {}
+    for key, v in loop_step_s.items():
+        kind, t, g, b = key.split("|")
+        out[(kind, float(t), int(g), int(b))] = list(v)
+    return out
 
 
 class PartialDrafterTable(Doc):
