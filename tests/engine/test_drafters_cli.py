@@ -112,7 +112,7 @@ def test_drafter_table_on_tiny_sizes(cache, tmp_path):
     path = tmp_path / "table.json"
     path.write_text(table_json(table))
     again = load_drafter_table(path)
-    assert isinstance(again, DrafterTable) and again.rows == table.rows and again.loop_step_s == table.loop_step_s
+    assert isinstance(again, DrafterTable) and table_json(again) == path.read_text()  # (NaN != NaN: compare text)
     doc = json.loads(path.read_text())
     assert "temperature" in doc["training"]["dspark"]["calibration_teacher_forced"]["sampled"]
     assert "temperature" not in doc["training"]["mtp"]["calibration_teacher_forced"]["sampled"]
