@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dspark_sim.cli.drafters import drafters_table
 from dspark_sim.config.errors import InputError
 
 engine_app = typer.Typer(help="Real PyTorch speculative decoding: train a pair, generate, measure.",
@@ -257,6 +258,7 @@ def generate(
 drafters_app = typer.Typer(help="Drafters on the target's hidden states: MTP head, parallel block, DSpark.",
                            no_args_is_help=True)
 engine_app.add_typer(drafters_app, name="drafters")
+drafters_app.command("table")(drafters_table)
 
 DRAFTER_POLICIES = ("dspark", "fixed", "confidence")
 
@@ -264,7 +266,7 @@ DRAFTER_POLICIES = ("dspark", "fixed", "confidence")
 @drafters_app.command("train")
 def drafters_train(
     preset: str = typer.Option("tiny", help="the pair whose target the drafters serve (test | tiny | gpu)"),
-    kind: list[str] = typer.Option(None, help="mtp | parallel | dspark (repeat; default all three)"),
+    kind: list[str] = typer.Option(None, help="mtp | parallel_block | dspark (repeat; default all three)"),
     seed: int = typer.Option(0, help="the pair's seed; also seeds the drafters"),
     cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -296,7 +298,7 @@ def drafters_train(
 @drafters_app.command("generate")
 def drafters_generate(
     preset: str = typer.Option("tiny", help="which trained pair (test | tiny | gpu)"),
-    kind: str = typer.Option("dspark", help="draft_model | mtp | parallel | dspark"),
+    kind: str = typer.Option("dspark", help="draft_model | mtp | parallel_block | dspark"),
     seed: int = typer.Option(0, help="the pair's training seed"),
     cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
     prompt: list[str] = typer.Option(None, help="prompt text (repeat for several; cycled over the batch)"),
@@ -317,8 +319,9 @@ def drafters_generate(
     from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma
     from dspark_sim.core.policies import make_policy
     from dspark_sim.engine.data import decode, encode
+    from dspark_sim.engine.drafter_checkpoints import drafter_dir
     from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
-    from dspark_sim.engine.drafters import KINDS, drafter_dir
+    from dspark_sim.engine.drafters import KINDS
     from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline
     from dspark_sim.engine.train import get_preset, load_pair, pair_dir
     from dspark_sim.engine.train_drafters import load_drafters

@@ -188,7 +188,7 @@ def validate(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="report folder (default validation/reports/<device>)")] = None,
     dtype: Annotated[str | None, typer.Option(help="engine weights dtype: fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)")] = None,
     drafters: Annotated[Path | None, typer.Option(
-        "--drafters", help="instead: predict a measured drafter table (benchmarks/drafters_cpu.py --out) with the "
+        "--drafters", help="instead: predict a measured drafter table (`dspark-sim engine drafters table`) with the "
                            "--profile of the same device; writes <out>/<table>_predicted.json and .md")] = None,
     repredict: Annotated[Path | None, typer.Option(
         "--repredict", help="instead: predict a report folder's measured points again with this code (its own "

@@ -13,8 +13,8 @@ drafter here proposes d_k for x_{t+1+k}, k = 1..gamma, from:
 - block tokens that attend to the whole window and to each other:
   * mtp: token k is fuse(g_{k-1}, emb(x_{t+k})) with g_0 = h_t and g_k the head's own output hidden
     state (DeepSeek MTP chained; causal inside the block): one pass per draft token;
-  * parallel: token k is f_t + mask + pos_k, bidirectional inside the block: ONE pass for the block;
-  * dspark: parallel, then logits_k += U[prev_k] @ V (rank r), prev_1 = x_{t+1} and prev_k = d_{k-1},
+  * parallel_block: token k is f_t + mask + pos_k, bidirectional inside the block: ONE pass for the block;
+  * dspark: parallel_block, then logits_k += U[prev_k] @ V (rank r), prev_1 = x_{t+1} and prev_k = d_{k-1},
     applied sequentially (cheap: one r x V product per position), and a confidence head estimating
     P(d_k accepted | d_<k accepted), calibrated per position by temperature scaling.
 
@@ -25,20 +25,20 @@ copies, saved with it so a checkpoint is self-contained).
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dspark_sim.config.errors import InputError
-from dspark_sim.config.io import write_atomic
+from dspark_sim.config.shorthand import ENGINE_DRAFTER_KINDS
+from dspark_sim.engine.drafter_layers import DraftLayer, RMSNorm
+from dspark_sim.engine.generate import Sampling, logits_to_probs, sample
 
-KINDS = ("mtp", "parallel", "dspark")
+#: the hidden-state drafters, by the simulator's drafter kind (the draft model is the fourth engine drafter)
+KINDS = tuple(k for k in ENGINE_DRAFTER_KINDS if k != "draft_model")
+#: the kinds that draft their whole block in one pass (the MTP head chains one pass per token)
+ONE_PASS_KINDS = ("parallel_block", "dspark")
 #: confidence temperature rows: 0 = sampled decoding (acceptance 1 - TV), 1 = greedy (argmax match)
 MODE_SAMPLED, MODE_GREEDY = 0, 1
 
@@ -51,7 +51,7 @@ class DrafterArgs:
     n_layers: int = 1
     n_heads: int = 4
     ffn_hidden: int = 512
-    block_size: int = 6  # draft tokens per block (parallel/dspark) and unrolled training depth (mtp)
+    block_size: int = 6  # draft tokens per block (parallel_block/dspark) and unrolled training depth (mtp)
     window: int = 32  # context positions read from the target's hidden states
     markov_rank: int = 64
     conf_hidden: int = 64
@@ -70,8 +70,9 @@ class DrafterArgs:
         return self.dim // self.n_heads
 
     @property
-    def parallel(self) -> bool:
-        return self.kind in ("parallel", "dspark")
+    def one_pass(self) -> bool:
+        """Drafts the whole block in one pass (parallel_block, dspark)."""
+        return self.kind in ONE_PASS_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,84 +83,13 @@ class DrafterArgs:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class DraftLayer(nn.Module):
-    """Pre-norm block whose queries (block tokens) attend to injected context K/V and to the block."""
-
-    def __init__(self, a: DrafterArgs):
-        super().__init__()
-        self.n_heads, self.head_dim = a.n_heads, a.head_dim
-        self.attn_norm = RMSNorm(a.dim, a.norm_eps)
-        self.ctx_norm = RMSNorm(a.dim, a.norm_eps)
-        self.wq = nn.Linear(a.dim, a.dim, bias=False)
-        self.wk = nn.Linear(a.dim, a.dim, bias=False)
-        self.wv = nn.Linear(a.dim, a.dim, bias=False)
-        self.wo = nn.Linear(a.dim, a.dim, bias=False)
-        self.ffn_norm = RMSNorm(a.dim, a.norm_eps)
-        self.w1 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-        self.w3 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(a.ffn_hidden, a.dim, bias=False)
-
-    def ctx_kv(self, ctx: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        """ctx [N, L, D], cos/sin [N, L, hd] -> keys, values [N, L, H, hd]."""
-        n, length, _ = ctx.shape
-        c = self.ctx_norm(ctx)
-        k = self.wk(c).view(n, length, self.n_heads, self.head_dim)
-        v = self.wv(c).view(n, length, self.n_heads, self.head_dim)
-        return _rotate(k, cos[:, :, None], sin[:, :, None]), v
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_k: Tensor, ctx_v: Tensor, ctx_mask: Tensor,
-                past: tuple[Tensor, Tensor] | None = None, causal: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """x [N, A, G, D] block tokens of A anchors; cos/sin [N, A, G, hd]; ctx_mask bool [N, A, L].
-
-        past: block keys/values [N, A, P, H, hd] of earlier block tokens (chained drafting); causal:
-        token i of this call sees block tokens <= P + i, else the whole block. Returns x and the block
-        keys/values including this call's.
-        """
-        n, a, g, d = x.shape
-        xn = self.attn_norm(x)
-        shape = (n, a, g, self.n_heads, self.head_dim)
-        cs, sn = cos[:, :, :, None], sin[:, :, :, None]
-        q = _rotate(self.wq(xn).view(shape), cs, sn)
-        k = _rotate(self.wk(xn).view(shape), cs, sn)
-        v = self.wv(xn).view(shape)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        s_ctx = torch.einsum("naghd,nlhd->nahgl", q, ctx_k) * scale
-        s_ctx = s_ctx.masked_fill(~ctx_mask[:, :, None, None, :], float("-inf"))
-        s_blk = torch.einsum("naghd,nabhd->nahgb", q, k) * scale
-        if causal:
-            p = k.shape[2] - g
-            allowed = torch.arange(k.shape[2], device=x.device)[None, :] <= (p + torch.arange(g, device=x.device))[:, None]
-            s_blk = s_blk.masked_fill(~allowed, float("-inf"))
-        length = ctx_k.shape[1]
-        att = torch.softmax(torch.cat([s_ctx, s_blk], dim=-1), dim=-1)
-        out = torch.einsum("nahgl,nlhd->naghd", att[..., :length], ctx_v) + \
-            torch.einsum("nahgb,nabhd->naghd", att[..., length:], v)
-        x = x + self.wo(out.reshape(n, a, g, d))
-        h = self.ffn_norm(x)
-        return x + self.w2(F.silu(self.w1(h)) * self.w3(h)), k, v
-
-
 class Drafter(nn.Module):
     """One of the three hidden-state drafters (`args.kind`); see the module docstring."""
+
+    # buffers (registered in __init__ / _build_rope; typed here for nn.Module's attribute lookup)
+    conf_temperature: Tensor
+    rope_cos: Tensor
+    rope_sin: Tensor
 
     def __init__(self, args: DrafterArgs):
         super().__init__()
@@ -172,7 +102,7 @@ class Drafter(nn.Module):
         self.layers = nn.ModuleList(DraftLayer(a) for _ in range(a.n_layers))
         self.norm = RMSNorm(a.dim, a.norm_eps)
         self.block_pos = nn.Parameter(torch.zeros(a.block_size, a.dim))
-        if a.parallel:
+        if a.one_pass:
             self.mask_emb = nn.Parameter(torch.zeros(a.dim))
         if a.kind == "dspark":
             self.markov_u = nn.Embedding(a.vocab_size, a.markov_rank)
@@ -198,7 +128,7 @@ class Drafter(nn.Module):
     @property
     def max_gamma(self) -> int | None:
         """Parallel drafters draft at most their trained block; the MTP chain has no limit."""
-        return self.args.block_size if self.args.parallel else None
+        return self.args.block_size if self.args.one_pass else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -228,7 +158,7 @@ class Drafter(nn.Module):
 
     def context(self, ctx: Tensor, ctx_pos: Tensor) -> list[tuple[Tensor, Tensor]]:
         cos, sin = self.rope(ctx_pos)
-        return [layer.ctx_kv(ctx, cos, sin) for layer in self.layers]
+        return [cast(DraftLayer, layer).ctx_kv(ctx, cos, sin) for layer in self.layers]
 
     def run_layers(self, x: Tensor, pos: Tensor, kvs: list[tuple[Tensor, Tensor]], ctx_mask: Tensor,
                    past: list[tuple[Tensor, Tensor]] | None = None, causal: bool = False
@@ -292,7 +222,7 @@ class Drafter(nn.Module):
         steps = torch.arange(1, g + 1, device=dev)
         prev = tokens.gather(1, (anchors[:, :, None] + steps).flatten(1)).view(n, -1, g)  # x_{t+k}
         anchor_feat = ctx.gather(1, anchors[:, :, None].expand(-1, -1, ctx.shape[-1]))
-        if a.parallel:
+        if a.one_pass:
             hidden = self.parallel_block(anchor_feat, anchors, kvs, ctx_mask)
         else:
             outs, past, feat = [], None, anchor_feat
@@ -328,7 +258,7 @@ class Drafter(nn.Module):
         return anchor, kvs, valid[:, None, :]
 
     @torch.no_grad()
-    def propose(self, state: DrafterState, buf: Tensor, pend: Tensor, gamma: int, sampling: Any,
+    def propose(self, state: DrafterState, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
         """Draft `gamma` tokens after each row's pending token buf[pend] (context: `state`, which holds
         positions < pend).
@@ -338,21 +268,20 @@ class Drafter(nn.Module):
         [B, gamma]: the calibrated head (dspark) or the drafter's probability of its token (others).
         No host sync.
         """
-        from dspark_sim.engine.generate import logits_to_probs, sample
-
         a = self.args
-        if a.parallel and gamma > a.block_size:
+        if a.one_pass and gamma > a.block_size:
             raise ValueError(f"a {a.kind} drafter trained on blocks of {a.block_size} cannot draft {gamma}")
         anchor, kvs, mask = self.window_context(state, pend)
         anchor_pos = (pend - 1)[:, None]
         greedy = sampling.greedy
         q = None
-        if a.parallel:  # one pass for the whole block (always the trained block size; keep gamma)
+        if a.one_pass:  # one pass for the whole block (always the trained block size; keep gamma)
             hidden = self.parallel_block(anchor, anchor_pos, kvs, mask)[:, 0, :gamma]  # [B, gamma, D]
             logits = self.logits(hidden)
             if a.kind == "dspark":  # the Markov head: sequential over the block, one r x V product each
                 prev = buf.gather(1, pend[:, None])[:, 0]  # x_{t+1}
-                prevs, rows, picks, probs = [], [], [], []
+                prevs, rows, picks = [], [], []
+                probs: list[Tensor] = []
                 for k in range(gamma):
                     lk = logits[:, k] + self.markov_bias(prev)
                     d = _pick(lk, greedy, sampling, generator, probs)
@@ -383,17 +312,16 @@ class Drafter(nn.Module):
             drafts, logits = torch.stack(picks, 1), torch.stack(rows, 1)
             q = torch.stack(probs, 1) if probs else None
         # generic confidence: the drafter's probability of its token (raw softmax when greedy)
-        dist = torch.softmax(logits.float(), -1) if greedy else q
-        return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(self.dtype)  # type: ignore[union-attr]
+        dist = torch.softmax(logits.float(), -1) if q is None else q
+        return drafts, q, dist.gather(-1, drafts[..., None])[..., 0].to(self.dtype)
 
 
-def _pick(logits: Tensor, greedy: bool, sampling: Any, generator: Any, probs: list[Tensor]) -> Tensor:
+def _pick(logits: Tensor, greedy: bool, sampling: Sampling, generator: torch.Generator | None,
+          probs: list[Tensor]) -> Tensor:
     """One draft token per row: argmax, or a sample from the filtered distribution (kept in `probs`
     for the rejection step)."""
     if greedy:
         return logits.argmax(-1)
-    from dspark_sim.engine.generate import logits_to_probs, sample  # generate imports this module's users
-
     q = logits_to_probs(logits, sampling)
     probs.append(q)
     return sample(q, False, generator)
@@ -411,10 +339,10 @@ class DrafterState:
 
     def __init__(self, drafter: Drafter, batch: int, length: int):
         a = drafter.args
-        kw = {"dtype": drafter.dtype, "device": drafter.device}
-        self.feat = torch.zeros(batch, length, a.dim, **kw)
-        self.k = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
-        self.v = [torch.zeros(batch, length, a.n_heads, a.head_dim, **kw) for _ in range(a.n_layers)]
+        dtype, dev = drafter.dtype, drafter.device
+        self.feat = torch.zeros(batch, length, a.dim, dtype=dtype, device=dev)
+        self.k = [torch.zeros(batch, length, a.n_heads, a.head_dim, dtype=dtype, device=dev) for _ in range(a.n_layers)]
+        self.v = [torch.zeros(batch, length, a.n_heads, a.head_dim, dtype=dtype, device=dev) for _ in range(a.n_layers)]
         self.drafter = drafter
 
     def init(self, hidden: Tensor, buf: Tensor, lens: Tensor, width: int) -> None:
@@ -431,82 +359,3 @@ class DrafterState:
         for i, (k, v) in enumerate(d.context(feat, positions)):
             self.k[i][rows, positions] = k
             self.v[i][rows, positions] = v
-
-
-# ------------------------------------------------------------------------------------------------
-# Construction and checkpoints
-# ------------------------------------------------------------------------------------------------
-
-
-def init_drafter(drafter: Drafter, target: nn.Module, std: float = 0.02) -> Drafter:
-    """N(0, std) weights (residual outputs scaled), zero Markov output (starts as the plain block),
-    and the target's embedding and output head copied in, frozen."""
-    resid = std / math.sqrt(2 * max(1, drafter.args.n_layers))
-    for name, p in drafter.named_parameters():
-        if name.endswith("norm.weight"):
-            nn.init.ones_(p)
-        elif name.endswith(("wo.weight", "w2.weight")):
-            nn.init.normal_(p, 0.0, resid)
-        elif name == "markov_v.weight" or name.startswith("conf.") and name.endswith("bias"):
-            nn.init.zeros_(p)
-        else:
-            nn.init.normal_(p, 0.0, std)
-    with torch.no_grad():
-        drafter.tok_embeddings.weight.copy_(target.tok_embeddings.weight)
-        drafter.output.weight.copy_(target.output.weight)
-    drafter.tok_embeddings.weight.requires_grad_(False)
-    drafter.output.weight.requires_grad_(False)
-    return drafter
-
-
-def build_drafter(target: nn.Module, kind: str, *, seed: int | None = None, **overrides: Any) -> Drafter:
-    """A randomly initialised drafter for `target` (same width, vocabulary, dtype and device)."""
-    ta = target.args
-    defaults = {"n_heads": max(1, ta.n_heads // 2) if (ta.dim // max(1, ta.n_heads // 2)) % 2 == 0 else ta.n_heads,
-                "ffn_hidden": ta.ffn_hidden, "max_seq_len": ta.max_seq_len}
-    args = DrafterArgs(kind=kind, dim=ta.dim, vocab_size=ta.vocab_size, **{**defaults, **overrides})
-    if seed is not None:
-        torch.manual_seed(seed)
-    drafter = Drafter(args)
-    init_drafter(drafter, target)
-    return drafter.to(device=target.device, dtype=target.dtype).eval()
-
-
-def drafter_dir(pair_folder: str | Path) -> Path:
-    return Path(pair_folder) / "drafters"
-
-
-def save_drafter(drafter: Drafter, folder: str | Path, name: str | None = None,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """`<folder>/<name>.safetensors` (weights + calibration temperatures) and `<name>.json`."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
-    name = name or drafter.kind
-    sd = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
-    path = write_atomic(folder / f"{name}.safetensors", save(sd, metadata={"format": "pt"}))
-    meta = {"drafter_args": drafter.args.to_dict(), **(extra or {})}
-    write_atomic(folder / f"{name}.json", json.dumps(meta, indent=2))
-    return path
-
-
-def load_drafter(folder: str | Path, name: str, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[Drafter, dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta_path, weights = folder / f"{name}.json", folder / f"{name}.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise InputError(str(folder), name, "drafter checkpoint not found (train it with `dspark-sim engine drafters "
-                                            "train`)")
-    meta = json.loads(meta_path.read_text())
-    drafter = Drafter(DrafterArgs.from_dict(meta["drafter_args"])).to(device=device, dtype=dtype)
-    sd = load_file(str(weights))
-    missing, unexpected = drafter.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise InputError(str(weights), None, f"weights do not match the config (missing {missing[:3]}, "
-                                             f"unexpected {unexpected[:3]})")
-    drafter.tok_embeddings.weight.requires_grad_(False)
-    drafter.output.weight.requires_grad_(False)
-    drafter._build_rope(drafter.args.max_seq_len + 2 * drafter.args.block_size + 2, device)
-    return drafter.eval(), meta

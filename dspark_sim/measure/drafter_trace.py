@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dspark_sim.engine.drafter_training import block_targets
 from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED, Drafter
 from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs
 from dspark_sim.engine.model import Transformer
-from dspark_sim.engine.train_drafters import block_targets
 
 
 @torch.no_grad()
@@ -58,14 +58,14 @@ def drafter_acceptance_records(target: Transformer, drafter: Drafter, prompts: l
             conf = q.gather(-1, (q / e).argmax(-1, keepdim=True))[..., 0]
         if z is not None:
             conf = torch.sigmoid(z[0] / drafter.conf_temperature[mode])
-        conf = conf.float().cpu().numpy()
+        conf_np = conf.float().cpu().numpy()
         run = np.where(ok.all(1), g, np.argmin(ok, axis=1))
         pad = [1] * first
         records.append({
             "prompt_len": n, "output_len": length,
             "accept_len": pad + (1 + run).astype(int).tolist(),
             "alpha": [0.0] * first + [round(float(a), 6) for a in alpha[:, 0]],
-            "confidence": [0.0] * first + [round(float(c), 6) for c in conf[:, 0]],
-            "block_confidence": [[]] * first + [[round(float(c), 6) for c in row] for row in conf],
+            "confidence": [0.0] * first + [round(float(c), 6) for c in conf_np[:, 0]],
+            "block_confidence": [[]] * first + [[round(float(c), 6) for c in row] for row in conf_np],
         })
     return records

@@ -1,7 +1,7 @@
 """Hidden-state drafters (MTP head, parallel block, DSpark): greedy speculative output identical to the
 target's with every drafter and policy (batch 1-4, gamma 1-6); the inference path proposes exactly
-what the teacher-forced training path computes; training is deterministic; checkpoints round-trip;
-calibration maths."""
+what the teacher-forced training path computes; training is deterministic; checkpoints round-trip (and
+one saved under the retired kind name "parallel" is refused with a clear message); calibration maths."""
 
 from __future__ import annotations
 
@@ -12,25 +12,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dspark_sim.config.errors import InputError  # noqa: E402
 from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma  # noqa: E402
 from dspark_sim.core.policies import make_policy  # noqa: E402
 from dspark_sim.engine.data import Corpus  # noqa: E402
+from dspark_sim.engine.drafter_calibration import ece, fit_temperature  # noqa: E402
+from dspark_sim.engine.drafter_checkpoints import build_drafter, load_drafter, save_drafter  # noqa: E402
 from dspark_sim.engine.drafter_generate import drafter_generate  # noqa: E402
-from dspark_sim.engine.drafters import (  # noqa: E402
-    KINDS,
-    MODE_GREEDY,
-    MODE_SAMPLED,
-    build_drafter,
-    load_drafter,
-    save_drafter,
-)
+from dspark_sim.engine.drafter_training import DRAFTER_TRAIN_PRESETS, train_drafter_models  # noqa: E402
+from dspark_sim.engine.drafters import KINDS, MODE_GREEDY, MODE_SAMPLED  # noqa: E402
 from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs  # noqa: E402
-from dspark_sim.engine.train_drafters import (  # noqa: E402
-    DRAFTER_TRAIN_PRESETS,
-    ece,
-    fit_temperature,
-    train_drafter_models,
-)
 
 from .engine_helpers import prompts_for, random_model  # noqa: E402
 
@@ -95,7 +86,7 @@ def test_policies_lossless(trained, kind, batch):
 def test_ragged_batch_matches_single_sequences(trained):
     target, drafters, _ = trained
     prompts = prompts_for(4, VOCAB, seed=7, min_len=1, max_len=14)
-    for kind in ("parallel", "dspark"):
+    for kind in ("parallel_block", "dspark"):
         batched = drafter_generate(target, drafters[kind], prompts, 30, FixedGamma(gamma=4))
         for i, p in enumerate(prompts):
             alone = drafter_generate(target, drafters[kind], [p], 30, FixedGamma(gamma=4))
@@ -191,9 +182,9 @@ def test_training_is_deterministic_and_independent_of_companions(trained):
     data = torch.randint(0, VOCAB, (2000,), generator=torch.Generator().manual_seed(1))
     corpus = Corpus(data, data, 1, 1)
     spec = replace(SPEC, steps=4)
-    a = train_drafter_models(target, ["parallel"], corpus, spec, seed=5)["parallel"]["drafter"]
-    b = train_drafter_models(target, ["mtp", "parallel"], corpus, spec, seed=5)["parallel"]["drafter"]
-    c = train_drafter_models(target, ["parallel"], corpus, spec, seed=6)["parallel"]["drafter"]
+    a = train_drafter_models(target, ["parallel_block"], corpus, spec, seed=5)["parallel_block"]["drafter"]
+    b = train_drafter_models(target, ["mtp", "parallel_block"], corpus, spec, seed=5)["parallel_block"]["drafter"]
+    c = train_drafter_models(target, ["parallel_block"], corpus, spec, seed=6)["parallel_block"]["drafter"]
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -215,10 +206,31 @@ def test_checkpoint_round_trip(trained, tmp_path):
     d.conf_temperature.fill_(1.0)
 
 
+def test_checkpoint_of_a_retired_or_unknown_kind_is_refused(trained, tmp_path):
+    """A checkpoint saved under the kind's former name "parallel" is one InputError saying to retrain it
+    (its weights would load, but the cache looks it up under the new name, so none is renamed in place)."""
+    import json
+
+    _, drafters, _ = trained
+    save_drafter(drafters["parallel_block"], tmp_path, "parallel")
+    meta_path = tmp_path / "parallel.json"
+    meta = json.loads(meta_path.read_text())
+    meta["drafter_args"]["kind"] = "parallel"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError) as err:
+        load_drafter(tmp_path, "parallel")
+    assert err.value.field == "drafter_args.kind" and "'parallel_block'" in str(err.value)
+    assert "engine drafters train --kind parallel_block" in str(err.value)
+    meta["drafter_args"]["kind"] = "medusa"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="unknown kind 'medusa'"):
+        load_drafter(tmp_path, "parallel")
+
+
 def test_bad_arguments(trained):
     target, drafters, _ = trained
     with pytest.raises(ValueError):
-        drafter_generate(target, drafters["parallel"], [[1, 2]], 5, FixedGamma(gamma=7))  # beyond the block
+        drafter_generate(target, drafters["parallel_block"], [[1, 2]], 5, FixedGamma(gamma=7))  # beyond the block
     with pytest.raises(ValueError):
         build_drafter(target, "medusa")
     res = drafter_generate(target, drafters["mtp"], [[1, 2]], 5, FixedGamma(gamma=0))

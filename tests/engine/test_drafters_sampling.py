@@ -1,6 +1,6 @@
 """Sampled speculative decoding with the hidden-state drafters is distributed as the target: chi-square
 tests of the first 3 of 5 generated tokens (vocabulary 8: 512 outcomes, 20,000 sequences) against the
-target's exact joint distribution, for the parallel, DSpark (with a strong Markov head, so q at each
+target's exact joint distribution, for the parallel block, DSpark (with a strong Markov head, so q at each
 position depends on the previously drawn draft token) and MTP drafters, fixed gamma and the prefix
 scheduler."""
 
@@ -12,10 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy.stats")
 
-from dspark_sim.config.schema import DSparkScheduler, FixedGamma  # noqa: E402
+from dspark_sim.config.schema import DSparkScheduler  # noqa: E402
+from dspark_sim.config.shorthand import parse_policy  # noqa: E402
 from dspark_sim.core.policies import make_policy  # noqa: E402
+from dspark_sim.engine.drafter_checkpoints import build_drafter  # noqa: E402
 from dspark_sim.engine.drafter_generate import drafter_generate  # noqa: E402
-from dspark_sim.engine.drafters import build_drafter  # noqa: E402
 from dspark_sim.engine.generate import Sampling  # noqa: E402
 
 from .engine_helpers import random_model  # noqa: E402
@@ -39,19 +40,19 @@ def _drafter(target, kind: str, seed: int):
 
 def _policy(name: str):
     if name.startswith("fixed"):
-        return FixedGamma(gamma=int(name.split("-")[1]))
+        return parse_policy(name)
     # verify passes slow down with the tokens in them (scaled to the test's batch), so the scheduler
     # admits some candidates and not others
     return make_policy(DSparkScheduler(gamma_max=3), sps=lambda b: 1.0 / (1.0 + 0.3 * np.asarray(b, dtype=float) / N))
 
 
 @pytest.mark.parametrize("kind, policy, sampling", [
-    ("parallel", "fixed-3", Sampling(temperature=1.0)),
-    ("parallel", "fixed-2", Sampling(temperature=0.8, top_k=5)),
-    ("dspark", "fixed-3", Sampling(temperature=1.0)),
-    ("dspark", "fixed-4", Sampling(temperature=1.2, top_p=0.85)),
+    ("parallel_block", "fixed:3", Sampling(temperature=1.0)),
+    ("parallel_block", "fixed:2", Sampling(temperature=0.8, top_k=5)),
+    ("dspark", "fixed:3", Sampling(temperature=1.0)),
+    ("dspark", "fixed:4", Sampling(temperature=1.2, top_p=0.85)),
     ("dspark", "dspark", Sampling(temperature=1.0)),
-    ("mtp", "fixed-3", Sampling(temperature=1.0)),
+    ("mtp", "fixed:3", Sampling(temperature=1.0)),
 ])
 def test_sampled_tokens_follow_target_distribution(kind, policy, sampling):
     target = random_model(VOCAB, seed=21, sharpness=4.0, dim=16, layers=1)
