@@ -199,8 +199,8 @@ def profile(
 def _profile_allreduce(device: str, dtype: str, ranks: int, between_matmuls: bool, shape: str,
                        tokens: str | None, repeats: int | None, hardware: str | None, hardware_out: Path | None,
                        out: Path) -> int:
-    """`profile --allreduce-ranks`: the tensor-parallel module's all-reduce profile, started here."""
-    from dspark_sim.engine import tp
+    """`profile --allreduce-ranks`: the tensor-parallel CLI's all-reduce profile, started here."""
+    from dspark_sim.cli import tp
 
     if ranks < 2:
         raise InputError("--allreduce-ranks", None, f"got {ranks}, an all-reduce needs at least 2 ranks")

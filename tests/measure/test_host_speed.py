@@ -1,15 +1,17 @@
-"""The host-speed yardstick (engine/host_speed.py) and the 'probed' estimator built on it."""
+"""The host-speed yardstick (measure/host_speed.py) and the 'probed' estimator built on it."""
 
 from __future__ import annotations
 
 import itertools
 
 import pytest
-import torch
 
-from dspark_sim.config.errors import InputError
-from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements
-from dspark_sim.measure.host_speed import HostProbe, scaled
+torch = pytest.importorskip("torch")
+
+from dspark_sim.config.errors import InputError  # noqa: E402
+from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements  # noqa: E402
+from dspark_sim.measure.host_speed import HostProbe, at_reference_speed  # noqa: E402
+from dspark_sim.measure.timing import scaled  # noqa: E402
 
 
 def test_probe_timeline_interpolates_between_readings():
@@ -41,7 +43,7 @@ def test_profile_keeps_the_yardstick_beside_every_timing(tmp_path):
     """A CPU profile with a host probe: every pass repeat and step run carries its kind's yardstick at its
     moment (a pass its model's, a step the step yardstick's), and at_reference_speed scales each timing by
     reference / yardstick."""
-    from dspark_sim.measure.profile import ProfileGrid, at_reference_speed, load_engine_models, run_profile
+    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1, 2), query_tokens=(1, 3), contexts=(16,), step_batch_sizes=(1,),
