@@ -101,9 +101,9 @@ case "${1:-}" in
     python3 benchmarks/engine_gpu_pair.py --cache-dir /tmp/dspark-engine --out "$OUT/engine_gpu_pair.json"
     cp -r /tmp/dspark-engine "$OUT/gpu-pair" ;;
   tp)
-    torchrun --standalone --nproc-per-node 2 -m dspark_sim.engine.tp generate --device cuda --dtype fp64 --check \
+    torchrun --standalone --nproc-per-node 2 -m dspark_sim.cli.tp generate --device cuda --dtype fp64 --check \
       --json -o "$OUT/tp_check_fp64.json"
-    python3 -m dspark_sim.engine.tp allreduce --device cuda --tp 2 --shape llama-3.1-8b --dtype bf16 \
+    python3 -m dspark_sim.cli.tp allreduce --device cuda --tp 2 --shape llama-3.1-8b --dtype bf16 \
       --hardware h200-sxm --hardware-out "$OUT/h200-sxm-tp2.yaml" -o "$OUT/allreduce_tp2.json"
     python3 benchmarks/tp_engine.py --device cuda --shape llama-3.1-8b --draft-shape llama-3.2-1b --dtype bf16 \
       --tp 1,2 --batch 1,8 --prompt-len 128 --new-tokens 128 --gamma 4 -o "$OUT/tp_engine_h200x2.json" ;;

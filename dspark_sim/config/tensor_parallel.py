@@ -52,7 +52,7 @@ class FitPoint(Doc):
 
 
 class InterconnectFitDoc(Doc):
-    """The interconnect fitted to all-reduce samples (`fit.calibrate.fit_interconnect`): effective
+    """The interconnect fitted to all-reduce samples (`fit_interconnect`, fit/): effective
     figures, efficiency 1.0 implied."""
 
     context: AllReduceContext | None = Field(

@@ -1,7 +1,7 @@
 """All-reduce microbenchmark: tensor parallelism's communication, at the engine's message sizes.
 
 The collective timed is the engine's own (`engine.tp.group.all_reduce`, which the row-parallel layers
-call) on [tokens, hidden] activations; `fit.calibrate.fit_interconnect` turns the samples into the
+call) on [tokens, hidden] activations; `fit_interconnect` (fit/) turns the samples into the
 cost model's interconnect figures. Run it on every rank of a group (`allreduce_job` is the worker
 `python -m dspark_sim.cli.tp allreduce` starts).
 """
@@ -21,8 +21,9 @@ from torch import Tensor
 from dspark_sim.config.tensor_parallel import AllReduceProfile, AllReduceSample
 from dspark_sim.engine.model import WEIGHT_DTYPES
 from dspark_sim.engine.tp.group import TPGroup, all_reduce, any_rank
+from dspark_sim.measure.profile_merge import timing_summary
 from dspark_sim.measure.provenance import DTYPE_NAMES, device_info, engine_version
-from dspark_sim.measure.timing import median_spread, sync
+from dspark_sim.measure.timing import sync
 
 
 def _allreduce_inner(message_bytes: int, device: torch.device) -> int:
@@ -86,7 +87,7 @@ def profile_allreduce(tp: TPGroup, tokens: list[int], hidden: int, dtype: torch.
             floor = statistics.median(alone)
             times = [max(v - floor, 1e-9 * floor) for v in both]
         times = [v / inner for v in times]
-        med, spread = median_spread(times)
+        med, spread = timing_summary(times)
         out.append(AllReduceSample(world_size=tp.world, tokens=t, hidden=hidden, dtype=name,
                                    message_bytes=t * hidden * elem, mode=mode,
                                    context="between-matmuls" if weight is not None else "burst",

@@ -25,10 +25,9 @@ from functools import partial
 
 import torch
 
-from dspark_sim.config.measurements import EngineProfile
 from dspark_sim.engine.model import Transformer
 from dspark_sim.measure.profile import profile_steps
-from dspark_sim.measure.timing import median_spread, scaled, time_call
+from dspark_sim.measure.timing import time_call
 
 #: what each kind of timing is brought to one speed by: whole engine steps (the profile's steps and the
 #: measured runs) by a few steps, each model's isolated passes by a few passes of that model. One yardstick
@@ -117,25 +116,3 @@ class HostProbe:
         t0 = self.timeline[0][0] if self.timeline else 0.0
         kinds = self.timeline[0][1] if self.timeline else {}
         return {k: [(round(t - t0, 3), round(v[k], 9)) for t, v in self.timeline] for k in kinds}
-
-
-def at_reference_speed(profile: EngineProfile, reference_s: dict[str, float]) -> EngineProfile:
-    """The profile with every timing brought to the host speed at which the yardsticks read `reference_s`
-    (by kind: a pass by its model's, a step by the step yardstick); timings taken without a
-    yardstick reading stay as they are."""
-    samples = []
-    for s in profile.samples:
-        if s.host_probe_s is None:
-            samples.append(s)
-            continue
-        ref = reference_s[s.role]
-        times = [scaled(t, p, ref) for t, p in zip(s.times_s, s.host_probe_s, strict=True)]
-        med, spread = median_spread(times)
-        samples.append(s.model_copy(update={"times_s": times, "median_s": med, "spread": spread,
-                                            "host_probe_s": [ref] * len(times)}))
-    ref = reference_s["step"]
-    steps = [st if st.host_probe_s is None else st.model_copy(update={
-        "step_s": scaled(st.step_s, st.host_probe_s, ref), "draft_s": scaled(st.draft_s, st.host_probe_s, ref),
-        "verify_s": scaled(st.verify_s, st.host_probe_s, ref), "host_probe_s": ref})
-        for st in profile.steps]
-    return profile.model_copy(update={"samples": samples, "steps": steps})

@@ -31,8 +31,9 @@ from dspark_sim.engine.generate import (
 )
 from dspark_sim.engine.model import Attention, ModelArgs, Transformer, build_model
 from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+from dspark_sim.measure.profile_merge import timing_summary
 from dspark_sim.measure.provenance import device_info, dtype_name, engine_version, model_spec
-from dspark_sim.measure.timing import HostClock, median_spread, time_call
+from dspark_sim.measure.timing import HostClock, time_call
 
 Role = Literal["target", "draft"]
 Progress = Callable[[], object]
@@ -109,7 +110,7 @@ def profile_passes(model: Transformer, role: Role, batch_sizes: list[int], query
 def _pass_sample(model: Transformer, role: Role, key: _Shape, times: list[float], stamps: list[float],
                  cache_len_for: Callable[[int, int], int], host: HostClock | None) -> PassSample:
     kv, ctx, b, q = key
-    med, spread = median_spread(times)
+    med, spread = timing_summary(times)
     return PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
                       attended_tokens=cache_len_for(ctx, q), kv_dtype=kv or dtype_name(model.dtype),
                       times_s=[round(t, 9) for t in times], median_s=med, spread=spread,
@@ -350,38 +351,3 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                           step_graphs=StepGraphs(target, draft) if graphs else None, host=host)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
-
-
-def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> EngineProfile:
-    """Profiles of one grid taken at different times -> one profile: every pass shape's repeats pooled
-    (median and spread recomputed), every step configuration's median run (lower middle), or with
-    `fastest_steps` its fastest.
-
-    Why: `validate` profiles in rounds between its measurement rounds, so that the calibration sees the
-    same slow and fast spells of a shared host as the measurements it predicts. On a GPU a whole step is
-    host-bound and a busy host only ever slows it (validation/README.md): there the fastest
-    round is the machine's own speed, as the fastest timed repeat is on the measuring side."""
-    if len(rounds) == 1:
-        return rounds[0]
-    passes: dict[tuple, list[PassSample]] = {}
-    for prof in rounds:
-        for s in prof.samples:
-            passes.setdefault((s.role, s.batch_size, s.query_tokens, s.context_tokens, s.attended_tokens,
-                               s.kv_dtype), []).append(s)
-    samples = []
-    for group in passes.values():
-        times = [t for s in group for t in s.times_s]
-        med, spread = median_spread(times)
-        probes = [p for s in group for p in (s.host_probe_s or [])] if all(
-            s.host_probe_s is not None for s in group) else None
-        samples.append(group[0].model_copy(update={"times_s": times, "median_s": med, "spread": spread,
-                                                   "host_probe_s": probes}))
-    steps_by: dict[tuple, list[StepSample]] = {}
-    for prof in rounds:
-        for st in prof.steps:
-            steps_by.setdefault((st.batch_size, st.gamma, st.context_tokens, st.attended_tokens, st.temperature,
-                                 st.baseline_loop, st.policy), []).append(st)
-    steps = [sorted(g, key=lambda st: st.step_s)[0 if fastest_steps else (len(g) - 1) // 2] for g in steps_by.values()]
-    return rounds[0].model_copy(update={"samples": samples, "steps": steps})
-
-

@@ -797,13 +797,9 @@ def run_validation(*, device: str, quick: bool, preset: str, seed: int, cache_di
     from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
     from dspark_sim.engine.data import load_corpus
     from dspark_sim.measure.acceptance_trace import acceptance_records, conditional_acceptance, live_steps
-    from dspark_sim.measure.host_speed import HostProbe, at_reference_speed, yardstick_s
-    from dspark_sim.measure.profile import (
-        ProfileGrid,
-        engine_version,
-        merge_profiles,
-        run_profile,
-    )
+    from dspark_sim.measure.host_speed import HostProbe, yardstick_s
+    from dspark_sim.measure.profile import ProfileGrid, engine_version, run_profile
+    from dspark_sim.measure.profile_merge import at_reference_speed, merge_profiles
 
     grid = QUICK if quick else FULL
     timings: dict[str, float] = {}
@@ -1004,8 +1000,7 @@ def repredict_report(folder: Path, out_dir: Path, *, tolerance_pct: float | None
     from dspark_sim.config.errors import InputError, from_validation_error
     from dspark_sim.config.io import read_json
     from dspark_sim.fit.calibrate import load_profile
-    from dspark_sim.measure.host_speed import at_reference_speed
-    from dspark_sim.measure.profile import merge_profiles
+    from dspark_sim.measure.profile_merge import at_reference_speed, merge_profiles
 
     report_path, meas_path = folder / "report.json", folder / MEASUREMENTS_FILE
     path, doc = (report_path, ValidationReport) if report_path.is_file() or not meas_path.is_file() else \

@@ -378,7 +378,8 @@ def test_repeat_spread_is_the_measurements_own_noise():
 def test_profile_rounds_merge(tmp_path):
     """validate's profile rounds: each round runs its share of the repeats; merged, every pass shape
     pools all rounds' timings and every step configuration keeps its median run."""
-    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, merge_profiles, run_profile
+    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
+    from dspark_sim.measure.profile_merge import merge_profiles
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1, 2), query_tokens=(1, 3), contexts=(16,), step_batch_sizes=(1,),

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from dspark_sim.config.errors import InputError  # noqa: E402
 from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements  # noqa: E402
-from dspark_sim.measure.host_speed import HostProbe, at_reference_speed  # noqa: E402
-from dspark_sim.measure.timing import scaled  # noqa: E402
+from dspark_sim.measure.host_speed import HostProbe  # noqa: E402
+from dspark_sim.measure.profile_merge import at_reference_speed, merge_profiles, scaled  # noqa: E402
 
 
 def test_probe_timeline_interpolates_between_readings():
@@ -106,7 +106,7 @@ def test_probed_estimator_removes_the_hosts_spells():
 
 
 def test_merged_rounds_keep_the_yardstick_beside_every_timing(tmp_path):
-    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, merge_profiles, run_profile
+    from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1,), query_tokens=(1, 2), contexts=(16,), step_batch_sizes=(1,),
