@@ -137,7 +137,7 @@ def _profile_allreduce(device: str, dtype: str, ranks: int, between_matmuls: boo
                        tokens: str | None, repeats: int | None, hardware: str | None, hardware_out: Path | None,
                        out: Path) -> int:
     """`profile --allreduce-ranks`: the tensor-parallel module's all-reduce profile, started here."""
-    from dspark_sim.engine import tp
+    from dspark_sim.cli import tp
 
     if ranks < 2:
         raise InputError("--allreduce-ranks", None, f"got {ranks}, an all-reduce needs at least 2 ranks")

@@ -1,6 +1,6 @@
 """Interconnect latency, bandwidth and per-collective cost from measured all-reduces (tensor parallelism).
 
-The all-reduce microbenchmark (`python -m dspark_sim.engine.tp allreduce`) times one collective per
+The all-reduce microbenchmark (`python -m dspark_sim.cli.tp allreduce`) times one collective per
 message size and world size; `fit_interconnect` fits the ring all-reduce that `costmodel.forward_cost`
 prices to those timings, and `apply_interconnect_fit` writes the fitted effective figures into a profile.
 """

@@ -1,14 +1,14 @@
 """The machine's own speed, probed while `validate` profiles and measures on a CPU.
 
 Why: on a shared 2-core CPU the same unchanging work runs ~30% faster in some minutes than in others
-(tools/cpu_host_states.py: the plain batch-16 loop read 7.1-7.5k tokens/s for three minutes, then
+(benchmarks/cpu_host_states.py: the plain batch-16 loop read 7.1-7.5k tokens/s for three minutes, then
 5.3-5.8k for four), so a profile and a measurement taken minutes apart disagree by whatever spell each
 met. Short fixed yardsticks (a few tiny engine steps; a few passes of each model) timed every few
 seconds give a timeline of the host's speed; every profile and measured timing is then scaled to one
 reference speed (the run's median reading: steps and measured runs by the step yardstick, each model's
 passes by its own), and the prediction made at that speed is compared with measurements brought to it.
 Read right before a measured case, the step yardstick tracked the case's own speed with correlation
-0.70-0.81 (tools/host_yardstick_tracking.py; validation/README.md, session 13).
+0.70-0.81 (benchmarks/host_yardstick_tracking.py; validation/README.md).
 
 On a GPU the yardstick is not taken: its steps would drop the captured CUDA graphs, and the device's
 speed is steady there (its estimator is the fastest repeat instead).
@@ -19,35 +19,49 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+
+import torch
+
+from dspark_sim.engine.model import Transformer
+from dspark_sim.measure.profile import profile_steps
+from dspark_sim.measure.timing import time_call
 
 #: what each kind of timing is brought to one speed by: whole engine steps (the profile's steps and the
 #: measured runs) by a few steps, each model's isolated passes by a few passes of that model. One yardstick
 #: for all was tried first: in a slow spell it read 33% slow while the target's passes were 18% slower and
-#: the draft's 3% (validation/README.md, session 13).
+#: the draft's 3% (validation/README.md).
 KINDS = ("step", "target", "draft")
-#: the step yardstick: plain and gamma-5 steps at batch 1 and 16, 64-token prompts, 8 new tokens each
-STEP_YARDSTICK = dict(batch_sizes=[1, 16], gammas=[0, 5], prompt_lens=[64], new_tokens=8)
+
+
+@dataclass(frozen=True)
+class StepYardstick:
+    """The step yardstick: plain and gamma-5 steps at batch 1 and 16, 64-token prompts, 8 new tokens each."""
+
+    batch_sizes: tuple[int, ...] = (1, 16)
+    gammas: tuple[int, ...] = (0, 5)
+    prompt_lens: tuple[int, ...] = (64,)
+    new_tokens: int = 8
+
+
+STEP_YARDSTICK = StepYardstick()
 #: the pass yardsticks: (batch, query tokens) at 64 cached tokens, each timed after warm-up calls
 PASS_YARDSTICK = ((1, 1), (16, 1), (16, 6))
 
 
-def _geomean(values) -> float:
+def _geomean(values: Iterable[float]) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def yardstick_s(target, draft) -> dict[str, float]:
+def yardstick_s(target: Transformer, draft: Transformer) -> dict[str, float]:
     """One reading of the yardsticks, seconds by kind (KINDS): the geometric mean of the step yardstick's
     four step times and of each model's pass shapes (about 0.35 s on the 2-core CPU, warm-ups included)."""
-    import torch
-
-    from dspark_sim.measure.profile import profile_steps, time_call
-
-    steps = profile_steps(target, draft, STEP_YARDSTICK["batch_sizes"], STEP_YARDSTICK["gammas"],
-                          STEP_YARDSTICK["prompt_lens"], STEP_YARDSTICK["new_tokens"], repeats=1)
+    y = STEP_YARDSTICK
+    steps = profile_steps(target, draft, list(y.batch_sizes), list(y.gammas), list(y.prompt_lens), y.new_tokens,
+                          repeats=1)
     out = {"step": _geomean(s.step_s for s in steps)}
     gen = torch.Generator(device="cpu").manual_seed(0)
     for kind, model in (("target", target), ("draft", draft)):
@@ -102,9 +116,3 @@ class HostProbe:
         t0 = self.timeline[0][0] if self.timeline else 0.0
         kinds = self.timeline[0][1] if self.timeline else {}
         return {k: [(round(t - t0, 3), round(v[k], 9)) for t, v in self.timeline] for k in kinds}
-
-
-def scaled(value: float, probe_s: float | None, reference_s: float) -> float:
-    """A timing brought to the reference speed: taken while the yardstick read `probe_s` (slower than the
-    reference: the timing shrinks)."""
-    return value if probe_s is None else value * reference_s / probe_s

@@ -8,118 +8,54 @@ warm-up runs and repeats, and the spread is kept so noisy points are visible.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-import dspark_sim
 from dspark_sim.config.errors import InputError
-from dspark_sim.config.measurements import DeviceInfo, EngineProfile, PassSample, StepSample
-from dspark_sim.config.schema import ModelSpec
-from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
-from dspark_sim.engine.model import ModelArgs, Transformer
+from dspark_sim.config.measurements import EngineProfile, PassSample, StepSample
+from dspark_sim.config.schema import DSparkScheduler, FixedGamma
+from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
+from dspark_sim.engine.data import VOCAB_SIZE
+from dspark_sim.engine.generate import (
+    Forward,
+    GenerationResult,
+    Sampling,
+    cache_tokens,
+    generate_baseline,
+    speculative_generate,
+)
+from dspark_sim.engine.model import Attention, ModelArgs, Transformer, build_model
+from dspark_sim.engine.train import get_preset, load_pair, pair_dir
 from dspark_sim.measure.profile_merge import timing_summary
+from dspark_sim.measure.provenance import device_info, dtype_name, engine_version, model_spec
+from dspark_sim.measure.timing import HostClock, time_call
 
-_ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
-
-
-def engine_version() -> str:
-    """Package version plus a hash of the engine's source: a profile goes stale when either changes."""
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent.parent / "engine"
-    for name in _ENGINE_FILES:
-        h.update((here / name).read_bytes())
-    return f"{dspark_sim.__version__}+{h.hexdigest()[:10]}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _llc_mb() -> float:
-    best = 0.0
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for idx in base.glob("index*"):
-        try:
-            size = (idx / "size").read_text().strip()
-        except OSError:
-            continue
-        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1], 1)
-        num = float(size[:-1]) if size[-1] in "KMG" else float(size)
-        best = max(best, num * mult / 1e6)
-    return best
-
-
-def device_info(device: torch.device) -> DeviceInfo:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return DeviceInfo(kind="cuda", name=p.name, torch_version=torch.__version__, threads=p.multi_processor_count,
-                          memory_gb=p.total_memory / 1e9, onchip_mb=getattr(p, "L2_cache_size", 0) / 1e6)
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return DeviceInfo(kind="cpu", name=_cpu_name(), torch_version=torch.__version__, threads=torch.get_num_threads(),
-                      memory_gb=mem, onchip_mb=_llc_mb())
-
-
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def model_spec(args: ModelArgs, name: str, weight_dtype: torch.dtype, kv_dtype: str | None = None) -> ModelSpec:
-    """The engine's architecture in the simulator's schema (so the cost model prices the same model)."""
-    wd = _DTYPE_NAMES.get(weight_dtype, "fp32")
-    return ModelSpec(
-        name=name, num_layers=args.n_layers, hidden_size=args.dim, num_heads=args.n_heads,
-        num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, ffn_hidden_size=args.ffn_hidden,
-        vocab_size=args.vocab_size, tie_embeddings=args.tie_embeddings, weight_dtype=wd,
-        kv_dtype=kv_dtype or wd, activation_dtype=wd, source="dspark-sim engine",
-    )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+Role = Literal["target", "draft"]
+Progress = Callable[[], object]
+#: a pass shape: (KV dtype or None for the weights', context, batch, query tokens)
+_Shape = tuple[str | None, int, int, int]
 
 
 @torch.no_grad()
-def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_tokens: list[int],
-                   contexts: list[int], kv_dtypes: list[str | None], *, cache_len_for, forward=None,
-                   warmup: int = 2, repeats: int = 5, progress=None, host=None) -> list[PassSample]:
+def profile_passes(model: Transformer, role: Role, batch_sizes: list[int], query_tokens: list[int],
+                   contexts: list[int], kv_dtypes: list[str | None], *, cache_len_for: Callable[[int, int], int],
+                   forward: Forward | None = None, warmup: int = 2, repeats: int = 5,
+                   progress: Progress | None = None, host: HostClock | None = None) -> list[PassSample]:
     """Time model(tokens[B, q], positions) for every grid point; caches sized as the engine sizes them.
 
     `cache_len_for(context, q)` gives the static cache length the engine would allocate, which is what
     attention reads (the engine masks, it does not slice).
 
     On a CPU the repeats are taken in rounds over the whole grid (every shape once per round, after
-    untimed calls that bring it back to its in-loop speed) rather than back to back: a shared machine's slow spells last tens of milliseconds,
-    long enough to spoil every repeat of one shape, but not one repeat of every shape. On a GPU the
-    repeats stay back to back (each new cache would mean a new CUDA-graph capture).
+    untimed calls that bring it back to its in-loop speed) rather than back to back: a shared machine's
+    slow spells last tens of milliseconds, long enough to spoil every repeat of one shape, but not one
+    repeat of every shape. On a GPU the repeats stay back to back (each new cache would mean a new
+    CUDA-graph capture).
 
     `host` (host_speed.HostProbe, CPU only): the host's yardstick is read every few seconds and each
     timing keeps the yardstick at its moment (PassSample.host_probe_s).
@@ -127,19 +63,20 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
     dev = model.device
     fwd = forward or model
     vocab = model.args.vocab_size
-    shapes = [(kv, ctx, b, q) for kv in kv_dtypes for ctx in contexts for b in batch_sizes for q in query_tokens]
+    shapes: list[_Shape] = [(kv, ctx, b, q) for kv in kv_dtypes for ctx in contexts for b in batch_sizes
+                            for q in query_tokens]
     gen = torch.Generator(device="cpu").manual_seed(0)
     inputs = {}
     for kv, ctx, b, q in shapes:
         tokens = torch.randint(0, vocab, (b, q), generator=gen).to(dev)
         positions = torch.full((b, 1), ctx, dtype=torch.long, device=dev) + torch.arange(q, device=dev)
         inputs[(kv, ctx, b, q)] = (tokens, positions)
-    times: dict[tuple, list[float]] = {k: [] for k in shapes}
-    stamps: dict[tuple, list[float]] = {k: [] for k in shapes}
+    times: dict[_Shape, list[float]] = {k: [] for k in shapes}
+    stamps: dict[_Shape, list[float]] = {k: [] for k in shapes}
     if dev.type == "cuda":
         host = None
 
-    def visit(key, n_warm: int, n_time: int, warm_s: float = 0.0) -> None:
+    def visit(key: _Shape, n_warm: int, n_time: int, warm_s: float = 0.0) -> None:
         kv, ctx, b, q = key
         if host is not None:
             host.tick()
@@ -167,30 +104,17 @@ def profile_passes(model: Transformer, role: str, batch_sizes: list[int], query_
                     progress()
         if host is not None:
             host.tick(force=True)  # the last shapes' timings lie between two readings
-    out: list[PassSample] = []
-    for key in shapes:
-        kv, ctx, b, q = key
-        med, spread = timing_summary(times[key])
-        out.append(PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
-                              attended_tokens=cache_len_for(ctx, q),
-                              kv_dtype=kv or _DTYPE_NAMES.get(model.dtype, "fp32"),
-                              times_s=[round(t, 9) for t in times[key]], median_s=med, spread=spread,
-                              host_probe_s=None if host is None else [round(host.at(t, role), 9) for t in stamps[key]]))
-    return out
+    return [_pass_sample(model, role, key, times[key], stamps[key], cache_len_for, host) for key in shapes]
 
 
-def step_samples(result, batch_size: int, gamma: int) -> StepSample | None:
-    """Median whole-step, draft and verify times of a speculative run (from its StepStats)."""
-    steps = [s for s in result.steps if s.draft_time_s > 0 or gamma == 0]
-    if not steps:
-        return None
-    return StepSample(
-        batch_size=batch_size,
-        gamma=gamma,
-        step_s=statistics.median(s.step_time_s for s in steps),
-        draft_s=statistics.median(s.draft_time_s for s in steps),
-        verify_s=statistics.median(s.verify_time_s for s in steps),
-    )
+def _pass_sample(model: Transformer, role: Role, key: _Shape, times: list[float], stamps: list[float],
+                 cache_len_for: Callable[[int, int], int], host: HostClock | None) -> PassSample:
+    kv, ctx, b, q = key
+    med, spread = timing_summary(times)
+    return PassSample(role=role, batch_size=b, query_tokens=q, context_tokens=ctx,
+                      attended_tokens=cache_len_for(ctx, q), kv_dtype=kv or dtype_name(model.dtype),
+                      times_s=[round(t, 9) for t in times], median_s=med, spread=spread,
+                      host_probe_s=None if host is None else [round(host.at(t, role), 9) for t in stamps])
 
 
 def build_profile(*, device: torch.device, target: Transformer, draft: Transformer | None, samples: list[PassSample],
@@ -199,7 +123,7 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
     return EngineProfile(
         engine_version=engine_version(),
         device=device_info(device),
-        weight_dtype=_DTYPE_NAMES.get(wd, "fp32"),
+        weight_dtype=dtype_name(wd),
         target=model_spec(target.args, "engine-target", wd),
         draft=model_spec(draft.args, "engine-draft", wd) if draft is not None else None,
         samples=samples,
@@ -212,10 +136,10 @@ def build_profile(*, device: torch.device, target: Transformer, draft: Transform
 @torch.no_grad()
 def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int], gammas: list[int],
                   prompt_lens: list[int], new_tokens: int, *, temperatures: tuple[float, ...] = (0.0,),
-                  target_forward=None, draft_forward=None, seed: int = 0, progress=None,
-                  repeats: int = 1, dspark_gamma: int = 0,
-                  dspark_sps_table: dict[int, float] | None = None, step_graphs=None,
-                  host=None) -> list[StepSample]:
+                  target_forward: GraphedForward | None = None, draft_forward: GraphedForward | None = None,
+                  seed: int = 0, progress: Progress | None = None, repeats: int = 1, dspark_gamma: int = 0,
+                  dspark_sps_table: dict[int, float] | None = None, step_graphs: StepGraphs | None = None,
+                  host: HostClock | None = None) -> list[StepSample]:
     """Whole engine steps at fixed gamma (gamma 0 = the plain decoding loop): what the passes leave out;
     with `dspark_gamma`, also steps of the DSpark prefix scheduler drafting that many tokens (its
     decision's host time, which fixed-gamma steps do not have), priced with `dspark_sps_table`.
@@ -229,15 +153,17 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
     gen = torch.Generator(device="cpu").manual_seed(seed)
     prompts = {(p, b): torch.randint(0, target.args.vocab_size, (b, p), generator=gen).tolist()
                for p in prompt_lens for b in batch_sizes}
-    kinds = [(g, None) for g in gammas] + ([(dspark_gamma, dspark_sps_table or {1: 1.0})] if dspark_gamma else [])
+    kinds: list[tuple[int, dict[int, float] | None]] = [(g, None) for g in gammas]
+    if dspark_gamma:
+        kinds.append((dspark_gamma, dspark_sps_table or {1: 1.0}))
     configs = [(t, p, b, k) for t in temperatures for p in prompt_lens for b in batch_sizes for k in range(len(kinds))]
-    runs: dict[tuple, list[StepSample]] = {c: [] for c in configs}
+    runs: dict[tuple[float, int, int, int], list[StepSample]] = {c: [] for c in configs}
     on_gpu = target.device.type == "cuda"
     order = ([c for c in configs for _ in range(repeats)] if on_gpu
              else [c for _ in range(repeats) for c in configs])
     if on_gpu:
         host = None
-    stamps: dict[tuple, list[float]] = {c: [] for c in configs}
+    stamps: dict[tuple[float, int, int, int], list[float]] = {c: [] for c in configs}
     for c in order:
         t, p, b, k = c
         g, table = kinds[k]
@@ -255,39 +181,37 @@ def profile_steps(target: Transformer, draft: Transformer, batch_sizes: list[int
         for c in configs:
             runs[c] = [r.model_copy(update={"host_probe_s": round(host.at(ts, "step"), 9)})
                        for r, ts in zip(runs[c], stamps[c], strict=True)]
-    out = []
-    for c in configs:
-        rs = runs[c]
-        # the median run (lower middle); with probes, of the runs brought to one host speed
-        pick = sorted(rs, key=lambda s: s.step_s / (s.host_probe_s or 1.0))[(len(rs) - 1) // 2]
-        out.append(pick)
-    return out
+    # each configuration's median run (lower middle); with probes, of the runs brought to one host speed
+    return [sorted(runs[c], key=lambda s: s.step_s / (s.host_probe_s or 1.0))[(len(runs[c]) - 1) // 2]
+            for c in configs]
 
 
-def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_forward, draft_forward,
-              warm: bool, dspark_sps_table: dict[int, float] | None = None, step_graphs=None) -> StepSample:
+def _size_caches(target: Transformer, draft: Transformer, batch: int, cap: int, gamma: int) -> None:
+    """Caches sized exactly as the engine's own run sizes them (prompt, new tokens, the last step's drafts),
+    and before the untimed run. Exactly: the loops attend over the whole static cache, and a cache kept
+    from a bigger earlier configuration had every CPU step sample attend over 529 tokens where the measured
+    runs attend over 130-332; the fit then split a step between attention and fixed cost wrongly (plain
+    batch-16 steps predicted 10-20% fast; validation/README.md). Before the untimed run: a shorter warm-up
+    run would size them for itself, and the timed run would then reallocate them and re-capture its CUDA
+    graphs inside the clock (on an H200 that doubled the plain loop's step time)."""
+    for model in (target, draft) if gamma > 0 else (target,):
+        layer0 = cast(Attention, model.layers[0].attention).kv_cache
+        if (layer0 is None or (model.cache_batch, model.cache_len) != (batch, cap)
+                or layer0.k.dtype != model.dtype):
+            model.setup_caches(batch, cap)
+
+
+def _step_run(target: Transformer, draft: Transformer, prompts: list[list[int]], gamma: int, new_tokens: int,
+              temperature: float, target_forward: GraphedForward | None, draft_forward: GraphedForward | None,
+              warm: bool, dspark_sps_table: dict[int, float] | None = None,
+              step_graphs: StepGraphs | None = None) -> StepSample:
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
     configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
-    from dspark_sim.config.schema import DSparkScheduler, FixedGamma
-    from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
-
     sampling = Sampling(temperature=temperature)
     prompt_len, b = len(prompts[0]), len(prompts)
-    # Caches sized exactly as the engine's own run sizes them (prompt, new tokens, the last step's drafts),
-    # and before the untimed run. Exactly: the loops attend over the whole static cache, and a cache kept
-    # from a bigger earlier configuration had every CPU step sample attend over 529 tokens, where the
-    # measured runs attend over 130-332: the fit then split a step between attention and fixed cost
-    # wrongly (plain batch-16 steps predicted 10-20% fast; validation/README.md, session 8). Before: a
-    # shorter warm-up run would size them for itself, and the timed run would then reallocate them and
-    # re-capture its CUDA graphs inside the clock (on an H200 that doubled the plain loop's step time).
-    cap = cache_tokens(prompt_len, new_tokens, gamma)
-    for model in (target, draft) if gamma > 0 else (target,):
-        layer0 = model.layers[0].attention.kv_cache
-        if (layer0 is None or (model.cache_batch, model.cache_len) != (b, cap)
-                or layer0.k.dtype != model.dtype):
-            model.setup_caches(b, cap)
+    _size_caches(target, draft, b, cache_tokens(prompt_len, new_tokens, gamma), gamma)
 
-    def run(n=new_tokens):
+    def run(n: int = new_tokens) -> GenerationResult:
         if gamma == 0:
             return generate_baseline(target, prompts, n, sampling, forward=target_forward)
         policy = (FixedGamma(gamma=gamma) if dspark_sps_table is None else
@@ -298,16 +222,18 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
 
     if warm:
         if target.device.type == "cuda" and gamma > 0:
-            from dspark_sim.engine.cudagraphs import precapture
-
             precapture(target_forward, draft_forward, b, gamma)
             if step_graphs is not None:
                 step_graphs.precapture(b, prompt_len, new_tokens, gamma, sampling)
             run()
         else:  # a CPU: a few untimed steps after other configurations' shapes (see profile_passes)
             run(min(new_tokens, 8))
-    res = run()
-    ctx = prompt_len + new_tokens // 2
+    return _step_sample(run(), target, b, gamma, prompt_len + new_tokens // 2, temperature,
+                        dspark=dspark_sps_table is not None)
+
+
+def _step_sample(res: GenerationResult, target: Transformer, b: int, gamma: int, ctx: int, temperature: float,
+                 dspark: bool) -> StepSample:
     if gamma == 0:
         steps = max(res.target_passes, 1)
         return StepSample(batch_size=b, gamma=0, step_s=res.decode_time_s / steps, draft_s=0.0, verify_s=0.0,
@@ -315,7 +241,7 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
                           temperature=temperature)
     n = max(len(res.steps), 1)
     counts = None
-    if dspark_sps_table is not None:  # the padded verify width of each step: what the scheduler chose
+    if dspark:  # the padded verify width of each step: what the scheduler chose
         widths = [int(s.verified.max(initial=0)) for s in res.steps]
         counts = {k: widths.count(k) for k in sorted(set(widths))}
     return StepSample(batch_size=b, gamma=gamma, step_s=res.decode_time_s / n,
@@ -353,15 +279,11 @@ class ProfileGrid:
         return replace(self, repeats=-(-self.repeats // rounds), step_repeats=-(-self.step_repeats // rounds))
 
 
-def load_engine_models(preset: str, seed: int, cache_dir, device: torch.device, dtype: torch.dtype,
-                       random_weights: bool) -> tuple[Transformer, Transformer, str]:
+def load_engine_models(preset: str, seed: int, cache_dir: str | Path | None, device: torch.device,
+                       dtype: torch.dtype, random_weights: bool) -> tuple[Transformer, Transformer, str]:
     """The trained pair from the cache, or random weights of the same shapes when asked for: a pass's time
     does not depend on its weights, but a profile that claims a pair must time that pair, so a missing
     pair is an error rather than a silent stand-in."""
-    from dspark_sim.engine.data import VOCAB_SIZE
-    from dspark_sim.engine.model import build_model
-    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
-
     spec = get_preset(preset)
     folder = pair_dir(preset, seed, cache_dir)
     if not random_weights:
@@ -400,7 +322,8 @@ def _pass_sps_table(samples: list[PassSample]) -> dict[int, float]:
 
 
 def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, created_by: str,
-                progress=None, cuda_graphs: bool = True, host=None) -> EngineProfile:
+                progress: Progress | None = None, cuda_graphs: bool = True,
+                host: HostClock | None = None) -> EngineProfile:
     """Pass timings for both models over the grid, then whole steps; forward passes as the engine runs
     them: on a GPU as CUDA-graph replays, the speculative steps' draft and verify phases too (`validate`'s
     engine), or, with cuda_graphs=False, as eager calls (the drafter table's loops); eager on a CPU."""
@@ -428,170 +351,3 @@ def run_profile(target: Transformer, draft: Transformer, grid: ProfileGrid, *, c
                           step_graphs=StepGraphs(target, draft) if graphs else None, host=host)
     return build_profile(device=dev, target=target, draft=draft, samples=samples, steps=steps, created_by=created_by,
                          cuda_graphs=graphs)
-
-
-# ------------------------------------------------------------------------------------------------
-# All-reduce microbenchmark (tensor parallelism's communication; `python -m dspark_sim.engine.tp allreduce`)
-# ------------------------------------------------------------------------------------------------
-# The documents live here rather than in config/measurements.py for now (one owner per file); they
-# are plain pydantic models like the others and `calibrate.fit_interconnect` reads their JSON.
-
-
-class AllReduceSample(BaseModel):
-    """One message size: an all-reduce of tokens x hidden activations, as the engine sends per layer."""
-
-    model_config = ConfigDict(extra="forbid")
-    world_size: int
-    tokens: int
-    hidden: int
-    dtype: str
-    message_bytes: int
-    mode: str = Field("eager", description="eager calls, or replays of a CUDA graph of them (cuda-graph)")
-    context: Literal["burst", "between-matmuls"] = Field(
-        "burst", description="burst: all-reduces back to back; between-matmuls: each reduces the output of a "
-        "row-parallel matmul as in the model (the matmuls' own time, timed alone, subtracted)")
-    times_s: list[float] = Field(description="per repeat: mean time of one all-reduce, slowest rank")
-    median_s: float
-    spread: float = Field(description="(p90 - p10) / median of the repeats")
-
-
-class AllReduceProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["allreduce-profile"] = "allreduce-profile"
-    schema_version: int = 1
-    engine_version: str
-    backend: str = Field(description="gloo (CPU) or nccl (CUDA)")
-    device: DeviceInfo
-    world_size: int
-    mode: str = Field(description="how the samples ran: eager, cuda-graph, or both")
-    samples: list[AllReduceSample]
-    created_by: str = ""
-
-
-def _allreduce_inner(message_bytes: int, device: torch.device) -> int:
-    """All-reduces per timed repeat: enough that timer and rank skew amortise on small messages."""
-    if device.type == "cuda":
-        return 50 if message_bytes < (1 << 20) else 10
-    return 20 if message_bytes < (1 << 16) else 5 if message_bytes < (1 << 20) else 2
-
-
-@torch.no_grad()
-def profile_allreduce(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, warmup: int = 3,
-                      repeats: int = 10, use_graphs: bool = True,
-                      matmul_in: int | None = None) -> list[AllReduceSample]:
-    """Time the engine's all-reduce (`tp.all_reduce`, the collective the row-parallel layers call) of
-    [tokens, hidden] tensors in `dtype` on every rank of `tp` (a `TPGroup`; call it on every rank).
-
-    Each repeat runs a burst of all-reduces between a host barrier plus one device all-reduce (which
-    lines the ranks up) and a device sync; the burst's mean is taken on the slowest rank (max over
-    ranks), so every rank returns the same samples. On CUDA the burst is a captured CUDA graph when
-    `use_graphs` (as the engine replays its passes), eager calls otherwise or if capture fails.
-
-    matmul_in: time each all-reduce as the model runs it instead, right after the row-parallel matmul
-    [tokens, matmul_in] @ [matmul_in, hidden] whose output it reduces (context "between-matmuls"), minus
-    a burst of the matmuls alone. Back-to-back all-reduces hide part of each other's fixed cost; in the
-    model every collective waits for the matmul before it and the next matmul waits for it.
-    """
-    from dspark_sim.engine.tp import all_reduce
-
-    dev = tp.device
-    name = _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
-    elem = torch.tensor([], dtype=dtype).element_size()
-    out: list[AllReduceSample] = []
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    weight = (torch.randn(matmul_in, hidden, generator=gen) * matmul_in ** -0.5).to(dev, dtype) if matmul_in else None
-    for t in tokens:
-        inner = _allreduce_inner(t * hidden * elem, dev)
-        if weight is None:
-            x = torch.randn(t, hidden, generator=gen).to(dev, dtype)
-
-            def burst(x=x, inner=inner):
-                y = x
-                for _ in range(inner):
-                    y = all_reduce(x, tp.group_name, tp.mode)
-                return y
-
-            times, mode = _time_burst(burst, tp, warmup, repeats, use_graphs)
-        else:
-            x = torch.randn(t, matmul_in, generator=gen).to(dev, dtype)
-
-            def burst(x=x, inner=inner, reduce=True):
-                y = x
-                for _ in range(inner):
-                    y = x @ weight
-                    if reduce:
-                        y = all_reduce(y, tp.group_name, tp.mode)
-                return y
-
-            both, mode = _time_burst(burst, tp, warmup, repeats, use_graphs)
-            alone, _ = _time_burst(lambda b=burst: b(reduce=False), tp, warmup, repeats, use_graphs)
-            floor = statistics.median(alone)
-            times = [max(v - floor, 1e-9 * floor) for v in both]
-        times = [v / inner for v in times]
-        med, spread = timing_summary(times)
-        out.append(AllReduceSample(world_size=tp.world, tokens=t, hidden=hidden, dtype=name,
-                                   message_bytes=t * hidden * elem, mode=mode,
-                                   context="between-matmuls" if weight is not None else "burst",
-                                   times_s=[round(v, 10) for v in times], median_s=med, spread=spread))
-    return out
-
-
-def _time_burst(burst, tp, warmup: int, repeats: int, use_graphs: bool) -> tuple[list[float], str]:
-    """Seconds of each of `repeats` runs of `burst` on the slowest rank (the same list on every rank),
-    the ranks lined up before each run; a captured CUDA graph of it on CUDA when `use_graphs`."""
-    import torch.distributed as dist
-
-    from dspark_sim.engine.tp import all_reduce
-
-    dev = tp.device
-    line_up = torch.zeros(1, device=dev)
-    for _ in range(warmup):
-        burst()
-    run, mode = burst, "eager"
-    if dev.type == "cuda" and use_graphs:
-        run, mode = _graph_or_eager(burst, tp)
-    times = []
-    for _ in range(repeats):
-        dist.barrier(group=tp.cpu_group)
-        all_reduce(line_up, tp.group_name, tp.mode)
-        _sync(dev)
-        t0 = time.perf_counter()
-        run()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    tt = torch.tensor(times, dtype=torch.float64)
-    dist.all_reduce(tt, op=dist.ReduceOp.MAX, group=tp.cpu_group)
-    return tt.tolist(), mode
-
-
-def _graph_or_eager(burst, tp):
-    """A CUDA graph of `burst` (replayed), or `burst` itself when capture fails on any rank."""
-    import torch.distributed as dist
-
-    graph = None
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            burst()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            burst()
-    except Exception:  # noqa: BLE001 - fall back to eager calls (recorded as the profile's mode)
-        graph = None
-    failed = torch.tensor([0 if graph is not None else 1])
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=tp.cpu_group)
-    if int(failed):
-        torch.cuda.synchronize()
-        return burst, "eager"
-    return graph.replay, "cuda-graph"
-
-
-def allreduce_profile(tp, tokens: list[int], hidden: int, dtype: torch.dtype, *, repeats: int = 10,
-                      created_by: str = "", matmul_in: int | None = None) -> AllReduceProfile:
-    """`profile_allreduce` as a document (the same on every rank)."""
-    samples = profile_allreduce(tp, tokens, hidden, dtype, repeats=repeats, matmul_in=matmul_in)
-    mode = "+".join(sorted({s.mode for s in samples}))
-    return AllReduceProfile(engine_version=engine_version(), backend=tp.backend, device=device_info(tp.device),
-                            world_size=tp.world, mode=mode, samples=samples, created_by=created_by)

@@ -8,7 +8,6 @@ import statistics
 import numpy as np
 
 from dspark_sim.config.measurements import EngineProfile, PassSample, StepSample
-from dspark_sim.measure.host_speed import scaled
 
 
 def timing_summary(times: list[float]) -> tuple[float, float]:
@@ -18,6 +17,12 @@ def timing_summary(times: list[float]) -> tuple[float, float]:
         p10, p90 = np.percentile(times, [10, 90])
         return med, float((p90 - p10) / med)
     return med, 0.0
+
+
+def scaled(value: float, probe_s: float | None, reference_s: float) -> float:
+    """A timing brought to the reference speed: taken while the yardstick read `probe_s` (slower than the
+    reference: the timing shrinks)."""
+    return value if probe_s is None else value * reference_s / probe_s
 
 
 def at_reference_speed(profile: EngineProfile, reference_s: dict[str, float]) -> EngineProfile:

@@ -111,20 +111,31 @@ def test_tp_engine_repredict(tmp_path, capsys):
     """--repredict: the report's rows predicted again with the given hardware and the interconnect refitted
     to the report's own all-reduces; measured fields kept, the previous errors recorded."""
     pytest.importorskip("torch")
+    from dspark_sim.measure.tp_table import MeasureConfig, measure_args
+    from dspark_sim.validate.tp import model_specs, predict
+
     spec = importlib.util.spec_from_file_location("tp_engine", BENCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = []
     for tp in (1, 2, 4):
         for batch in (1, 8):
-            rows.append({"tp": tp, "batch": batch, "cache_len": 42, "baseline_decode_tok_s": 100.0 * batch,
-                         "spec_decode_tok_s": 60.0 * batch, "tau": 1.5, "ranks_agree": True,
+            rows.append({"tp": tp, "batch": batch, "forward": "eager", "cache_len": 42,
+                         "baseline_decode_tok_s": 100.0 * batch, "baseline_tok_s": 90.0 * batch,
+                         "baseline_step_s": 0.01, "spec_decode_tok_s": 60.0 * batch, "tau": 1.5, "ranks_agree": True,
                          "weight_gb_per_rank": 1.0 / tp, "predicted_baseline_decode_tok_s": 1.0,
-                         "baseline_error_pct": -99.0, "spec_error_pct": 5.0, "baseline_scaling_measured": 7.0})
-    old = {"device": "synthetic", "target_shape": "test-target", "draft_shape": "test-draft", "dtype": "fp32",
-           "prompt_len": 16, "new_tokens": 8, "gamma": 2, "tp": [1, 2, 4], "notes": [], "hardware": "x",
-           "allreduce": _samples(9.0, 1.5, 120.0), "interconnect_fit": {"latency_us": 3.0, "points": []},
-           "interconnect_used": {"latency_us": 3.0}, "rows": rows}
+                         "baseline_error_pct": -99.0, "predicted_baseline_comm_share": 0.0, "spec_error_pct": 5.0,
+                         "baseline_scaling_measured": 7.0})
+    # a TP table's all-reduce samples: the fit reads world size, message bytes and median time
+    allreduce = [{**s, "tokens": s["message_bytes"] // 512, "hidden": 256, "dtype": "bf16",
+                  "times_s": [s["median_s"]], "spread": 0.0} for s in _samples(9.0, 1.5, 120.0)]
+    old = {"device": "synthetic", "torch": "t", "target_shape": "test-target", "draft_shape": "test-draft",
+           "dtype": "fp32", "prompt_len": 16, "new_tokens": 8, "gamma": 2, "tp": [1, 2, 4], "notes": [],
+           "hardware": "x", "allreduce": allreduce,
+           "interconnect_fit": {"latency_us": 3.0, "bandwidth_gbps": 100.0, "latency_identified": True,
+                                "bandwidth_identified": True, "median_abs_error_pct": 1.0, "max_abs_error_pct": 2.0,
+                                "notes": [], "points": []},
+           "interconnect_used": {"latency_us": 3.0, "bandwidth_gbps": 100.0, "efficiency": 1.0}, "rows": rows}
     src, out = tmp_path / "report.json", tmp_path / "re.json"
     src.write_text(json.dumps(old))
     report = mod.main(["--repredict", str(src), "--hardware", "h200-sxm", "-o", str(out)])
@@ -135,16 +146,15 @@ def test_tp_engine_repredict(tmp_path, capsys):
                                                            "spec_error_pct": 5.0}
     hw = apply_interconnect_fit(load_hardware_profile("h200-sxm"), fit_interconnect(old["allreduce"],
                                                                                     load_hardware_profile("h200-sxm")))
-    cfg = mod.MeasureConfig(target_shape="test-target", draft_shape="test-draft", dtype="fp32", prompt_len=16,
-                            new_tokens=8, gamma=2)
-    targs, dargs, _ = mod.measure_args(cfg)
-    target_spec, draft_spec = mod.model_specs(cfg, targs, dargs)
+    cfg = MeasureConfig(target_shape="test-target", draft_shape="test-draft", dtype="fp32", prompt_len=16,
+                        new_tokens=8, gamma=2)
+    targs, dargs, _ = measure_args(cfg)
+    target_spec, draft_spec = model_specs(cfg, targs, dargs)
     for r in report["rows"]:
-        want = mod.predict({"batch": r["batch"], "cache_len": 42, "tau": 1.5}, r["tp"], hw, target_spec, draft_spec,
-                           cfg)
-        assert r["predicted_baseline_decode_tok_s"] == pytest.approx(want["baseline_decode_tok_s"], rel=1e-12)
-        assert r["predicted_spec_decode_tok_s"] == pytest.approx(want["spec_decode_tok_s"], rel=1e-12)
-        assert r["baseline_error_pct"] == pytest.approx(100 * (want["baseline_decode_tok_s"] / (100 * r["batch"]) - 1))
+        want = predict(r["batch"], 42, 1.5, r["tp"], hw, target_spec, draft_spec, cfg)
+        assert r["predicted_baseline_decode_tok_s"] == pytest.approx(want.baseline_decode_tok_s, rel=1e-12)
+        assert r["predicted_spec_decode_tok_s"] == pytest.approx(want.spec_decode_tok_s, rel=1e-12)
+        assert r["baseline_error_pct"] == pytest.approx(100 * (want.baseline_decode_tok_s / (100 * r["batch"]) - 1))
         assert r["baseline_decode_tok_s"] == 100.0 * r["batch"] and r["weight_gb_per_rank"] == 1.0 / r["tp"]
         assert r["baseline_scaling_measured"] == pytest.approx(1.0)  # recomputed from the measured rows
         assert (r["predicted_baseline_comm_share"] > 0) == (r["tp"] > 1)

@@ -1,4 +1,4 @@
-"""Tensor parallelism (engine/tp.py) on CPU: gloo, 2 processes.
+"""Tensor parallelism (dspark_sim.engine.tp) on CPU: gloo, 2 processes.
 
 What is checked against the single-process engine, on the same full weights:
 - logits: fp64 models within 1e-12 (relative to the largest logit), fp32 within 2e-5 relative (the
@@ -22,13 +22,20 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dspark_sim.config.errors import InputError  # noqa: E402
-from dspark_sim.config.schema import ConfidenceThreshold, FixedGamma  # noqa: E402
-from dspark_sim.engine import tp as T  # noqa: E402
+from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma  # noqa: E402
+from dspark_sim.core.policies import StepView  # noqa: E402
 from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs, build_model  # noqa: E402
+from dspark_sim.engine.tp import policy as tp_policy  # noqa: E402
+from dspark_sim.engine.tp.generate import GenerateJob, generate_job, generate_jobs, run_job  # noqa: E402
+from dspark_sim.engine.tp.group import TPGroup, check_world  # noqa: E402
+from dspark_sim.engine.tp.loading import ModelSource, build_tp_model, random_shards  # noqa: E402
+from dspark_sim.engine.tp.policy import LeaderPolicy  # noqa: E402
+from dspark_sim.engine.tp.shard import check_tp, kv_layout, shard_state_dict, vocab_shard  # noqa: E402
+from dspark_sim.engine.tp.workers import run_workers  # noqa: E402
 
-from .engine_helpers import perturbed, prompts_for, random_model  # noqa: E402
+from ..engine_helpers import perturbed, prompts_for, random_model  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -44,7 +51,7 @@ def _full_sd(args: ModelArgs):
 def test_shards_reassemble_the_full_weights(tp, kv):
     args = ModelArgs(vocab_size=30, dim=32, n_layers=1, n_heads=4, n_kv_heads=kv, ffn_hidden=64, max_seq_len=16)
     sd = _full_sd(args)
-    shards = [T.shard_state_dict(sd, args, r, tp) for r in range(tp)]
+    shards = [shard_state_dict(sd, args, r, tp) for r in range(tp)]
     hd = args.head_dim
     cat = torch.cat
     assert torch.equal(cat([s["layers.0.attention.wq.weight"] for s in shards]), sd["layers.0.attention.wq.weight"])
@@ -52,7 +59,7 @@ def test_shards_reassemble_the_full_weights(tp, kv):
     assert torch.equal(cat([s["layers.0.feed_forward.w1.weight"] for s in shards]), sd["layers.0.feed_forward.w1.weight"])
     assert torch.equal(cat([s["layers.0.feed_forward.w2.weight"] for s in shards], 1), sd["layers.0.feed_forward.w2.weight"])
     assert torch.equal(shards[-1]["tok_embeddings.weight"], sd["tok_embeddings.weight"])  # replicated
-    local_kv, reps = T.kv_layout(args, tp)
+    local_kv, reps = kv_layout(args, tp)
     rep = args.n_heads // args.n_kv_heads
     for r, s in enumerate(shards):
         wk = s["layers.0.attention.wk.weight"]
@@ -65,7 +72,7 @@ def test_shards_reassemble_the_full_weights(tp, kv):
         assert torch.equal(wk, sd["layers.0.attention.wk.weight"][got[0] * hd:(got[-1] + 1) * hd])
     # vocab 30 over 4 ranks: 8 rows each, the last rank's 2 padding rows are zero
     head = cat([s["output.weight"] for s in shards])
-    assert head.shape[0] == T.vocab_shard(30, tp) * tp
+    assert head.shape[0] == vocab_shard(30, tp) * tp
     assert torch.equal(head[:30], sd["output.weight"]) and not head[30:].any()
 
 
@@ -73,7 +80,7 @@ def test_tied_embeddings_shard_the_head_from_the_embedding():
     args = ModelArgs(vocab_size=20, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=32, tie_embeddings=True)
     sd = _full_sd(args)
     sd.pop("output.weight", None)
-    shard = T.shard_state_dict(sd, args, 1, 2)
+    shard = shard_state_dict(sd, args, 1, 2)
     assert torch.equal(shard["output.weight"], sd["tok_embeddings.weight"][10:])
 
 
@@ -85,13 +92,13 @@ def test_random_shards_are_the_whole_models_shards(tie):
     full = build_model(args, seed=4)
     sd = dict(full.state_dict())
     for rank in range(2):
-        group = T.TPGroup(rank=rank, world=2, device=torch.device("cpu"), backend="gloo", group_name="none")
-        want = T.shard_state_dict(sd, args, rank, 2)
-        got = T.random_shards(args, group, torch.float32, seed=4)
+        group = TPGroup(rank=rank, world=2, device=torch.device("cpu"), backend="gloo", group_name="none")
+        want = shard_state_dict(sd, args, rank, 2)
+        got = random_shards(args, group, torch.float32, seed=4)
         assert sorted(got) == sorted(want)
         for name in want:
             assert torch.equal(got[name], want[name]), name
-        model = T.build_tp_model(args, group, dtype=torch.float32, seed=4)
+        model = build_tp_model(args, group, dtype=torch.float32, seed=4)
         for name, param in model.named_parameters():
             assert not param.is_meta, name
         assert torch.equal(model.output.weight, want["output.weight"])
@@ -101,18 +108,18 @@ def test_random_shards_are_the_whole_models_shards(tie):
 def test_bad_tp_is_one_input_error():
     args = ModelArgs.from_preset("test-target")  # 4 heads, 2 KV heads, FFN 128
     with pytest.raises(InputError, match="4 attention heads do not split over tensor parallel degree 3"):
-        T.check_tp(args, 3, "test-target")
+        check_tp(args, 3, "test-target")
     odd = ModelArgs(n_heads=12, n_kv_heads=4, dim=96, ffn_hidden=192)
     with pytest.raises(InputError, match="4 KV heads and tp 6"):
-        T.check_tp(odd, 6)
+        check_tp(odd, 6)
     with pytest.raises(InputError, match=r"--tp 2 but 3 processes were started"):
-        T.check_world(2, 3)
-    assert T.check_world(None, 3) == 3 and T.kv_layout(args, 4) == (1, 2)
+        check_world(2, 3)
+    assert check_world(None, 3) == 3 and kv_layout(args, 4) == (1, 2)
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dspark_sim.engine.tp", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dspark_sim.cli.tp", *args], capture_output=True, text=True,
                           cwd=REPO, env=e, timeout=timeout)
 
 
@@ -150,30 +157,31 @@ def saved_models(tmp_path_factory):
     for name, m in (("target", target), ("draft", draft), ("kv1", t32)):
         paths[name] = str(d / f"{name}.pt")
         torch.save({k: v.clone() for k, v in m.state_dict().items()}, paths[name])
-    return {"target": T.ModelSource(target.args, state_dict_path=paths["target"], name="target"),
-            "draft": T.ModelSource(draft.args, state_dict_path=paths["draft"], name="draft"),
-            "kv1": T.ModelSource(kv1, state_dict_path=paths["kv1"], name="kv1")}
+    return {"target": ModelSource(target.args, state_dict_path=paths["target"], name="target"),
+            "draft": ModelSource(draft.args, state_dict_path=paths["draft"], name="draft"),
+            "kv1": ModelSource(kv1, state_dict_path=paths["kv1"], name="kv1")}
 
 
-def _jobs(m) -> list[T.GenerateJob]:
+def _jobs(m) -> list[GenerateJob]:
     ragged = prompts_for(3, seed=7, max_len=10)
     return [
         # greedy, fixed gamma, ragged batch; logits probed
-        T.GenerateJob(m["target"], m["draft"], ragged, 20, gamma=3, dtype="fp64", logits_probe=True),
+        GenerateJob(m["target"], m["draft"], ragged, 20, policy=FixedGamma(gamma=3), dtype="fp64", logits_probe=True),
         # greedy, confidence policy: verify lengths vary per row and step (rank 0 decides)
-        T.GenerateJob(m["target"], m["draft"], ragged, 16, policy=ConfidenceThreshold(gamma_max=4, threshold=0.2),
+        GenerateJob(m["target"], m["draft"], ragged, 16, policy=ConfidenceThreshold(gamma_max=4, threshold=0.2),
                       dtype="fp64", baseline=False),
         # sampled, T = 1
-        T.GenerateJob(m["target"], m["draft"], ragged, 16, policy=FixedGamma(gamma=2), temperature=1.0,
+        GenerateJob(m["target"], m["draft"], ragged, 16, policy=FixedGamma(gamma=2), temperature=1.0,
                       dtype="fp64", sample_seed=11),
         # greedy, DSpark's prefix scheduler (SPS(B) profiled on the sharded target by every rank; rank 0's rules)
-        T.GenerateJob(m["target"], m["draft"], ragged[:2], 16, policy_name="dspark", gamma=4, dtype="fp64"),
+        GenerateJob(m["target"], m["draft"], ragged[:2], 16, policy=DSparkScheduler(gamma_max=4), dtype="fp64"),
         # fp32 target with one KV head (replicated on both ranks), self-speculation as the draft
-        T.GenerateJob(m["kv1"], m["kv1"], prompts_for(2, seed=3), 12, gamma=2, dtype="fp32", logits_probe=True),
+        GenerateJob(m["kv1"], m["kv1"], prompts_for(2, seed=3), 12, policy=FixedGamma(gamma=2), dtype="fp32",
+                    logits_probe=True),
     ]
 
 
-def _reference(job: T.GenerateJob) -> dict:
+def _reference(job: GenerateJob) -> dict:
     """The single-process engine on the full weights (one thread: these models are tiny, and two
     OpenMP threads on two shared cores can be 100x slower when another process is busy)."""
     dt = WEIGHT_DTYPES[job.dtype]
@@ -182,7 +190,7 @@ def _reference(job: T.GenerateJob) -> dict:
     try:
         target = job.target.build_full(torch.device("cpu"), dt)
         draft = job.draft.build_full(torch.device("cpu"), dt) if job.draft is not None else None
-        return T._run_job(target, draft, job, None)
+        return run_job(target, draft, job, None)
     finally:
         torch.set_num_threads(threads)
 
@@ -190,7 +198,7 @@ def _reference(job: T.GenerateJob) -> dict:
 @pytest.fixture(scope="module")
 def tp_runs(saved_models):
     jobs = _jobs(saved_models)
-    return jobs, T.run_workers(T.generate_jobs, 2, jobs)
+    return jobs, run_workers(generate_jobs, 2, jobs)
 
 
 def test_tp_logits_match_single_process(tp_runs):
@@ -210,7 +218,7 @@ def test_tp_generation_token_identical(tp_runs):
         assert res["tp"] == 2 and res["backend"] == "gloo" and res["ranks_agree"]
         ref = _reference(job)
         assert res["speculative"]["tokens"] == ref["speculative"]["tokens"]
-        if job.policy_name != "dspark":  # its budget depends on timings, which differ between runs
+        if not isinstance(job.policy, DSparkScheduler):  # its budget depends on timings, which differ between runs
             assert res["speculative"]["target_passes"] == ref["speculative"]["target_passes"]
         if job.baseline:
             assert res["baseline"]["tokens"] == ref["baseline"]["tokens"]
@@ -224,20 +232,20 @@ def test_functional_collectives_path(saved_models, monkeypatch):
     """The collectives CUDA graphs capture (torch.ops._c10d_functional), here on gloo."""
     monkeypatch.setenv("DSPARK_TP_COLLECTIVES", "functional")
     job = _jobs(saved_models)[0]
-    res = T.run_workers(T.generate_job, 2, job)
+    res = run_workers(generate_job, 2, job)
     ref = _reference(job)
     assert res["speculative"]["tokens"] == ref["speculative"]["tokens"] and res["ranks_agree"]
     assert float((res["logits"] - ref["logits"]).abs().max()) <= 1e-12 * float(ref["logits"].abs().max())
 
 
 def test_torchrun_entry_point(tmp_path):
-    """The documented launch: torchrun --nproc-per-node 2 -m dspark_sim.engine.tp generate ... --check."""
+    """The documented launch: torchrun --nproc-per-node 2 -m dspark_sim.cli.tp generate ... --check."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     if not os.path.exists(torchrun):
         pytest.skip("torchrun not installed beside this python")
     out_json = tmp_path / "run.json"
     out = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "dspark_sim.engine.tp", "generate",
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "dspark_sim.cli.tp", "generate",
          "--check", "--dtype", "fp64", "--max-new-tokens", "12", "--json", "-o", str(out_json)],
         capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     # the head of stderr holds a failing rank's own message; the tail, torchrun's summary
@@ -253,9 +261,6 @@ def test_leader_policy_broadcasts_only_what_can_differ_between_ranks(monkeypatch
     """Fixed gamma is the same on every rank (no host broadcast a step); a confidence policy's lengths
     come from rank 0."""
     import numpy as np
-    import torch
-
-    from dspark_sim.core.policies import StepView
 
     calls = []
 
@@ -263,10 +268,10 @@ def test_leader_policy_broadcasts_only_what_can_differ_between_ranks(monkeypatch
         calls.append(src)
         buf.copy_(torch.full_like(buf, 3))
 
-    monkeypatch.setattr(T.dist, "broadcast", fake_broadcast)
-    follower = T.TPGroup(rank=1, world=2, device=torch.device("cpu"), backend="gloo", group_name="x")
+    monkeypatch.setattr(tp_policy.dist, "broadcast", fake_broadcast)
+    follower = TPGroup(rank=1, world=2, device=torch.device("cpu"), backend="gloo", group_name="x")
     view = StepView(context_lens=np.array([10, 20]))
-    fixed = T.LeaderPolicy(FixedGamma(gamma=4), follower)
+    fixed = LeaderPolicy(FixedGamma(gamma=4), follower)
     assert fixed.draft_lengths(view).tolist() == [4, 4] and not calls
-    threshold = T.LeaderPolicy(ConfidenceThreshold(gamma_max=4, threshold=0.5), follower)
+    threshold = LeaderPolicy(ConfidenceThreshold(gamma_max=4, threshold=0.5), follower)
     assert threshold.draft_lengths(view).tolist() == [3, 3] and calls == [0]  # rank 0's, as broadcast

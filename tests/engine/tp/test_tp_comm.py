@@ -26,7 +26,7 @@ from dspark_sim.fit.interconnect import (
     interconnect_yaml,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _samples(lat_us: float, bw_gbps: float, worlds=(2, 4), sizes=None, noise: float = 0.0) -> list[dict]:
@@ -85,7 +85,7 @@ def test_gloo_allreduce_profile_and_fit(tmp_path):
     pytest.importorskip("torch")
     out_json, out_hw = tmp_path / "allreduce.json", tmp_path / "hw.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "dspark_sim.engine.tp", "allreduce", "--tp", "2", "--hidden", "256",
+        [sys.executable, "-m", "dspark_sim.cli.tp", "allreduce", "--tp", "2", "--hidden", "256",
          "--tokens", "1,16,256,1024,4096", "--repeats", "5", "--hardware", "cpu-generic",
          "--hardware-out", str(out_hw), "-o", str(out_json)],
         capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -112,7 +112,7 @@ def test_gloo_allreduce_between_matmuls(tmp_path):
     pytest.importorskip("torch")
     out_json = tmp_path / "allreduce.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "dspark_sim.engine.tp", "allreduce", "--tp", "2", "--shape", "test-target",
+        [sys.executable, "-m", "dspark_sim.cli.tp", "allreduce", "--tp", "2", "--shape", "test-target",
          "--tokens", "1,64,1024", "--repeats", "3", "--between-matmuls", "-o", str(out_json)],
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,15 +1,17 @@
-"""The host-speed yardstick (engine/host_speed.py) and the 'probed' estimator built on it."""
+"""The host-speed yardstick (measure/host_speed.py) and the 'probed' estimator built on it."""
 
 from __future__ import annotations
 
 import itertools
 
 import pytest
-import torch
 
-from dspark_sim.config.errors import InputError
-from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements
-from dspark_sim.measure.host_speed import HostProbe, scaled
+torch = pytest.importorskip("torch")
+
+from dspark_sim.config.errors import InputError  # noqa: E402
+from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements  # noqa: E402
+from dspark_sim.measure.host_speed import HostProbe  # noqa: E402
+from dspark_sim.measure.profile_merge import at_reference_speed, merge_profiles, scaled  # noqa: E402
 
 
 def test_probe_timeline_interpolates_between_readings():
@@ -42,7 +44,6 @@ def test_profile_keeps_the_yardstick_beside_every_timing(tmp_path):
     moment (a pass its model's, a step the step yardstick's), and at_reference_speed scales each timing by
     reference / yardstick."""
     from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
-    from dspark_sim.measure.profile_merge import at_reference_speed
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1, 2), query_tokens=(1, 3), contexts=(16,), step_batch_sizes=(1,),
@@ -83,7 +84,7 @@ def _meas(cases, reference_s):
 def test_probed_estimator_removes_the_hosts_spells():
     """Repeats taken in a slow and a fast spell agree once each is brought to the reference speed; the
     baseline is the case's own plain runs (timed beside the speculative ones), brought there likewise."""
-    from dspark_sim.validate.compare import resolve_estimator, summarised
+    from dspark_sim.validate.run import resolve_estimator, summarised
 
     probes = [0.02, 0.03, 0.015]  # the yardstick beside each repeat; reference 0.02
     spec = [300.0 * 0.02 / p for p in probes]  # 300 tokens/s at the reference speed, slowed and sped up
@@ -106,7 +107,6 @@ def test_probed_estimator_removes_the_hosts_spells():
 
 def test_merged_rounds_keep_the_yardstick_beside_every_timing(tmp_path):
     from dspark_sim.measure.profile import ProfileGrid, load_engine_models, run_profile
-    from dspark_sim.measure.profile_merge import merge_profiles
 
     target, draft, _ = load_engine_models("test", 0, tmp_path, torch.device("cpu"), torch.float32, True)
     grid = ProfileGrid(batch_sizes=(1,), query_tokens=(1, 2), contexts=(16,), step_batch_sizes=(1,),

@@ -10,7 +10,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "tp_engine.py"
+from dspark_sim.measure.tp_table import MeasureConfig, measure_args  # noqa: E402
+from dspark_sim.validate.tp import model_specs, predict  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "tp_engine.py"
 
 
 def test_tp_engine_benchmark_cpu(capsys):
@@ -75,15 +78,15 @@ def test_tp_engine_benchmark_replicated_draft(capsys):
     assert report["draft_replicated"] is True
     (row,) = report["rows"]
     assert row["ranks_agree"] and row["greedy_identical"] and row["spec_decode_tok_s"] > 0
-    sharded = mod.predict(row, 2, *_hw_and_specs(mod), mod.MeasureConfig(target_shape="test-target",
-                                                                         draft_shape="test-draft", gamma=2))
-    assert row["predicted_spec_comm_share"] < sharded["spec_comm_share"]
+    sharded = predict(row["batch"], row["cache_len"], row["tau"], 2, *_hw_and_specs(),
+                      MeasureConfig(target_shape="test-target", draft_shape="test-draft", gamma=2))
+    assert sharded.spec_comm_share is not None
+    assert row["predicted_spec_comm_share"] < sharded.spec_comm_share
 
 
-def _hw_and_specs(mod):
+def _hw_and_specs():
     from dspark_sim.config.loader import load_hardware_profile
-    from dspark_sim.engine.tp import MeasureConfig, measure_args
 
     cfg = MeasureConfig(target_shape="test-target", draft_shape="test-draft", gamma=2)
     targs, dargs, _ = measure_args(cfg)
-    return (load_hardware_profile("cpu-generic"), *mod.model_specs(cfg, targs, dargs))
+    return (load_hardware_profile("cpu-generic"), *model_specs(cfg, targs, dargs))
