@@ -37,7 +37,7 @@ from dspark_sim.engine.tp.group import check_world, env_int, under_torchrun
 from dspark_sim.engine.tp.loading import ModelSource
 from dspark_sim.engine.tp.shard import check_tp
 from dspark_sim.engine.tp.workers import launch
-from dspark_sim.fit.calibrate import apply_interconnect_fit, fit_interconnect, interconnect_yaml
+from dspark_sim.fit.interconnect import apply_interconnect_fit, fit_interconnect, interconnect_yaml
 from dspark_sim.measure.allreduce import AllReduceJob, allreduce_job
 from dspark_sim.validate.tp import fit_doc
 

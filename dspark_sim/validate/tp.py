@@ -37,7 +37,8 @@ from dspark_sim.core.costmodel import StepCoster
 from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs
 from dspark_sim.engine.tp.shard import check_tp
 from dspark_sim.engine.tp.workers import run_workers
-from dspark_sim.fit.calibrate import InterconnectFit, apply_interconnect_fit, calibrate, fit_interconnect
+from dspark_sim.fit.calibrate import calibrate
+from dspark_sim.fit.interconnect import InterconnectFit, apply_interconnect_fit, fit_interconnect
 from dspark_sim.measure.provenance import model_spec
 from dspark_sim.measure.tp_table import MeasureConfig, measure_args, measure_engine
 

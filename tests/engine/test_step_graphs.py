@@ -2,7 +2,7 @@
 
 Greedy and sampled, a graphed run must give the very tokens of the eager run with the same generator
 (both draw their random numbers by the same calls), so the eager loop's losslessness tests carry over.
-Real graphs need a GPU (`bash benchmarks/device_session.sh steps` runs these tests on the H200); without
+Real graphs need a GPU (`bash tools/gpu_validation.sh step-graphs` runs these tests on a GPU); without
 one the same tests run with `RerunStepGraphs`, whose "graphs" re-run the phase into its static outputs,
 which checks everything around the capture: shapes and keys, static buffers, noise, restores.
 """

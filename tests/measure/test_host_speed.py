@@ -12,6 +12,7 @@ from dspark_sim.config.errors import InputError  # noqa: E402
 from dspark_sim.config.measurements import DeviceInfo, MeasuredCase, ValidationMeasurements  # noqa: E402
 from dspark_sim.measure.host_speed import HostProbe  # noqa: E402
 from dspark_sim.measure.profile_merge import at_reference_speed, merge_profiles, scaled  # noqa: E402
+from dspark_sim.validate.compare import resolve_estimator, summarised  # noqa: E402
 
 
 def test_probe_timeline_interpolates_between_readings():
@@ -84,8 +85,6 @@ def _meas(cases, reference_s):
 def test_probed_estimator_removes_the_hosts_spells():
     """Repeats taken in a slow and a fast spell agree once each is brought to the reference speed; the
     baseline is the case's own plain runs (timed beside the speculative ones), brought there likewise."""
-    from dspark_sim.validate.run import resolve_estimator, summarised
-
     probes = [0.02, 0.03, 0.015]  # the yardstick beside each repeat; reference 0.02
     spec = [300.0 * 0.02 / p for p in probes]  # 300 tokens/s at the reference speed, slowed and sped up
     base = [200.0 * 0.02 / p for p in probes]
