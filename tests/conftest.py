@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never need ../shared: data they use is made here or bundled."""
+"""Shared fixtures. Tests need no data from outside the repository: what they use is made here or bundled."""
 
 from __future__ import annotations
 
