@@ -1,6 +1,6 @@
 """Decode speed of the engine vs HF transformers (static cache) on Llama-shaped random bf16 weights.
 
-Batch 1, greedy, 128-token prompt, 256 new tokens (the FACTS.md section 3 setup). Our side runs the
+Batch 1, greedy, 128-token prompt, 256 new tokens (the setup of the HF transformers reference runs in docs/validation.md). Our side runs the
 decode step as a captured CUDA graph (torch.compile mode="reduce-overhead", inductor's tuned one-row
 matmuls) with fused q/k/v and gate/up projections, and, side by side, unfused, untuned (cuBLAS) and as
 manual CUDA graphs of the eager kernels. Targets on one H200:

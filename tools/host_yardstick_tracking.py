@@ -8,7 +8,7 @@ T=0 B=16 P=256 fixed:1), then prints, per case and loop, the spread (standard de
 how much of it the reading right before explains: the correlation, and the spread left once the rate is
 multiplied by the reading. On the shared 2-core CPU where the yardstick was designed (6 minutes, 324 case
 runs): correlation 0.70-0.81 with the four steps' geometric mean, spread 0.08-0.13 falling to 0.06-0.08
-(validation/README.md, section 3).
+(docs/validation.md).
 
     python tools/host_yardstick_tracking.py --minutes 6 -o /tmp/host_yardstick_tracking.json
 """

@@ -8,7 +8,7 @@ seconds give a timeline of the host's speed; every profile and measured timing i
 reference speed (the run's median reading: steps and measured runs by the step yardstick, each model's
 passes by its own), and the prediction made at that speed is compared with measurements brought to it.
 Read right before a measured case, the step yardstick tracked the case's own speed with correlation
-0.70-0.81 (benchmarks/host_yardstick_tracking.py; validation/README.md).
+0.70-0.81 (tools/host_yardstick_tracking.py; docs/validation.md).
 
 On a GPU the yardstick is not taken: its steps would drop the captured CUDA graphs, and the device's
 speed is steady there (its estimator is the fastest repeat instead).
@@ -32,7 +32,7 @@ from dspark_sim.measure.timing import time_call
 #: what each kind of timing is brought to one speed by: whole engine steps (the profile's steps and the
 #: measured runs) by a few steps, each model's isolated passes by a few passes of that model. One yardstick
 #: for all was tried first: in a slow spell it read 33% slow while the target's passes were 18% slower and
-#: the draft's 3% (validation/README.md).
+#: the draft's 3% (docs/validation.md).
 KINDS = ("step", "target", "draft")
 
 

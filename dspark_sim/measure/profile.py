@@ -191,7 +191,7 @@ def _size_caches(target: Transformer, draft: Transformer, batch: int, cap: int, 
     and before the untimed run. Exactly: the loops attend over the whole static cache, and a cache kept
     from a bigger earlier configuration had every CPU step sample attend over 529 tokens where the measured
     runs attend over 130-332; the fit then split a step between attention and fixed cost wrongly (plain
-    batch-16 steps predicted 10-20% fast; validation/README.md). Before the untimed run: a shorter warm-up
+    batch-16 steps predicted 10-20% fast; docs/validation.md). Before the untimed run: a shorter warm-up
     run would size them for itself, and the timed run would then reallocate them and re-capture its CUDA
     graphs inside the clock (on an H200 that doubled the plain loop's step time)."""
     for model in (target, draft) if gamma > 0 else (target,):

@@ -54,7 +54,7 @@ def merge_profiles(rounds: list[EngineProfile], fastest_steps: bool = False) -> 
 
     Why: `validate` profiles in rounds between its measurement rounds, so that the calibration sees the
     same slow and fast spells of a shared host as the measurements it predicts. On a GPU a whole step is
-    host-bound and a busy host only ever slows it (validation/README.md): there the fastest
+    host-bound and a busy host only ever slows it (docs/validation.md): there the fastest
     round is the machine's own speed, as the fastest timed repeat is on the measuring side."""
     if len(rounds) == 1:
         return rounds[0]

@@ -18,7 +18,7 @@ from dspark_sim.core.static_cache import cache_tokens
 #: with 16 and 32 greedy prompts their sampling errors alone put tau 5-6% apart at the median. Greedy
 #: tau at gamma 5 varies by 24-27% (c.v.) from prompt to prompt (the tiny target falls into loops its
 #: draft copies); splitting 384 windows at random, 48 measured against 96 held-apart prompts differ by
-#: 10.8% at the 95th percentile, 96 against 192 by 7.7% (validation/README.md, prompt counts). The pool
+#: 10.8% at the 95th percentile, 96 against 192 by 7.7% (docs/validation.md, prompt counts). The pool
 #: alternates acceptance and measurement windows, about 340 tokens apart, so neighbours pair up
 #: (their taus correlate +0.2) and the two sets see the same files.
 MEASURED_SEQUENCES = 16
@@ -86,7 +86,7 @@ class Grid:
                         # greedy tau varies most (per-prompt alpha CV 13-18% against 4% sampled), and
                         # so does DSpark's, whose verify widths follow each prompt's confidences (per-prompt
                         # tau CV 21% sampled against 11-14% at fixed gamma; 16 sampled prompts measured
-                        # tau 2.01 where 48 others gave 1.75: validation/README.md, prompt counts).
+                        # tau 2.01 where 48 others gave 1.75: docs/validation.md, prompt counts).
                         # At batch 16 a round is cheap next to batch 1's: six rounds narrow tau's sampling
                         # error there, where the verify pass is widest and the speed-up most sensitive to it.
                         wide = t == 0.0 or policy_spec(pol).kind == "dspark"

@@ -26,7 +26,7 @@ ESTIMATORS: dict[str, Estimator] = {"median": "median", "best": "best", "probed"
 def resolve_estimator(choice: str | None, device_kind: str) -> Estimator:
     """`auto` (or None): the fastest repeat on a GPU, the probed median on a CPU.
 
-    Why the two differ (validation/README.md, estimators): on the H200 the device's own speed is steady
+    Why the two differ (docs/validation.md, estimators): on the H200 the device's own speed is steady
     (the plain loop within 0.3% across repeats, the SM clock at 1,980 MHz) and what moves is the host
     driving the tiny pair's launches, which only ever adds time: there one disturbed profile round or
     measured repeat decided a point (errors to 19%), and the fastest of each side agrees with the other.

@@ -192,7 +192,7 @@ def measure_cases(eng: Engine, cases: list[Case], sps_table: dict[int, float], s
     machine does not decide a point). The repeats go in rounds over all cases, so that a slow spell of
     the host touches one repeat of many cases rather than every repeat of one. On a GPU too: the tiny
     pair's speculative loop is host-bound, and a slow spell once hit every repeat of four neighbouring
-    cases (validation/README.md, section 3); each visit re-captures its graphs outside the timed runs.
+    cases (docs/validation.md); each visit re-captures its graphs outside the timed runs.
     `between_rounds(r)` runs before round r >= 1 (validate profiles there). `host` (a CPU): the
     yardstick read before every case, and each repeat keeps its value at the repeat's middle."""
     prompts = case_prompts(eng, cases)

@@ -70,7 +70,7 @@ def _first_profile_round(target: Transformer, draft: Transformer, quick: bool, h
     """The first profile round and the grid every round runs.
 
     Profile in rounds, one before each measurement round: a shared host's speed drifts by 14-55% within
-    one run (validation/README.md), and a calibration from a profile taken before all the measuring
+    one run (docs/validation.md), and a calibration from a profile taken before all the measuring
     predicted whatever speed the host had then. Six whole-step repeats (two a round): one run of a step
     configuration carries +-8% of a 2-core host's noise, and the plain and gamma-1 loops' overheads are
     fitted from them."""

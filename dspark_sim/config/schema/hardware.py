@@ -10,7 +10,10 @@ from dspark_sim.config.schema.base import DType, NonNegFloat, PositiveFloat, Pos
 
 
 class Efficiency(Strict):
-    """Achievable fraction of each datasheet peak. Defaults are measured where FACTS.md has data."""
+    """Achievable fraction of each datasheet peak. The HBM and compute defaults were measured on one H200
+    SXM (Nov 2026): a device-to-device copy at 4.27-4.3 TB/s (89% of 4.8) and an 8192^3 bf16 matmul at
+    769-798 TFLOP/s (80% of 989); the on-chip and interconnect defaults are estimates that `calibrate`
+    and `fit.interconnect` replace with fitted values."""
 
     memory_bandwidth: Probability = Field(
         default=0.89, description="achieved / datasheet HBM (DRAM) bandwidth"
@@ -31,14 +34,14 @@ class Overheads(Strict):
         default=0.0,
         description="further cost per layer of a pass carrying more than one token, microseconds: GPU matmul "
         "libraries switch from one-row (GEMV) kernels to tiled GEMM kernels with a fixed set-up per matmul "
-        "(validation/README.md section 5); `calibrate` fits it on GPU profiles",
+        "(docs/validation.md); `calibrate` fits it on GPU profiles",
     )
     per_layer_multi_query_us: NonNegFloat = Field(
         default=0.0,
         description="further cost per layer of a pass in which sequences carry more than one new token "
         "(verify blocks, a draft's catch-up), microseconds: GPU attention leaves its one-query decode kernel "
         "for the masked multi-query one; a batch of one-token sequences does not pay it "
-        "(validation/README.md section 3); `calibrate` fits it on GPU profiles",
+        "(docs/validation.md); `calibrate` fits it on GPU profiles",
     )
     per_step_us: NonNegFloat = Field(
         default=50.0,

@@ -35,7 +35,7 @@ class LeaderPolicy:
     read). With tp 1 it is the policy itself. A policy whose lengths follow from the batch's shape alone
     (`decides_from_shape`: no speculation, fixed gamma, a batch-size table) is decided by every rank for
     itself: each computes the same lengths, and the two host broadcasts a step would cost (about 0.8 ms
-    together over gloo on the H200 machines, validation/README.md section 5) are saved.
+    together over gloo on the H200 machines, docs/validation.md) are saved.
     """
 
     def __init__(self, policy: Any, tp: TPGroup):
