@@ -47,7 +47,8 @@ def main() -> None:
     import torch
 
     from dspark_sim.engine.data import load_corpus
-    from dspark_sim.engine.generate import Sampling, generate_baseline
+    from dspark_sim.engine.generate import generate_baseline
+    from dspark_sim.engine.sampling import Sampling
 
     target, _, _ = load_pair("tiny", 0, args.cache_dir, "cpu", log=lambda m: None)
     corpus = load_corpus(2_000_000)

@@ -32,9 +32,12 @@ from dspark_sim.config.io import write_atomic
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma
 from dspark_sim.core.policies import make_policy
 from dspark_sim.engine.data import held_out_prompts, load_corpus
-from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
+from dspark_sim.engine.drafter_generate import drafter_generate
 from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED
-from dspark_sim.engine.generate import GenerationResult, Sampling, generate_baseline
+from dspark_sim.engine.generate import generate_baseline
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
+from dspark_sim.engine.sps import measure_step_sps
 from dspark_sim.engine.train import get_preset, train_pair
 from dspark_sim.engine.train_drafters import ece, train_drafters
 from dspark_sim.validate.drafters import cache_tokens, matched, profile_drafter_loops

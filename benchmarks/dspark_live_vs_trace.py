@@ -20,7 +20,8 @@ from tau_sampling import dspark_walk
 
 from dspark_sim.config.schema import DSparkScheduler
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, speculative_generate
+from dspark_sim.engine.generate import speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.measure.acceptance_trace import acceptance_records
 from dspark_sim.validate.run import ACCEPTANCE_PROMPTS, FULL, Engine, _prompt_sets, case_prompts, load_pair
 

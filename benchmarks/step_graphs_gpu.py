@@ -1,5 +1,5 @@
 """Speculative steps with their phases graphed (cudagraphs.StepGraphs) against the eager-phase loop
-(forward passes graphed only, validate's engine before session 9), on the trained tiny pair.
+(forward passes graphed only, the step's other kernels launched from the host), on the trained tiny pair.
 
 Per (temperature, batch, gamma): the median step time and decode tokens/s of each loop over interleaved
 repeats (same prompts, same seed), whether both gave the same tokens, and the plain loop beside them.
@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 from dspark_sim.config.schema import FixedGamma
+from dspark_sim.engine.caches import cache_tokens
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.validate.run import _prompt_sets, load_pair
 
 

@@ -24,7 +24,8 @@ import torch
 from dspark_sim.config.schema import DSparkScheduler
 from dspark_sim.core.policies import prefix_schedule
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, speculative_generate
+from dspark_sim.engine.generate import speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.measure.acceptance_trace import acceptance_records
 from dspark_sim.validate.run import ACCEPTANCE_PROMPTS, _prompt_sets, load_pair
 

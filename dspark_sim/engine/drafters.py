@@ -338,7 +338,7 @@ class Drafter(nn.Module):
         [B, gamma]: the calibrated head (dspark) or the drafter's probability of its token (others).
         No host sync.
         """
-        from dspark_sim.engine.generate import logits_to_probs, sample
+        from dspark_sim.engine.sampling import logits_to_probs, sample
 
         a = self.args
         if a.parallel and gamma > a.block_size:
@@ -392,7 +392,7 @@ def _pick(logits: Tensor, greedy: bool, sampling: Any, generator: Any, probs: li
     for the rejection step)."""
     if greedy:
         return logits.argmax(-1)
-    from dspark_sim.engine.generate import logits_to_probs, sample  # generate imports this module's users
+    from dspark_sim.engine.sampling import logits_to_probs, sample  # generate imports this module's users
 
     q = logits_to_probs(logits, sampling)
     probs.append(q)

@@ -611,19 +611,36 @@ def _policy_of(job: GenerateJob, target: Transformer) -> Any:
     if job.policy is not None:
         return job.policy
     if job.policy_name is not None:
-        from dspark_sim.cli.engine import build_policy
+        from dspark_sim.engine.sps import engine_policy
 
-        return build_policy(job.policy_name, job.gamma, job.threshold, target, len(job.prompts))
+        return engine_policy(_named_policy(job.policy_name, job.gamma, job.threshold), target, len(job.prompts))
     return FixedGamma(gamma=job.gamma) if job.gamma > 0 and job.draft is not None else NoSpeculation()
+
+
+#: this command's `--policy` names (each with `--gamma`, and `--threshold` for confidence)
+POLICIES = ("fixed", "none", "confidence", "dspark")
+
+
+def _named_policy(name: str, gamma: int, threshold: float) -> Any:
+    """The policy spec of a `--policy` name."""
+    from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation
+
+    if name == "none" or gamma == 0:
+        return NoSpeculation()
+    if name == "fixed":
+        return FixedGamma(gamma=gamma)
+    if name == "confidence":
+        return ConfidenceThreshold(gamma_max=gamma, threshold=threshold)
+    return DSparkScheduler(gamma_max=gamma)
 
 
 def _probe_logits(model: Transformer, prompts: list[list[int]]) -> Tensor:
     """Logits of a cached prefill of the (ragged, right-padded) prompts, then of one decode step."""
-    from dspark_sim.engine.generate import _prompt_tensor
+    from dspark_sim.engine.caches import prompt_tensor
 
     width = max(map(len, prompts))
     model.setup_caches(len(prompts), width + 4)
-    buf, lens = _prompt_tensor(prompts, width, model.device)
+    buf, lens = prompt_tensor(prompts, width, model.device)
     pre = model(buf, torch.zeros_like(lens))
     nxt = pre.gather(1, (lens - 1).view(-1, 1, 1).expand(-1, 1, pre.shape[-1])).argmax(-1)
     step = model(nxt, lens)
@@ -631,7 +648,8 @@ def _probe_logits(model: Transformer, prompts: list[list[int]]) -> Tensor:
 
 
 def _run_job(target: Transformer, draft: Transformer | None, job: GenerateJob, tp: TPGroup | None) -> dict[str, Any]:
-    from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+    from dspark_sim.engine.sampling import Sampling
 
     sampling = Sampling(job.temperature, job.top_k, job.top_p)
     policy = _policy_of(job, target)
@@ -740,7 +758,7 @@ class MeasureConfig:
 
 def measure_args(cfg: MeasureConfig) -> tuple[ModelArgs, ModelArgs | None, int]:
     """Model shapes of a MeasureConfig, their static cache length."""
-    from dspark_sim.engine.generate import cache_tokens
+    from dspark_sim.engine.caches import cache_tokens
 
     cap = cache_tokens(cfg.prompt_len, cfg.new_tokens, cfg.gamma)
     over: dict[str, Any] = {"max_seq_len": cap + cfg.gamma + 8}
@@ -776,7 +794,8 @@ def measure_engine(tp: TPGroup, cfg: MeasureConfig) -> dict[str, Any] | None:
     """Tokens/s of the plain loop and of speculative decoding (FixedGamma) per batch size on this TP group,
     an all-reduce profile (tp > 1) and optionally an engine profile for calibration. Rank 0 returns."""
     from dspark_sim.config.schema import FixedGamma
-    from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
+    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+    from dspark_sim.engine.sampling import Sampling
 
     targs, dargs, cap = measure_args(cfg)
     check_tp(targs, tp.world, cfg.target_shape)
@@ -982,8 +1001,6 @@ def _generate_job(opts: argparse.Namespace, tp: int) -> GenerateJob:
             raise InputError("tp", "--" + name.replace("_", "-"), f"must be >= 1 (got {getattr(opts, name)})")
     if opts.gamma < 0:
         raise InputError("tp", "--gamma", f"must be >= 0 (got {opts.gamma})")
-    from dspark_sim.cli.engine import POLICIES
-
     if opts.policy not in POLICIES:
         raise InputError("tp", "--policy", f"unknown policy {opts.policy!r} (allowed: {', '.join(POLICIES)})")
     if not 0.0 <= opts.threshold <= 1.0:

@@ -229,7 +229,8 @@ def evaluate_drafter(target: Transformer, drafter: Drafter, corpus_eval: torch.T
 def target_continuations(target: Transformer, prompts: list[list[int]], new_tokens: int, greedy: bool,
                          seed: int) -> list[list[int]]:
     """prompt + the target's own continuation (T=1 samples or greedy)."""
-    from dspark_sim.engine.generate import Sampling, generate_baseline
+    from dspark_sim.engine.generate import generate_baseline
+    from dspark_sim.engine.sampling import Sampling
 
     gen = torch.Generator(device=target.device).manual_seed(seed)
     res = generate_baseline(target, prompts, new_tokens, Sampling(0.0 if greedy else 1.0), generator=gen)

@@ -28,7 +28,8 @@ from dspark_sim.config.schema import ModelSpec
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
 from dspark_sim.engine.model import ModelArgs, Transformer
 
-_ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
+_ENGINE_FILES = ("model.py", "layers.py", "generate.py", "loop.py", "step.py", "sampling.py", "caches.py", "clock.py",
+                 "cudagraphs.py")
 
 
 def engine_version() -> str:
@@ -277,7 +278,9 @@ def _step_run(target, draft, prompts, gamma, new_tokens, temperature, target_for
     """One timed run of `new_tokens` decode steps; `warm`: an untimed run first (and, on a GPU, the
     configuration's graphs captured). With `dspark_sps_table`: the DSpark scheduler drafting `gamma`."""
     from dspark_sim.config.schema import DSparkScheduler, FixedGamma
-    from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
+    from dspark_sim.engine.caches import cache_tokens
+    from dspark_sim.engine.generate import generate_baseline, speculative_generate
+    from dspark_sim.engine.sampling import Sampling
 
     sampling = Sampling(temperature=temperature)
     prompt_len, b = len(prompts[0]), len(prompts)

@@ -117,7 +117,7 @@ def write_traces(target: Any, drafters: Mapping[str, Any], prompts: list[list[in
                  temperatures: tuple[float, ...], seed: int, out_dir: Path,
                  log: Callable[[str], None] = lambda _m: None) -> dict[tuple[str, float], Path]:
     """One JSONL trace per drafter and temperature (simulator trace format)."""
-    from dspark_sim.engine.generate import Sampling
+    from dspark_sim.engine.sampling import Sampling
     from dspark_sim.measure.acceptance_trace import acceptance_records
     from dspark_sim.measure.drafter_trace import drafter_acceptance_records
 
@@ -249,7 +249,7 @@ def profile_drafter_loops(target: Any, drafters: Mapping[str, Any], gammas: Mapp
     import torch
 
     from dspark_sim.engine.drafter_generate import drafter_generate
-    from dspark_sim.engine.generate import Sampling
+    from dspark_sim.engine.sampling import Sampling
 
     gen = torch.Generator().manual_seed(seed)
     vocab = target.args.vocab_size

@@ -246,7 +246,7 @@ def _policy_spec(name: str, sps_table: dict[int, float]):
 
 
 def _sampling(t: float):
-    from dspark_sim.engine.generate import Sampling
+    from dspark_sim.engine.sampling import Sampling
 
     return Sampling(temperature=t)
 
@@ -268,7 +268,7 @@ class CaseRun:
 
 def case_cache_tokens(case: Case) -> int:
     """The static cache the engine's run of this case attends over (the simulator is told the same)."""
-    from dspark_sim.engine.generate import cache_tokens
+    from dspark_sim.engine.caches import cache_tokens
 
     return cache_tokens(case.prompt_tokens, case.new_tokens, case.gamma_max)
 

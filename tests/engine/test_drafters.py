@@ -24,7 +24,8 @@ from dspark_sim.engine.drafters import (  # noqa: E402
     load_drafter,
     save_drafter,
 )
-from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs  # noqa: E402
+from dspark_sim.engine.generate import generate_baseline  # noqa: E402
+from dspark_sim.engine.sampling import Sampling, logits_to_probs  # noqa: E402
 from dspark_sim.engine.train_drafters import (  # noqa: E402
     DRAFTER_TRAIN_PRESETS,
     ece,

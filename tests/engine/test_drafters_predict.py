@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dspark_sim.engine.data import Corpus, held_out_prompts  # noqa: E402
-from dspark_sim.engine.generate import Sampling, generate_baseline  # noqa: E402
+from dspark_sim.engine.generate import generate_baseline  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 from dspark_sim.engine.train_drafters import DRAFTER_TRAIN_PRESETS, train_drafter_models  # noqa: E402
 
 from .engine_helpers import perturbed, prompts_for, random_model  # noqa: E402

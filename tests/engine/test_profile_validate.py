@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 from dspark_sim.config.schema import FixedGamma  # noqa: E402
 from dspark_sim.core.acceptance import load_acceptance_trace, trace_tau  # noqa: E402
 from dspark_sim.engine.checkpoints import export_hf_llama, load_hf_llama  # noqa: E402
-from dspark_sim.engine.generate import Sampling, speculative_generate  # noqa: E402
+from dspark_sim.engine.generate import speculative_generate  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 from dspark_sim.measure.acceptance_trace import acceptance_records, conditional_acceptance  # noqa: E402
 
 
