@@ -18,7 +18,8 @@ import torch
 from dspark_sim.config.schema import ConfidenceThreshold, FixedGamma
 from dspark_sim.engine import data
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.train import get_preset, train_pair
 
 

@@ -24,7 +24,8 @@ import torch
 from dspark_sim.config.schema import FixedGamma
 from dspark_sim.engine.checkpoints import export_hf_llama
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.train import train_pair
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 from dspark_sim.config.schema import FixedGamma
+from dspark_sim.engine.caches import cache_tokens
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline, speculative_generate
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.validate.engine_runs import load_pair, prompt_sets
 
 

@@ -24,7 +24,8 @@ import torch
 
 from dspark_sim.config.io import write_atomic
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling, generate_baseline
+from dspark_sim.engine.generate import generate_baseline
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.validate.cases import ACCEPTANCE_PROMPTS
 from dspark_sim.validate.engine_runs import load_pair, prompt_sets
 

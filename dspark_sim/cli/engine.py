@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -16,11 +16,14 @@ from rich.table import Table
 
 from dspark_sim.cli.drafters import drafters_table
 from dspark_sim.config.errors import InputError
+from dspark_sim.config.shorthand import draft_length, parse_policy, policy_shorthand
+
+if TYPE_CHECKING:
+    from dspark_sim.engine.results import GenerationResult
 
 engine_app = typer.Typer(help="Real PyTorch speculative decoding: train a pair, generate, measure.",
                          no_args_is_help=True)
 
-POLICIES = ("fixed", "none", "confidence", "dspark")
 DEFAULT_PROMPTS = ["def ", "import os\n", "class ", "    for i in range(", "    return self."]
 
 
@@ -72,7 +75,8 @@ def _measure(target: Any, draft: Any, max_bytes: int | None, temperature: float)
 
     from dspark_sim.config.schema import FixedGamma
     from dspark_sim.engine.data import held_out_prompts, load_corpus
-    from dspark_sim.engine.generate import Sampling, speculative_generate
+    from dspark_sim.engine.generate import speculative_generate
+    from dspark_sim.engine.sampling import Sampling
 
     prompts = held_out_prompts(load_corpus(max_bytes), 4)
     gen = torch.Generator(device=target.device).manual_seed(0)
@@ -83,26 +87,114 @@ def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
 
 
-def build_policy(name: str, gamma: int, threshold: float, target: Any, batch: int) -> Any:
-    """A policy spec by CLI name; 'dspark' gets an SPS(B) curve profiled on this target, now."""
-    from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation
-    from dspark_sim.core.policies import make_policy
+def _sampling(src: str, temperature: float, top_k: int | None, top_p: float | None) -> Any:
+    from dspark_sim.engine.sampling import Sampling
 
-    if name not in POLICIES:
-        raise InputError("engine generate", "--policy", f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
-    if gamma < 0:
-        raise InputError("engine generate", "--gamma", f"must be >= 0 (got {gamma})")
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError("engine generate", "--threshold", f"must be in [0, 1] (got {threshold})")
-    if name == "none" or gamma == 0:
-        return make_policy(NoSpeculation())
-    if name == "fixed":
-        return make_policy(FixedGamma(gamma=gamma))
-    if name == "confidence":
-        return make_policy(ConfidenceThreshold(gamma_max=gamma, threshold=threshold))
-    from dspark_sim.engine.generate import profile_sps
+    try:
+        return Sampling(temperature, top_k, top_p)
+    except ValueError as err:
+        raise InputError(src, "--temperature/--top-k/--top-p", str(err)) from err
 
-    return make_policy(DSparkScheduler(gamma_max=gamma), sps=profile_sps(target, batch, gamma + 1))
+
+def _check_run_options(src: str, max_new_tokens: int, batch_size: int, kv_dtype: str | None, dtype: str) -> None:
+    from dspark_sim.engine.model import KV_DTYPES, WEIGHT_DTYPES
+
+    if max_new_tokens < 1:
+        raise InputError(src, "--max-new-tokens", f"must be >= 1 (got {max_new_tokens})")
+    if batch_size < 1:
+        raise InputError(src, "--batch-size", f"must be >= 1 (got {batch_size})")
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise InputError(src, "--kv-dtype", f"unknown {kv_dtype!r} (allowed: {', '.join(KV_DTYPES)})")
+    if dtype not in WEIGHT_DTYPES:
+        raise InputError(src, "--dtype", f"unknown {dtype!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
+
+
+def _baseline(target: Any, prompts: list[list[int]], max_new_tokens: int, sampling: Any, gen: Any,
+              **kw: Any) -> GenerationResult:
+    """Plain decoding's timed run (after a short warm-up), each from a fresh generator `gen()`."""
+    from dspark_sim.engine.generate import generate_baseline
+
+    generate_baseline(target, prompts, min(8, max_new_tokens), sampling, generator=gen(), **kw)
+    return generate_baseline(target, prompts, max_new_tokens, sampling, generator=gen(), **kw)
+
+
+def _prompts(src: str, prompt: list[str] | None, batch_size: int) -> list[list[int]]:
+    """The prompt texts, cycled over the batch, as byte tokens."""
+    from dspark_sim.engine.data import encode
+
+    texts = list(prompt or DEFAULT_PROMPTS[:1])
+    prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
+    if any(not p for p in prompts):
+        raise InputError(src, "--prompt", "prompts must not be empty")
+    return prompts
+
+
+def _trained_pair(preset: str, seed: int, cache_dir: Path | None, checkpoint: Path | None = None) -> Path:
+    """The folder of a trained pair: `checkpoint`, else the cache's pair of this preset and seed."""
+    from dspark_sim.engine.train import get_preset, pair_dir
+
+    if checkpoint is None:
+        get_preset(preset)
+    folder = pair_dir(preset, seed, cache_dir) if checkpoint is None else checkpoint
+    if not (folder / "target.safetensors").is_file():
+        raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
+    return folder
+
+
+def _forwards(src: str, target: Any, draft: Any, device: str, compile: bool, step_graphs: bool,
+              kernels: str) -> tuple[Any, Any, Any]:
+    """(target forward, draft forward, step graphs) of `engine generate`'s GPU options (None: eager)."""
+    if kernels not in ("torch", "triton"):
+        raise InputError(src, "--kernels", f"unknown {kernels!r} (allowed: torch, triton)")
+    if kernels == "triton":
+        from dspark_sim.engine import kernels as triton_kernels
+
+        if device != "cuda" or not triton_kernels.available(device):
+            raise InputError(src, "--kernels", "the Triton kernels need --device cuda and triton")
+        for model in (target, draft):
+            model.fuse_projections()
+            triton_kernels.use_triton_decode(model)
+    fwd_t = fwd_d = graphs = None
+    if compile:
+        from dspark_sim.engine.generate import compile_forward
+
+        if device != "cuda":
+            raise InputError(src, "--compile", "CUDA graphs need --device cuda")
+        fwd_t, fwd_d = compile_forward(target), compile_forward(draft)
+    if step_graphs:
+        from dspark_sim.engine.cudagraphs import StepGraphs
+
+        if device != "cuda":
+            raise InputError(src, "--step-graphs", "CUDA graphs need --device cuda")
+        if compile or kernels != "torch":
+            raise InputError(src, "--step-graphs", "replays the model's own kernels: not with --compile or "
+                             "--kernels triton")
+        graphs = StepGraphs(target, draft)
+    return fwd_t, fwd_d, graphs
+
+
+def _report(title: str, prompts: list[list[int]], res: GenerationResult, base: GenerationResult | None,
+            greedy: bool, row: tuple[str, str]) -> None:
+    """Each sequence's text, then the run's table: `row` third, the baseline's speed when `base` is given."""
+    from dspark_sim.engine.data import decode
+
+    con = _console()
+    for i, toks in enumerate(res.tokens):
+        con.print(f"[bold]--- sequence {i}[/bold]")
+        con.print(decode(prompts[i]) + decode(toks), markup=False)
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("tau (tokens / target pass)", f"{res.tau:.3f}")
+    table.add_row("acceptance by position", _fmt(res.acceptance_by_position()))
+    table.add_row(*row)
+    table.add_row("speculative tok/s", f"{res.tokens_per_s:.1f}")
+    if base is not None:
+        table.add_row("baseline tok/s", f"{base.tokens_per_s:.1f}")
+        table.add_row("speed-up", f"{res.tokens_per_s / base.tokens_per_s:.2f}x")
+        if greedy:
+            table.add_row("greedy output identical", str(base.tokens == res.tokens))
+    con.print(table)
 
 
 @engine_app.command()
@@ -113,9 +205,9 @@ def generate(
     cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
     prompt: list[str] = typer.Option(None, help="prompt text (repeat for several; cycled over the batch)"),
     max_new_tokens: int = typer.Option(128, help="tokens to generate per sequence"),
-    gamma: int = typer.Option(4, help="draft tokens per step (gamma_max for adaptive policies; 0 = none)"),
-    policy: str = typer.Option("fixed", help="fixed | none | confidence | dspark"),
-    threshold: float = typer.Option(0.5, help="confidence policy: survival threshold"),
+    policy: str = typer.Option("fixed:4", help="none | fixed:G | confidence_threshold:G[@T] | dspark:G | "
+                               "goodput:G (G draft tokens a step; dspark and goodput price verify tokens with "
+                               "an SPS(B) curve profiled on the target now)"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_k: int = typer.Option(None, help="keep the k most likely tokens"),
     top_p: float = typer.Option(None, help="nucleus sampling mass"),
@@ -136,75 +228,27 @@ def generate(
     import torch
 
     from dspark_sim.config.traces import write_trace
-    from dspark_sim.engine.data import decode, encode
-    from dspark_sim.engine.generate import (
-        Sampling,
-        cache_tokens,
-        compile_forward,
-        generate_baseline,
-        speculative_generate,
-    )
-    from dspark_sim.engine.model import KV_DTYPES
-    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+    from dspark_sim.engine.caches import cache_tokens, ensure_caches
+    from dspark_sim.engine.generate import speculative_generate
+    from dspark_sim.engine.model import WEIGHT_DTYPES
+    from dspark_sim.engine.sps import engine_policy
+    from dspark_sim.engine.train import load_pair
 
     src = "engine generate"
-    if max_new_tokens < 1:
-        raise InputError(src, "--max-new-tokens", f"must be >= 1 (got {max_new_tokens})")
-    if batch_size < 1:
-        raise InputError(src, "--batch-size", f"must be >= 1 (got {batch_size})")
-    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
-        raise InputError(src, "--kv-dtype", f"unknown {kv_dtype!r} (allowed: {', '.join(KV_DTYPES)})")
-    try:
-        sampling = Sampling(temperature, top_k, top_p)
-    except ValueError as err:
-        raise InputError(src, "--temperature/--top-k/--top-p", str(err)) from err
+    spec = parse_policy(policy, source=src, field="--policy")
+    gamma = draft_length(spec)
+    _check_run_options(src, max_new_tokens, batch_size, kv_dtype, dtype)
+    sampling = _sampling(src, temperature, top_k, top_p)
     _check_device(device)
-    if checkpoint is None:
-        get_preset(preset)
-        folder = pair_dir(preset, seed, cache_dir)
-    else:
-        folder = checkpoint
-    if not (folder / "target.safetensors").is_file():
-        raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
-    from dspark_sim.engine.model import WEIGHT_DTYPES as weight_dtypes
-
-    if dtype not in weight_dtypes:
-        raise InputError(src, "--dtype", f"unknown {dtype!r} (allowed: {', '.join(weight_dtypes)})")
-    pair = load_pair(folder, device=device, dtype=weight_dtypes[dtype])
+    folder = _trained_pair(preset, seed, cache_dir, checkpoint)
+    pair = load_pair(folder, device=device, dtype=WEIGHT_DTYPES[dtype])
     target, draft = pair.target, pair.draft
-    texts = list(prompt or DEFAULT_PROMPTS[:1])
-    prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
-    if any(not p for p in prompts):
-        raise InputError(src, "--prompt", "prompts must not be empty")
+    prompts = _prompts(src, prompt, batch_size)
     limit = min(target.args.max_seq_len, draft.args.max_seq_len)
     if cache_tokens(max(map(len, prompts)), max_new_tokens, gamma) > limit:
         raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the models' {limit}-token context")
-    pol = build_policy(policy, gamma, threshold, target, batch_size)
-    if kernels not in ("torch", "triton"):
-        raise InputError(src, "--kernels", f"unknown {kernels!r} (allowed: torch, triton)")
-    if kernels == "triton":
-        from dspark_sim.engine import kernels as triton_kernels
-
-        if device != "cuda" or not triton_kernels.available(device):
-            raise InputError(src, "--kernels", "the Triton kernels need --device cuda and triton")
-        for model in (target, draft):
-            model.fuse_projections()
-            triton_kernels.use_triton_decode(model)
-    fwd_t = fwd_d = None
-    if compile:
-        if device != "cuda":
-            raise InputError(src, "--compile", "CUDA graphs need --device cuda")
-        fwd_t, fwd_d = compile_forward(target), compile_forward(draft)
-    graphs = None
-    if step_graphs:
-        if device != "cuda":
-            raise InputError(src, "--step-graphs", "CUDA graphs need --device cuda")
-        if compile or kernels != "torch":
-            raise InputError(src, "--step-graphs", "replays the model's own kernels: not with --compile or "
-                             "--kernels triton")
-        from dspark_sim.engine.cudagraphs import StepGraphs
-
-        graphs = StepGraphs(target, draft)
+    pol = engine_policy(spec, target, batch_size)
+    fwd_t, fwd_d, graphs = _forwards(src, target, draft, device, compile, step_graphs, kernels)
 
     def gen() -> torch.Generator:
         return torch.Generator(device=device).manual_seed(sample_seed)
@@ -213,42 +257,23 @@ def generate(
     speculative_generate(target, draft, prompts, min(8, max_new_tokens), pol, sampling, generator=gen(),
                          kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d, step_graphs=graphs)
     if graphs is not None:  # the timed run's caches, then every phase shape it can meet
-        from dspark_sim.engine.generate import ensure_caches
-
         width = max(map(len, prompts))
         for model in (target, draft):
             ensure_caches(model, batch_size, cache_tokens(width, max_new_tokens, gamma), kv_dtype)
         graphs.precapture(batch_size, width, max_new_tokens, gamma, sampling)
-    pol = build_policy(policy, gamma, threshold, target, batch_size) if policy == "dspark" else pol
+    pol = engine_policy(spec, target, batch_size)  # fresh state (and SPS(B) profiled warm) for the timed run
     res = speculative_generate(target, draft, prompts, max_new_tokens, pol, sampling, generator=gen(),
                                kv_dtype=kv_dtype, target_forward=fwd_t, draft_forward=fwd_d, step_graphs=graphs)
-    con = _console()
-    for i, toks in enumerate(res.tokens):
-        con.print(f"[bold]--- sequence {i}[/bold]")
-        con.print(decode(prompts[i]) + decode(toks), markup=False)
-    table = Table(title=f"{folder.name}: policy {policy}, gamma {gamma}, batch {batch_size}, "
-                        f"T={temperature}, {device}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("tau (tokens / target pass)", f"{res.tau:.3f}")
-    table.add_row("acceptance by position", _fmt(res.acceptance_by_position()))
-    table.add_row("target passes", str(res.target_passes))
-    table.add_row("speculative tok/s", f"{res.tokens_per_s:.1f}")
-    if baseline:
-        generate_baseline(target, prompts, min(8, max_new_tokens), sampling, forward=fwd_t, generator=gen(),
-                          kv_dtype=kv_dtype)
-        base = generate_baseline(target, prompts, max_new_tokens, sampling, forward=fwd_t, generator=gen(),
-                                 kv_dtype=kv_dtype)
-        table.add_row("baseline tok/s", f"{base.tokens_per_s:.1f}")
-        table.add_row("speed-up", f"{res.tokens_per_s / base.tokens_per_s:.2f}x")
-        if sampling.greedy:
-            table.add_row("greedy output identical", str(base.tokens == res.tokens))
-    con.print(table)
+    base = _baseline(target, prompts, max_new_tokens, sampling, gen, forward=fwd_t, kv_dtype=kv_dtype) \
+        if baseline else None
+    label = policy_shorthand(spec)
+    _report(f"{folder.name}: policy {label}, gamma {gamma}, batch {batch_size}, T={temperature}, {device}",
+            prompts, res, base, sampling.greedy, ("target passes", str(res.target_passes)))
     if trace is not None:
-        info = {"pair": str(folder), "policy": policy, "gamma": gamma, "temperature": temperature,
+        info = {"pair": str(folder), "policy": label, "gamma": gamma, "temperature": temperature,
                 "top_k": top_k, "top_p": top_p, "batch_size": batch_size, "device": device}
         write_trace(trace, res.trace_records(info))
-        con.print(f"trace: {trace}")
+        _console().print(f"trace: {trace}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,8 +284,6 @@ drafters_app = typer.Typer(help="Drafters on the target's hidden states: MTP hea
                            no_args_is_help=True)
 engine_app.add_typer(drafters_app, name="drafters")
 drafters_app.command("table")(drafters_table)
-
-DRAFTER_POLICIES = ("dspark", "fixed", "confidence")
 
 
 @drafters_app.command("train")
@@ -303,9 +326,8 @@ def drafters_generate(
     cache_dir: Path = typer.Option(None, help="root of the cache (default ~/.cache/dspark-sim/engine)"),
     prompt: list[str] = typer.Option(None, help="prompt text (repeat for several; cycled over the batch)"),
     max_new_tokens: int = typer.Option(128, help="tokens to generate per sequence"),
-    gamma: int = typer.Option(5, help="draft tokens per step (gamma_max of the scheduler)"),
-    policy: str = typer.Option("dspark", help="dspark (prefix scheduler on a measured SPS table) | fixed | confidence"),
-    threshold: float = typer.Option(0.5, help="confidence policy: survival threshold"),
+    policy: str = typer.Option("dspark:5", help="dspark:G (prefix scheduler on the drafter loop's measured SPS "
+                               "table) | fixed:G | confidence_threshold:G[@T] | goodput:G | none"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_k: int = typer.Option(None, help="keep the k most likely tokens"),
     top_p: float = typer.Option(None, help="nucleus sampling mass"),
@@ -316,81 +338,47 @@ def drafters_generate(
     """Speculative decoding with one drafter; print text, tau, acceptance, tokens/s and the speed-up."""
     import torch
 
-    from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma
-    from dspark_sim.core.policies import make_policy
-    from dspark_sim.engine.data import decode, encode
+    from dspark_sim.engine.caches import cache_tokens
     from dspark_sim.engine.drafter_checkpoints import drafter_dir
-    from dspark_sim.engine.drafter_generate import drafter_generate, measure_step_sps
+    from dspark_sim.engine.drafter_generate import drafter_generate
     from dspark_sim.engine.drafters import KINDS
-    from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline
-    from dspark_sim.engine.train import get_preset, load_pair, pair_dir
+    from dspark_sim.engine.sps import drafter_policy
+    from dspark_sim.engine.train import get_preset, load_pair
     from dspark_sim.engine.train_drafters import load_drafters
 
     src = "engine drafters generate"
     get_preset(preset)
     if kind not in ("draft_model", *KINDS):
         raise InputError(src, "--kind", f"unknown {kind!r} (allowed: draft_model, {', '.join(KINDS)})")
-    if policy not in DRAFTER_POLICIES:
-        raise InputError(src, "--policy", f"unknown {policy!r} (allowed: {', '.join(DRAFTER_POLICIES)})")
-    if max_new_tokens < 1 or batch_size < 1 or gamma < 1:
-        raise InputError(src, "--max-new-tokens/--batch-size/--gamma", "must be >= 1")
-    try:
-        sampling = Sampling(temperature, top_k, top_p)
-    except ValueError as err:
-        raise InputError(src, "--temperature/--top-k/--top-p", str(err)) from err
-    folder = pair_dir(preset, seed, cache_dir)
-    if not (folder / "target.safetensors").is_file():
-        raise InputError(str(folder), None, "no trained pair here (run `dspark-sim engine train` first)")
+    spec = parse_policy(policy, source=src, field="--policy")
+    gamma = draft_length(spec)
+    if max_new_tokens < 1 or batch_size < 1:
+        raise InputError(src, "--max-new-tokens/--batch-size", "must be >= 1")
+    sampling = _sampling(src, temperature, top_k, top_p)
+    folder = _trained_pair(preset, seed, cache_dir)
     pair = load_pair(folder)
     target = pair.target
-    if kind == "draft_model":
-        drafter = pair.draft
-    else:
+    drafter: Any = pair.draft
+    if kind != "draft_model":
         if not (drafter_dir(folder) / f"{kind}.json").is_file():
             raise InputError(str(drafter_dir(folder)), kind, "no such drafter (run `dspark-sim engine drafters train`)")
         drafter = load_drafters(folder, [kind])[kind].drafter
-        if kind != "mtp" and gamma > drafter.args.block_size:
-            raise InputError(src, "--gamma", f"the {kind} drafter drafts blocks of at most {drafter.args.block_size}")
-    texts = list(prompt or DEFAULT_PROMPTS[:1])
-    prompts = [encode(texts[i % len(texts)]) for i in range(batch_size)]
-    if any(not p for p in prompts):
-        raise InputError(src, "--prompt", "prompts must not be empty")
+        if drafter.max_gamma is not None and gamma > drafter.max_gamma:
+            raise InputError(src, "--policy", f"the {kind} drafter drafts blocks of at most {drafter.max_gamma}")
+    prompts = _prompts(src, prompt, batch_size)
     if cache_tokens(max(map(len, prompts)), max_new_tokens, gamma) > target.args.max_seq_len:
         raise InputError(src, "--max-new-tokens", f"prompt + new tokens exceed the target's {target.args.max_seq_len}")
-
-    def make() -> Any:
-        if policy == "fixed":
-            return FixedGamma(gamma=gamma)
-        if policy == "confidence":
-            return ConfidenceThreshold(gamma_max=gamma, threshold=threshold)
-        table = measure_step_sps(target, drafter, batch_size, gamma, context=max(map(len, prompts)) + max_new_tokens // 2)
-        return make_policy(DSparkScheduler(gamma_max=gamma, sps_source="table", sps_table=table))
+    context = max(map(len, prompts)) + max_new_tokens // 2  # where the measured SPS table's steps attend
 
     def gen() -> torch.Generator:
         return torch.Generator().manual_seed(sample_seed)
 
-    pol = make()
+    pol = drafter_policy(spec, target, drafter, batch_size, context)
     drafter_generate(target, drafter, prompts, min(8, max_new_tokens), pol, sampling, generator=gen())  # warm-up
-    pol = make() if policy == "dspark" else pol
+    pol = drafter_policy(spec, target, drafter, batch_size, context)  # fresh state (and SPS table) for the timed run
     res = drafter_generate(target, drafter, prompts, max_new_tokens, pol, sampling, generator=gen())
-    con = _console()
-    for i, toks in enumerate(res.tokens):
-        con.print(f"[bold]--- sequence {i}[/bold]")
-        con.print(decode(prompts[i]) + decode(toks), markup=False)
-    table = Table(title=f"{folder.name}: drafter {kind}, policy {policy}, gamma {gamma}, batch {batch_size}, "
-                        f"T={temperature}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("tau (tokens / target pass)", f"{res.tau:.3f}")
-    table.add_row("acceptance by position", _fmt(res.acceptance_by_position()))
+    base = _baseline(target, prompts, max_new_tokens, sampling, gen) if baseline else None
     verified = [float(s.verified[s.active].mean()) for s in res.steps if s.active.any()]
-    table.add_row("verified drafts per sequence-step", f"{sum(verified) / max(len(verified), 1):.2f}")
-    table.add_row("speculative tok/s", f"{res.tokens_per_s:.1f}")
-    if baseline:
-        generate_baseline(target, prompts, min(8, max_new_tokens), sampling, generator=gen())
-        base = generate_baseline(target, prompts, max_new_tokens, sampling, generator=gen())
-        table.add_row("baseline tok/s", f"{base.tokens_per_s:.1f}")
-        table.add_row("speed-up", f"{res.tokens_per_s / base.tokens_per_s:.2f}x")
-        if sampling.greedy:
-            table.add_row("greedy output identical", str(base.tokens == res.tokens))
-    con.print(table)
+    _report(f"{folder.name}: drafter {kind}, policy {policy_shorthand(spec)}, gamma {gamma}, batch {batch_size}, "
+            f"T={temperature}", prompts, res, base, sampling.greedy,
+            ("verified drafts per sequence-step", f"{sum(verified) / max(len(verified), 1):.2f}"))

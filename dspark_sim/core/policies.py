@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from dspark_sim.config.schema import (
 )
 
 SPSFn = Callable[[np.ndarray], np.ndarray]
+#: the schema's policy specs, which `make_policy` turns into runtime policies
+Spec = (NoSpeculation | FixedGamma | BatchTableGamma | GoodputPolicy | ConfidenceThreshold | DSparkScheduler
+        | FeedbackController)
 
 
 @dataclass
@@ -48,6 +52,22 @@ class StepView:
     @property
     def batch_size(self) -> int:
         return int(len(self.context_lens))
+
+
+class Policy(Protocol):
+    """What the simulator and the engine ask of a policy, step by step (the module docstring's 1-3)."""
+
+    @property
+    def gamma_max(self) -> int:
+        """The most tokens a step drafts: the engine drafts this many and the policy truncates."""
+        ...
+
+    def draft_lengths(self, view: StepView) -> np.ndarray: ...
+
+    def verify_lengths(self, view: StepView, draft: np.ndarray,
+                       confidences: np.ndarray | None = None) -> np.ndarray: ...
+
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None: ...
 
 
 def _full(view: StepView, value: int) -> np.ndarray:
@@ -98,10 +118,11 @@ class NoSpecPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, 0)
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         return np.zeros_like(draft)
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         return None
 
 
@@ -117,10 +138,11 @@ class FixedPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.gamma)
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         return np.asarray(draft, dtype=np.int64).copy()
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         return None
 
 
@@ -144,10 +166,11 @@ class BatchTablePolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.gamma_for(view.batch_size))
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         return np.asarray(draft, dtype=np.int64).copy()
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         return None
 
 
@@ -177,10 +200,11 @@ class GoodputMaxPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.choose_gamma(view.batch_size))
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         return np.asarray(draft, dtype=np.int64).copy()
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         verified = np.asarray(verified)
         accepted = np.asarray(accepted)
         if verified.sum() <= 0:
@@ -203,13 +227,14 @@ class ThresholdPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.gamma_max)
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         draft = np.asarray(draft, dtype=np.int64)
         conf = _conf_matrix(confidences, draft, self.gamma_max)
         score = np.cumprod(conf, axis=1) if self.on == "survival" else conf
         return np.minimum(leading_run(score >= self.threshold), draft)
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         return None
 
 
@@ -264,7 +289,8 @@ class DSparkPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.gamma_max)
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         draft = np.asarray(draft, dtype=np.int64)
         conf = _conf_matrix(confidences, draft, self.gamma_max)
         survival = np.cumprod(conf, axis=1)
@@ -285,7 +311,7 @@ class DSparkPolicy:
         """Drop a finished sequence's confidence history."""
         self._history.pop(seq_id, None)
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         return None
 
 
@@ -306,12 +332,13 @@ class FeedbackPolicy:
     def draft_lengths(self, view: StepView) -> np.ndarray:
         return _full(view, self.gamma_max)
 
-    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences=None) -> np.ndarray:
+    def verify_lengths(self, view: StepView, draft: np.ndarray, confidences: np.ndarray | None = None
+                       ) -> np.ndarray:
         draft = np.asarray(draft, dtype=np.int64)
         conf = _conf_matrix(confidences, draft, self.gamma_max)
         return np.minimum(leading_run(np.cumprod(conf, axis=1) >= self.threshold), draft)
 
-    def observe(self, view, verified, accepted, step_time_s: float) -> None:
+    def observe(self, view: StepView, verified: np.ndarray, accepted: np.ndarray, step_time_s: float) -> None:
         verified = np.asarray(verified)
         accepted = np.asarray(accepted)
         errors = []
@@ -325,9 +352,6 @@ class FeedbackPolicy:
             self.threshold = float(np.clip(self.threshold + self.gain * max(errors), 0.0, 0.999))
 
 
-Policy = NoSpecPolicy | FixedPolicy | BatchTablePolicy | GoodputMaxPolicy | ThresholdPolicy | DSparkPolicy | FeedbackPolicy
-
-
 def table_sps(table: dict[int, float]) -> SPSFn:
     """A profiled SPS(B) table as a function: linear interpolation, flat beyond the ends."""
     xs = np.array(sorted(table), dtype=float)
@@ -339,7 +363,7 @@ def table_sps(table: dict[int, float]) -> SPSFn:
     return sps
 
 
-def make_policy(spec, sps: SPSFn | None = None) -> Policy:
+def make_policy(spec: Spec, sps: SPSFn | None = None) -> Policy:
     """Build the runtime policy for a schema `PolicySpec`. `sps` is needed by goodput and dspark."""
     if isinstance(spec, NoSpeculation):
         return NoSpecPolicy()
@@ -368,3 +392,8 @@ def make_policy(spec, sps: SPSFn | None = None) -> Policy:
             return GoodputMaxPolicy(spec.gamma_max, sps)
         return DSparkPolicy(spec.gamma_max, sps, spec.confidence_lag_steps, spec.min_verify_tokens)
     raise TypeError(f"unknown policy spec {spec!r}")
+
+
+def as_policy(policy: Policy | Spec, sps: SPSFn | None = None) -> Policy:
+    """A runtime policy as it is, a schema spec through `make_policy`: what the decoding loops accept."""
+    return make_policy(policy, sps) if isinstance(policy, Spec) else policy

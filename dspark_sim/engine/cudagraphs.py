@@ -8,11 +8,40 @@ one costs milliseconds. Replays remove the per-kernel launch cost that dominates
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import numpy as np
 import torch
 from torch import Tensor
 
+from dspark_sim.engine.caches import token_buffer_len
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sampling import Sampling
+from dspark_sim.engine.step import draft_noise, draft_phase, verify_noise, verify_phase
+
+#: a draft phase's outputs: drafts [B, gamma], q [B, gamma, V] (None when greedy), the host read
+DraftOut = tuple[Tensor, Tensor | None, Tensor]
+
+
+class Replayable(Protocol):
+    """A captured graph (`torch.cuda.CUDAGraph`), or what a test substitutes for one."""
+
+    def replay(self) -> None: ...
+
+
+#: a run shape's buffers: tokens, pending positions, control rows on the device and pinned on the host
+_IO = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass
+class _DraftEntry:
+    """A captured draft phase: its graph, its static outputs and the static noise it reads."""
+
+    graph: Replayable
+    out: DraftOut
+    noise: Tensor | None
 
 
 class GraphedForward:
@@ -89,13 +118,13 @@ def precapture(target_forward: GraphedForward | None, draft_forward: GraphedForw
 
 
 class StepGraphs:
-    """A speculative step's two phases of device work (`generate.draft_phase`, `generate.verify_phase`)
+    """A speculative step's two phases of device work (`step.draft_phase`, `step.verify_phase`)
     as CUDA graphs, one capture per shape; pass it to `speculative_generate(step_graphs=...)`.
 
     Why: with only the forward passes graphed (GraphedForward), the host still launches about 20 small
     kernels a drafted token and 30 a verify (sampling, rejection maths, buffer writes). On the H200 that
     launching took longer than the tiny pair's passes, so the loop ran at the host's speed, which moved
-    by up to 2x between minutes (validation/README.md, session 8). Graphed, a step costs the host a few
+    by up to 2x between minutes (validation/README.md). Graphed, a step costs the host a few
     calls whatever gamma is, and the GPU sets its pace, as it does for plain decoding.
 
     The phases read and write the step's own buffers (`buffers()`), and their random numbers are drawn
@@ -109,9 +138,9 @@ class StepGraphs:
     def __init__(self, target: Transformer, draft: Transformer | None, warmup: int = 2):
         self.target_model, self.draft_model, self.warmup = target, draft, warmup
         self.vocab = target.args.vocab_size
-        self._io: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._io: dict[tuple[int, int], _IO] = {}
         self._noise: dict[tuple, tuple[Tensor, Tensor] | None] = {}
-        self._phases: dict[tuple, tuple] = {}
+        self._phases: dict[tuple, _DraftEntry | Replayable] = {}
         self._version = self._versions()
 
     def _versions(self) -> tuple[int, int]:
@@ -122,7 +151,7 @@ class StepGraphs:
         """The token buffer [bsz, length] and pending positions [bsz] every run of this shape uses."""
         return self._io_of(bsz, length)[:2]
 
-    def _io_of(self, bsz: int, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _io_of(self, bsz: int, length: int) -> _IO:
         """buf, pend, and the step's control rows (verify lengths, active) on the device and pinned on the host."""
         io = self._io.get((bsz, length))
         if io is None:
@@ -134,7 +163,7 @@ class StepGraphs:
             self._io[(bsz, length)] = io
         return io
 
-    def _check(self, buf: Tensor, pend: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _check(self, buf: Tensor, pend: Tensor) -> _IO:
         # graphs bake in the addresses of every cache: new caches (setup_caches) make them all stale
         if self._versions() != self._version:
             self._phases.clear()
@@ -144,7 +173,7 @@ class StepGraphs:
             raise ValueError("step graphs run on their own buffers: take them from StepGraphs.buffers()")
         return io
 
-    def _capture(self, run, keep: tuple[Tensor, ...]) -> tuple[torch.cuda.CUDAGraph, object]:
+    def _capture(self, run: Callable[[], Any], keep: tuple[Tensor, ...]) -> tuple[Replayable, Any]:
         """`run`'s warm-up runs on a side stream, then its capture -> (graph, its static outputs)."""
         if self.target_model.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA model")
@@ -158,7 +187,7 @@ class StepGraphs:
             out = run()
         return graph, out
 
-    def _warm(self, run, keep: tuple[Tensor, ...]) -> None:
+    def _warm(self, run: Callable[[], Any], keep: tuple[Tensor, ...]) -> None:
         """Run `run` `warmup` times, putting `keep` (the token buffer, the positions) back after each."""
         saved = [t.clone() for t in keep]
         with torch.no_grad():
@@ -167,7 +196,7 @@ class StepGraphs:
                 for t, s in zip(keep, saved, strict=True):
                     t.copy_(s)
 
-    def _verify_noise_of(self, buf: Tensor, gamma: int, sampling) -> tuple[Tensor, Tensor] | None:
+    def _verify_noise_of(self, buf: Tensor, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor] | None:
         """The static verify noise of a run shape (uniforms for up to gamma drafts, Exp(1) per token)."""
         key = (*buf.shape, gamma, sampling)
         if key not in self._noise:
@@ -176,31 +205,27 @@ class StepGraphs:
                 torch.ones(buf.shape[0], self.vocab, device=buf.device))
         return self._noise[key]
 
-    def _draft_entry(self, io, gamma: int, sampling) -> tuple:
-        from dspark_sim.engine.generate import draft_phase
-
+    def _draft_entry(self, io: _IO, gamma: int, sampling: Sampling) -> _DraftEntry:
         buf, pend = io[0], io[1]
         key = ("draft", *buf.shape, gamma, sampling)
         entry = self._phases.get(key)
-        if entry is None:
+        if not isinstance(entry, _DraftEntry):
             draft = self.draft_model
             if draft is None:
                 raise ValueError("a policy that speculates needs a draft model")
             noise = None if sampling.greedy else torch.ones(buf.shape[0], gamma, self.vocab, device=buf.device)
             graph, out = self._capture(lambda: draft_phase(draft, buf, pend, gamma, sampling, noise), (buf, pend))
-            entry = self._phases[key] = (graph, out, noise)
+            entry = self._phases[key] = _DraftEntry(graph, out, noise)
         return entry
 
-    def _verify_entry(self, io, gamma: int, drafted: bool, g: int, sampling) -> torch.cuda.CUDAGraph:
-        from dspark_sim.engine.generate import verify_phase
-
+    def _verify_entry(self, io: _IO, gamma: int, drafted: bool, g: int, sampling: Sampling) -> Replayable:
         buf, pend, ctl = io[0], io[1], io[2]
         key = ("verify", *buf.shape, gamma, drafted, g, sampling)
         graph = self._phases.get(key)
-        if graph is None:
+        if graph is None or isinstance(graph, _DraftEntry):
             drafts = q = None
             if drafted:  # the drafts this verify reads are the draft graph's outputs
-                drafts, q, _ = self._draft_entry(io, gamma, sampling)[1]
+                drafts, q, _ = self._draft_entry(io, gamma, sampling).out
             u, e = self._verify_noise_of(buf, gamma, sampling) or (None, None)
             graph, _ = self._capture(
                 lambda: verify_phase(self.target_model, buf, pend, drafts, q, ctl[0], ctl[1], g, sampling, u, e),
@@ -208,28 +233,25 @@ class StepGraphs:
             self._phases[key] = graph
         return graph
 
-    def draft(self, buf: Tensor, pend: Tensor, gamma: int, sampling, generator: torch.Generator | None
-              ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def draft(self, buf: Tensor, pend: Tensor, gamma: int, sampling: Sampling, generator: torch.Generator | None
+              ) -> DraftOut:
         """`draft_phase` replayed: drafts, q and the host read (static tensors, valid until the next replay)."""
-        from dspark_sim.engine.generate import draft_noise
-
         io = self._check(buf, pend)
-        graph, out, noise = self._draft_entry(io, gamma, sampling)
-        if noise is not None:
-            draft_noise(buf.shape[0], gamma, self.vocab, sampling, generator, buf.device, out=noise)
-        graph.replay()
-        return out
+        entry = self._draft_entry(io, gamma, sampling)
+        if entry.noise is not None:
+            draft_noise(buf.shape[0], gamma, self.vocab, sampling, generator, buf.device, out=entry.noise)
+        entry.graph.replay()
+        return entry.out
 
-    def draw_verify_noise(self, buf: Tensor, gamma: int, sampling, generator: torch.Generator | None) -> None:
-        """The next verify's random numbers, into the static tensors its graphs read (`generate.verify_noise`)."""
-        from dspark_sim.engine.generate import verify_noise
-
+    def draw_verify_noise(self, buf: Tensor, gamma: int, sampling: Sampling,
+                          generator: torch.Generator | None) -> None:
+        """The next verify's random numbers, into the static tensors its graphs read (`step.verify_noise`)."""
         noise = self._verify_noise_of(buf, gamma, sampling)
         if noise is not None:
             verify_noise(buf.shape[0], gamma, self.vocab, sampling, generator, buf.device, out=noise)
 
     def verify(self, buf: Tensor, pend: Tensor, gamma: int, drafted: bool, verified: np.ndarray,
-               active: np.ndarray, g: int, sampling) -> None:
+               active: np.ndarray, g: int, sampling: Sampling) -> None:
         """`verify_phase` replayed on this step's drafts (`drafted` False: a step that drafted nothing)."""
         io = self._check(buf, pend)
         graph = self._verify_entry(io, gamma, drafted, g, sampling)
@@ -238,12 +260,10 @@ class StepGraphs:
         io[2].copy_(io[3], non_blocking=True)
         graph.replay()
 
-    def precapture(self, bsz: int, prompt_len: int, max_new_tokens: int, gamma: int, sampling) -> None:
+    def precapture(self, bsz: int, prompt_len: int, max_new_tokens: int, gamma: int, sampling: Sampling) -> None:
         """Capture every phase a run of this shape can meet (the draft phase; verifying 0..gamma drafts;
         a step that drafted nothing), so that no capture lands inside a timed run. The model caches must
         already have the run's size. Works on the buffers from position 1; every run refills them."""
-        from dspark_sim.engine.generate import token_buffer_len
-
         io = self._io_of(bsz, token_buffer_len(prompt_len, max_new_tokens, gamma))
         io[0].zero_()
         io[1].fill_(1)

@@ -61,7 +61,8 @@ def load_corpus(max_bytes: int | None = None, eval_every: int = 20, root: Path |
             picked.append(p)
             size += p.stat().st_size
         files = picked
-    train_parts, eval_parts = [], []
+    train_parts: list[list[int]] = []
+    eval_parts: list[list[int]] = []
     for i, p in enumerate(files):
         part = [BOS, *p.read_bytes()]
         (eval_parts if i % eval_every == eval_every - 1 else train_parts).append(part)

@@ -19,8 +19,9 @@ import torch
 from dspark_sim.engine.data import Corpus, held_out_prompts
 from dspark_sim.engine.drafter_training import DrafterTrainPreset, block_targets
 from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED, Drafter
-from dspark_sim.engine.generate import Sampling, generate_baseline
+from dspark_sim.engine.generate import generate_baseline
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sampling import Sampling
 
 
 @torch.no_grad()

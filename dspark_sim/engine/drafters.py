@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from dspark_sim.config.shorthand import ENGINE_DRAFTER_KINDS
 from dspark_sim.engine.drafter_layers import DraftLayer, RMSNorm
-from dspark_sim.engine.generate import Sampling, logits_to_probs, sample
+from dspark_sim.engine.sampling import Sampling, logits_to_probs, sample
 
 #: the hidden-state drafters, by the simulator's drafter kind (the draft model is the fourth engine drafter)
 KINDS = tuple(k for k in ENGINE_DRAFTER_KINDS if k != "draft_model")

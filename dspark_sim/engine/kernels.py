@@ -1,7 +1,7 @@
 """Triton kernels for one-token decode passes on a GPU: a one-row matmul (GEMV), the same with SwiGLU
 fused into it, and a decode attention that reads only the live part of each sequence's cache.
 
-Why: a batch-1 decode step is weight streaming. Profiled on an H200 (validation/engine/, session 4), the
+Why: a batch-1 decode step is weight streaming. Profiled on an H200 (validation/engine/h200_engine_*.json), the
 compiled step's matmuls ran at 3.15 TB/s (74% of the copy bandwidth; inductor's tuned variants of one
 matmul ranged 2.6-4.3 TB/s) and attention over the static cache, with its K/V head copies, took 0.5 ms of
 a 5.4 ms 8B step. Here a GEMV streams each weight row-block once per program, the gate/up GEMV emits
@@ -57,7 +57,7 @@ class GemvConfig:
 DEFAULT_GEMV = GemvConfig()
 
 #: Candidates `tune_gemv` times per weight shape (block_n x block_k from 1k to 8k elements per iteration).
-#: On an H200 the narrowest tiles won (block_n 1-2, block_k 1024-2048: validation/engine/session6/).
+#: On an H200 the narrowest tiles won (block_n 1-2, block_k 1024-2048), as `tune_gemv` measured them there.
 GEMV_CANDIDATES: tuple[GemvConfig, ...] = tuple(
     GemvConfig(bn, bk, w, s)
     for bn in (1, 2, 4, 8, 16)

@@ -9,53 +9,27 @@ they are masked out (keys past a query's position are invisible) and overwritten
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: SDPA takes grouped K/V heads itself from torch 2.5 on
-_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+from dspark_sim.engine import kernels
+from dspark_sim.engine.layers import (
+    ATTENTION_KERNELS,
+    Attention,
+    FeedForward,
+    GemvConfigs,
+    KVCache,
+    RMSNorm,
+    project,
+)
 
-#: How a cached (masked) pass computes attention. "sdpa" (default): torch's fused kernel (on CUDA after
-#: repeating the K/V heads, gpt-fast's pattern); "grouped": two matmuls with the query heads of one K/V
-#: head stacked as rows, so the cache is read once and never copied. Compiled on an H200, "grouped" was
-#: the slower (inductor picks small cutlass matmuls; validation/engine/h200_decode_profile_attention.json).
-#: "triton": one-token passes run kernels.decode_attention (live keys only, GQA in-kernel); wider
-#: passes and int8 caches use SDPA.
-ATTENTION_KERNELS = ("sdpa", "grouped", "triton")
-
-GemvConfigs = dict[tuple[int, int, bool], Any]  # (rows, cols, swiglu) -> kernels.GemvConfig
-
-
-def _gemv_applies(x: Tensor, gemv: GemvConfigs | None) -> bool:
-    """The Triton GEMV is enabled (`Transformer.use_gemv`) and x is a single row."""
-    return gemv is not None and x.numel() == x.shape[-1]
-
-
-def _gemv(x: Tensor, weight: Tensor, gemv: GemvConfigs, swiglu: bool = False) -> Tensor:
-    """kernels.gemv with the tile tuned for this weight shape (the default tile when untuned)."""
-    from dspark_sim.engine import kernels
-
-    cfg = gemv.get((weight.shape[0], weight.shape[1], swiglu), kernels.DEFAULT_GEMV)
-    return kernels.gemv(x, weight, cfg, swiglu=swiglu)
-
-
-def _linear(x: Tensor, weight: Tensor, gemv: GemvConfigs | None) -> Tensor:
-    """F.linear, or the Triton GEMV when it applies."""
-    if _gemv_applies(x, gemv):
-        return _gemv(x, weight, gemv)
-    return F.linear(x, weight)
-
-
-def _project(x: Tensor, module: nn.Module, gemv: GemvConfigs | None) -> Tensor:
-    """module(x), through the GEMV when it is a plain Linear (tensor parallelism swaps in modules that
-    all-reduce or all-gather their output: those keep their own forward)."""
-    if gemv is not None and type(module) is nn.Linear:
-        return _linear(x, module.weight, gemv)
-    return module(x)
+#: anything called like `Transformer(tokens, positions, logit_index=...)`: the model itself, a compiled
+#: forward (`generate.compile_forward`) or a graphed one (`cudagraphs.GraphedForward`)
+Forward = Callable[..., Tensor]
 
 #: Weight and activation dtypes by the names every command and document uses (fp64: exact TP checks).
 WEIGHT_DTYPES: dict[str, torch.dtype] = {
@@ -149,26 +123,6 @@ PRESETS: dict[str, ModelArgs] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------
-# Building blocks
-# ------------------------------------------------------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dtype in (torch.float32, torch.float64) and hasattr(F, "rms_norm"):
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one kernel, same maths
-        # half types: normalise in fp32 then cast back, as HF Llama does (bf16 rsqrt is too coarse)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
 def rope_inv_freq(args: ModelArgs) -> Tensor:
     """Inverse frequencies, with HF's "llama3" long-context scaling when the config asks for it."""
     d = args.head_dim
@@ -188,175 +142,13 @@ def rope_inv_freq(args: ModelArgs) -> Tensor:
     return torch.where(medium, smoothed, scaled).float()
 
 
-def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Masked attention for q [B, H, T, D] over cached k, v [B, Hkv, S, D], mask [B, 1, T, S] (True = visible).
-
-    Query head h reads K/V head h // (H / Hkv), as repeat_interleave would arrange them; the rep query
-    heads of a K/V head become rep * T rows of one matmul instead of rep copies of the cache.
-    """
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    rep = h // hkv
-    scores = torch.matmul(q.reshape(b, hkv, rep * t, d), k.transpose(-1, -2)).view(b, hkv, rep, t, s)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # softmax in >= fp32
-    scores = scores.mul_(1.0 / math.sqrt(d)).masked_fill_(~mask.unsqueeze(2), float("-inf"))
-    probs = scores.softmax(dim=-1).to(v.dtype).view(b, hkv, rep * t, s)
-    return torch.matmul(probs, v).view(b, h, t, d)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [B, H, T, D]; cos/sin: [B, 1, T, D] (rotate-half convention, as HF Llama)."""
-    return x * cos + rotate_half(x) * sin
-
-
-class KVCache(nn.Module):
-    """Static cache [batch, kv_heads, max_seq_len, head_dim], written at each sequence's own positions.
-
-    int8 mode stores round(x / s) with one scale s = max|x| / 127 per (sequence, head, token), so a
-    token's scale never changes when later tokens arrive, and dequantises on read.
-    """
-
-    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
-                 kv_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device | str | None = None):
-        super().__init__()
-        shape = (batch, n_kv_heads, max_seq_len, head_dim)
-        self.quantized = kv_dtype == torch.int8
-        self.compute_dtype = compute_dtype
-        self.register_buffer("k", torch.zeros(shape, dtype=kv_dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=kv_dtype, device=device), persistent=False)
-        if self.quantized:
-            sshape = (batch, n_kv_heads, max_seq_len, 1)
-            self.register_buffer("k_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
-            self.register_buffer("v_scale", torch.ones(sshape, dtype=compute_dtype, device=device), persistent=False)
-        # fixed addresses: torch.compile / CUDA graphs may then mutate the cache in place (as HF's StaticCache)
-        for buf in self.buffers():
-            torch._dynamo.mark_static_address(buf)
-
-    @staticmethod
-    def quantize(x: Tensor) -> tuple[Tensor, Tensor]:
-        scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
-        q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
-        return q, scale.to(x.dtype)
-
-    def update(self, positions: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] at positions [B, T]; return the whole (dequantised) cache rows."""
-        b = k.shape[0]
-        rows = torch.arange(b, device=positions.device)[:, None]
-        # advanced indices (rows, positions) around a slice put their dims first: [B, T, H, D]
-        if self.quantized:
-            kq, ks = self.quantize(k)
-            vq, vs = self.quantize(v)
-            self.k[rows, :, positions] = kq.transpose(1, 2)
-            self.v[rows, :, positions] = vq.transpose(1, 2)
-            self.k_scale[rows, :, positions] = ks.transpose(1, 2)
-            self.v_scale[rows, :, positions] = vs.transpose(1, 2)
-            kk = self.k[:b].to(self.compute_dtype) * self.k_scale[:b]
-            vv = self.v[:b].to(self.compute_dtype) * self.v_scale[:b]
-            return kk, vv
-        self.k[rows, :, positions] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[rows, :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[:b].to(self.compute_dtype), self.v[:b].to(self.compute_dtype)
-
-
-class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.kv_cache: KVCache | None = None
-        self.kernel = "sdpa"  # one of ATTENTION_KERNELS, for cached passes; set by Transformer.use_attention
-        self.wqkv: Tensor | None = None  # fused q/k/v weight after fuse(): one matmul instead of three
-        self.gemv: GemvConfigs | None = None  # Triton GEMV tiles for one-row passes (Transformer.use_gemv)
-
-    def fuse(self) -> None:
-        """One [q; k; v] weight; wq/wk/wv become views of it (same memory, same state dict)."""
-        self.wqkv = _fuse_linears(self.wq, self.wk, self.wv)
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None,
-                mask: Tensor | None) -> Tensor:
-        bsz, t, _ = x.shape
-        if self.wqkv is not None:
-            nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            q, k, v = _linear(x, self.wqkv, self.gemv).split((nq, nkv, nkv), dim=-1)
-        else:
-            q, k, v = (_project(x, lin, self.gemv) for lin in (self.wq, self.wk, self.wv))
-        q = q.view(bsz, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(bsz, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None and positions is not None:
-            k, v = self.kv_cache.update(positions, k, v)
-        rep = self.n_heads // self.n_kv_heads
-        if (self.kernel == "triton" and t == 1 and positions is not None and self.kv_cache is not None
-                and not self.kv_cache.quantized):
-            from dspark_sim.engine import kernels
-
-            y = kernels.decode_attention(q, k, v, positions[:, 0] + 1)
-        elif mask is not None and self.kernel == "grouped":
-            y = grouped_query_attention(q, k, v, mask)
-        elif rep > 1 and x.device.type == "cpu" and _SDPA_GQA:
-            # CPU: grouped heads inside SDPA, no K/V copies (CUDA keeps the gpt-fast pattern below,
-            # whose masked kernels are known to capture well in CUDA graphs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        else:
-            if rep > 1:
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        return _project(y.transpose(1, 2).reshape(bsz, t, -1), self.wo, self.gemv)
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.w1 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # gate
-        self.w3 = nn.Linear(args.dim, args.ffn_hidden, bias=False)  # up
-        self.w2 = nn.Linear(args.ffn_hidden, args.dim, bias=False)  # down
-        self.w13: Tensor | None = None  # fused [gate; up] weight after fuse()
-        self.gemv: GemvConfigs | None = None  # Triton GEMV tiles for one-row passes (Transformer.use_gemv)
-
-    def fuse(self) -> None:
-        self.w13 = _fuse_linears(self.w1, self.w3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        g = self.gemv
-        if self.w13 is not None:
-            if _gemv_applies(x, g):  # one row: silu(gate) * up inside the GEMV
-                return _project(_gemv(x, self.w13, g, swiglu=True), self.w2, g)
-            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
-            return _project(F.silu(gate) * up, self.w2, g)
-        return _project(F.silu(_project(x, self.w1, g)) * _project(x, self.w3, g), self.w2, g)
-
-
-def _fuse_linears(*linears: nn.Linear) -> Tensor:
-    """Concatenate bias-free Linear weights along the output dim and make each weight a view of the
-    result: the fused matmul streams one larger weight (small GEMVs reach a fraction of a GPU's
-    bandwidth), and the modules, their state dict and their memory stay as they were."""
-    fused = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-    start = 0
-    for lin in linears:
-        rows = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start: start + rows], requires_grad=False)
-        start += rows
-    return fused
-
-
 class Block(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args)
+        self.attention = Attention(args.dim, args.n_heads, args.n_kv_heads, args.head_dim)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.feed_forward = FeedForward(args)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None,
                 mask: Tensor | None) -> Tensor:
@@ -364,12 +156,13 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-# ------------------------------------------------------------------------------------------------
-# The model
-# ------------------------------------------------------------------------------------------------
-
 
 class Transformer(nn.Module):
+    """The decoder: token embedding, `n_layers` Blocks, final norm, output head."""
+
+    rope_cos: Tensor
+    rope_sin: Tensor
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -401,6 +194,17 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.tok_embeddings.weight.device
 
+    @property
+    def blocks(self) -> list[Block]:
+        """The layers, typed (`self.layers` is the ModuleList their parameter names come from)."""
+        return cast("list[Block]", list(self.layers))
+
+    @property
+    def cache_dtype(self) -> torch.dtype | None:
+        """The storage dtype of the KV caches (None before `setup_caches`)."""
+        cache = self.blocks[0].attention.kv_cache if self.layers else None
+        return cache.k.dtype if cache is not None else None
+
     def setup_caches(self, max_batch_size: int, max_seq_len: int, kv_dtype: str | torch.dtype | None = None) -> None:
         """(Re)allocate every layer's static KV cache. kv_dtype: fp32|bf16|fp16|int8 (default: weights')."""
         if isinstance(kv_dtype, str):
@@ -411,7 +215,7 @@ class Transformer(nn.Module):
         if max_seq_len > self.rope_cos.shape[0]:
             self._build_rope(max_seq_len, self.device)
         a = self.args
-        for layer in self.layers:
+        for layer in self.blocks:
             layer.attention.kv_cache = KVCache(max_batch_size, a.n_kv_heads, max_seq_len, a.head_dim,
                                                kv_dtype, self.dtype, self.device)
         self.cache_batch, self.cache_len = max_batch_size, max_seq_len
@@ -421,7 +225,7 @@ class Transformer(nn.Module):
         """Pick the attention kernel of cached passes (ATTENTION_KERNELS); training passes keep SDPA."""
         if kernel not in ATTENTION_KERNELS:
             raise ValueError(f"unknown attention kernel {kernel!r}; allowed: {list(ATTENTION_KERNELS)}")
-        for layer in self.layers:
+        for layer in self.blocks:
             layer.attention.kernel = kernel
         self.buffers_version += 1  # graphs captured with the other kernel must not replay
         return self
@@ -429,7 +233,7 @@ class Transformer(nn.Module):
     def gemv_shapes(self) -> list[tuple[int, int, bool]]:
         """(rows, cols, swiglu) of every weight a one-row pass multiplies, for kernels.tune_gemv."""
         shapes: set[tuple[int, int, bool]] = {(*self.output.weight.shape, False)}
-        for layer in self.layers:
+        for layer in self.blocks:
             att, ffn = layer.attention, layer.feed_forward
             qkv = [att.wqkv] if att.wqkv is not None else [att.wq.weight, att.wk.weight, att.wv.weight]
             ffw = [(ffn.w13, True)] if ffn.w13 is not None else [(ffn.w1.weight, False), (ffn.w3.weight, False)]
@@ -440,13 +244,10 @@ class Transformer(nn.Module):
     def use_gemv(self, configs: GemvConfigs | None = None, enabled: bool = True) -> Transformer:
         """One-row passes (batch-1 decode) multiply through kernels.gemv, with the tile `configs` gives per
         weight shape (kernels.tune_gemv's choice; default tile otherwise). enabled=False: back to F.linear."""
-        if enabled:
-            from dspark_sim.engine import kernels
-
-            if not kernels.available(self.device):
-                raise RuntimeError("the Triton GEMV needs triton and a CUDA device (or TRITON_INTERPRET=1)")
+        if enabled and not kernels.available(self.device):
+            raise RuntimeError("the Triton GEMV needs triton and a CUDA device (or TRITON_INTERPRET=1)")
         self.gemv = dict(configs or {}) if enabled else None
-        for layer in self.layers:
+        for layer in self.blocks:
             layer.attention.gemv = self.gemv
             layer.feed_forward.gemv = self.gemv
         self.buffers_version += 1  # graphs captured with the other matmuls must not replay
@@ -456,7 +257,7 @@ class Transformer(nn.Module):
         """Inference layout: fused q/k/v and gate/up matmuls (as gpt-fast fuses wqkv). Call after the
         model is on its device and dtype (moving it afterwards would un-share the views); training and
         loading are unaffected (the parameters keep their names and shapes)."""
-        for layer in self.layers:
+        for layer in self.blocks:
             layer.attention.fuse()
             layer.feed_forward.fuse()
         self.buffers_version += 1  # graphs captured before must not replay
@@ -489,7 +290,7 @@ class Transformer(nn.Module):
         h = self.norm(x)
         if logit_index is not None:
             h = h.gather(1, logit_index.view(bsz, 1, 1).expand(bsz, 1, h.shape[-1]))
-        logits = _project(h, self.output, self.gemv)
+        logits = project(h, self.output, self.gemv)
         if logits.dtype in (torch.bfloat16, torch.float16):
             logits = logits.float()  # sampling maths in fp32 (fp64 models keep fp64)
         return (logits, h) if return_hidden else logits

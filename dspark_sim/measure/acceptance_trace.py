@@ -38,20 +38,11 @@ import numpy as np
 import torch
 
 from dspark_sim.core.policies import StepView
-from dspark_sim.engine.generate import (
-    Sampling,
-    _draft,
-    _prefill,
-    _prompt_tensor,
-    cache_tokens,
-    ensure_caches,
-    generate_baseline,
-    logits_to_probs,
-    next_token,
-    token_buffer_len,
-    verify_drafts,
-)
+from dspark_sim.engine.caches import cache_tokens, ensure_caches, prefill, prompt_tensor, token_buffer_len
+from dspark_sim.engine.generate import generate_baseline
 from dspark_sim.engine.model import KVCache, Transformer
+from dspark_sim.engine.sampling import Sampling, logits_to_probs, next_token, verify_drafts
+from dspark_sim.engine.step import draft_tokens
 
 
 def _runs(ok: np.ndarray) -> np.ndarray:
@@ -205,12 +196,12 @@ def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[lis
     bsz, width = len(prompts), max(len(p) for p in prompts)
     for model in (target, draft):
         ensure_caches(model, bsz, cache_tokens(width, max_new_tokens, g), None)
-    prompt_buf, lens = _prompt_tensor(prompts, width, dev)
+    prompt_buf, lens = prompt_tensor(prompts, width, dev)
     buf = torch.zeros(bsz, token_buffer_len(width, max_new_tokens, g), dtype=torch.long, device=dev)
     buf[:, :width] = prompt_buf
     rows = torch.arange(bsz, device=dev)
-    buf[rows, lens] = next_token(_prefill(target, buf, lens, width), sampling, gen)
-    _prefill(draft, buf, lens, width)
+    buf[rows, lens] = next_token(prefill(target, buf, lens, width), sampling, gen)
+    prefill(draft, buf, lens, width)
     pend = lens.clone()
     lens_np = lens.cpu().numpy()
     confs: list[list[list[float]]] = [[] for _ in prompts]
@@ -221,7 +212,7 @@ def _live_steps_batch(target: Transformer, draft: Transformer, prompts: list[lis
         active = generated < max_new_tokens
         if not active.any():
             break
-        drafts, q, conf = _draft(draft, buf, pend, g, sampling, gen)
+        drafts, q, conf = draft_tokens(draft, buf, pend, g, sampling, gen)
         if q is None:  # the draft returns its distributions whenever it samples
             raise ValueError("live_steps records sampled decoding: the draft returned no distributions")
         positions = pend[:, None] + torch.arange(g + 1, device=dev)

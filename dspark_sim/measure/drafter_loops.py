@@ -16,8 +16,9 @@ import torch
 
 from dspark_sim.config.schema import FixedGamma
 from dspark_sim.engine.drafter_generate import drafter_generate
-from dspark_sim.engine.generate import GenerationResult, Sampling
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
 
 #: (drafter kind, temperature, gamma, batch)
 LoopKey = tuple[str, float, int, int]

@@ -26,8 +26,10 @@ from dspark_sim.core.policies import make_policy
 from dspark_sim.engine.drafter_calibration import ece
 from dspark_sim.engine.drafter_generate import drafter_generate
 from dspark_sim.engine.drafters import Drafter
-from dspark_sim.engine.generate import GenerationResult, Sampling, generate_baseline
+from dspark_sim.engine.generate import generate_baseline
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
 
 
 @dataclass(frozen=True)

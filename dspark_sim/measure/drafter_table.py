@@ -34,11 +34,11 @@ from dspark_sim.config.drafter_table import (
 )
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma
 from dspark_sim.config.shorthand import ENGINE_DRAFTER_KINDS, drafter_config
+from dspark_sim.engine.caches import cache_tokens
 from dspark_sim.engine.data import held_out_prompts, load_corpus
-from dspark_sim.engine.drafter_generate import measure_step_sps
 from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED
-from dspark_sim.engine.generate import cache_tokens
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sps import measure_step_sps
 from dspark_sim.engine.train import TrainedPair, get_preset, train_pair
 from dspark_sim.engine.train_drafters import TrainedDrafter, train_drafters
 from dspark_sim.measure.drafter_loops import profile_drafter_loops

@@ -21,8 +21,9 @@ import torch
 
 from dspark_sim.engine.drafter_training import block_targets
 from dspark_sim.engine.drafters import MODE_GREEDY, MODE_SAMPLED, Drafter
-from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs
+from dspark_sim.engine.generate import generate_baseline
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sampling import Sampling, logits_to_probs
 
 
 @torch.no_grad()

@@ -19,17 +19,13 @@ import torch
 from dspark_sim.config.errors import InputError
 from dspark_sim.config.measurements import EngineProfile, PassSample, StepSample
 from dspark_sim.config.schema import DSparkScheduler, FixedGamma
+from dspark_sim.engine.caches import cache_tokens
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
 from dspark_sim.engine.data import VOCAB_SIZE
-from dspark_sim.engine.generate import (
-    Forward,
-    GenerationResult,
-    Sampling,
-    cache_tokens,
-    generate_baseline,
-    speculative_generate,
-)
-from dspark_sim.engine.model import Attention, ModelArgs, Transformer, build_model
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
+from dspark_sim.engine.model import Attention, Forward, ModelArgs, Transformer, build_model
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.train import get_preset, load_pair, pair_dir
 from dspark_sim.measure.profile_merge import timing_summary
 from dspark_sim.measure.provenance import device_info, dtype_name, engine_version, model_spec

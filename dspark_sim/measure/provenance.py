@@ -16,7 +16,8 @@ from dspark_sim.config.measurements import DeviceInfo
 from dspark_sim.config.schema import DType, ModelSpec
 from dspark_sim.engine.model import ModelArgs
 
-_ENGINE_FILES = ("model.py", "generate.py", "cudagraphs.py")
+_ENGINE_FILES = ("model.py", "layers.py", "generate.py", "loop.py", "step.py", "sampling.py", "caches.py", "clock.py",
+                 "cudagraphs.py")
 #: the weight dtypes a profile names (others are recorded as fp32, the schema's default)
 DTYPE_NAMES: dict[torch.dtype, DType] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

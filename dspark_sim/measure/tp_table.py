@@ -19,15 +19,12 @@ import torch.distributed as dist
 from dspark_sim.config.measurements import EngineProfile
 from dspark_sim.config.schema import FixedGamma
 from dspark_sim.config.tensor_parallel import AllReduceSample, TPRun, TPRunRow
+from dspark_sim.engine.caches import cache_tokens
 from dspark_sim.engine.cudagraphs import GraphedForward, precapture
-from dspark_sim.engine.generate import (
-    GenerationResult,
-    Sampling,
-    cache_tokens,
-    generate_baseline,
-    speculative_generate,
-)
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
 from dspark_sim.engine.model import WEIGHT_DTYPES, ModelArgs, Transformer, build_model
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.tp.group import TPGroup, any_rank, ranks_agree, tp_generator
 from dspark_sim.engine.tp.layers import weight_bytes
 from dspark_sim.engine.tp.loading import build_tp_model

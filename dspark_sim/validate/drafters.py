@@ -26,8 +26,8 @@ import torch
 from dspark_sim.config.drafter_table import DrafterTable, load_drafter_table
 from dspark_sim.config.io import write_atomic
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.train import get_preset, train_pair
 from dspark_sim.engine.train_drafters import train_drafters
 from dspark_sim.fit.calibrate import load_profile

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs, precapture
-from dspark_sim.engine.generate import GenerationResult, Sampling, generate_baseline, speculative_generate
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
 from dspark_sim.engine.model import WEIGHT_DTYPES, Transformer
+from dspark_sim.engine.results import GenerationResult
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.train import train_pair
 from dspark_sim.measure.host_speed import HostProbe
 from dspark_sim.measure.profile import profile_steps

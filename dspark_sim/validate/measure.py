@@ -30,8 +30,8 @@ from dspark_sim.config.measurements import EngineProfile, Estimator, ValidationM
 from dspark_sim.core.policies import make_policy
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs
 from dspark_sim.engine.data import load_corpus
-from dspark_sim.engine.generate import Sampling
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.fit.calibrate import calibrate
 from dspark_sim.measure.acceptance_trace import acceptance_records, conditional_acceptance, live_steps
 from dspark_sim.measure.host_speed import HostProbe, yardstick_s

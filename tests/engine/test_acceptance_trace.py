@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from dspark_sim.config.schema import FixedGamma  # noqa: E402
 from dspark_sim.core.acceptance import load_acceptance_trace, trace_tau  # noqa: E402
 from dspark_sim.core.policies import DSparkPolicy, FixedPolicy, table_sps  # noqa: E402
-from dspark_sim.engine.generate import Sampling, speculative_generate  # noqa: E402
+from dspark_sim.engine.generate import speculative_generate  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 from dspark_sim.measure.acceptance_trace import (  # noqa: E402
     acceptance_records,
     conditional_acceptance,

@@ -24,11 +24,12 @@ def cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra", [
-    ["--gamma", "3"],
-    ["--policy", "confidence", "--gamma", "5", "--threshold", "0.3", "--batch-size", "3"],
-    ["--policy", "dspark", "--gamma", "4", "--batch-size", "2", "--temperature", "0.8", "--top-k", "20"],
+    ["--policy", "fixed:3"],
+    ["--policy", "confidence_threshold:5@0.3", "--batch-size", "3"],
+    ["--policy", "dspark:4", "--batch-size", "2", "--temperature", "0.8", "--top-k", "20"],
+    ["--policy", "goodput:3", "--batch-size", "2"],
     ["--policy", "none", "--kv-dtype", "int8"],
-    ["--dtype", "bf16", "--gamma", "2"],
+    ["--dtype", "bf16", "--policy", "fixed:2"],
 ])
 def test_generate(cache, tmp_path, extra):
     trace = tmp_path / "t.jsonl"
@@ -50,6 +51,9 @@ def test_generate(cache, tmp_path, extra):
     (["generate", "--preset", "test", "--seed", "99"], "no trained pair"),
     (["generate", "--preset", "test", "--seed", "1", "--temperature", "-1"], "temperature"),
     (["generate", "--preset", "test", "--seed", "1", "--policy", "magic"], "--policy"),
+    (["generate", "--preset", "test", "--seed", "1", "--policy", "fixed"], "--policy"),  # no draft length
+    (["generate", "--preset", "test", "--seed", "1", "--policy", "fixed:3@0.5"], "--policy"),
+    (["generate", "--preset", "test", "--seed", "1", "--policy", "confidence_threshold:4@2"], "--policy"),
     (["generate", "--preset", "test", "--seed", "1", "--kv-dtype", "int3"], "--kv-dtype"),
     (["generate", "--preset", "test", "--seed", "1", "--device", "tpu"], "--device"),
     (["generate", "--preset", "test", "--seed", "1", "--max-new-tokens", "0"], "--max-new-tokens"),
@@ -63,3 +67,12 @@ def test_bad_input_raises_input_error(cache, args, field):
     res = runner.invoke(engine_app, [*args, "--cache-dir", str(cache)])
     assert isinstance(res.exception, InputError), res.output
     assert field in str(res.exception)
+
+
+def test_bad_policy_is_one_line_exit_2(cache, run_cli):
+    """Through the main CLI: a bad shorthand is one `error:` line and exit code 2, no traceback."""
+    res = run_cli("engine", "generate", "--preset", "test", "--seed", "1", "--cache-dir", str(cache),
+                  "--policy", "fixed:x")
+    assert res.returncode == 2, res.stderr
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) == 1 and "--policy" in lines[0] and "fixed:x" in lines[0], lines

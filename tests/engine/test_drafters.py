@@ -21,7 +21,8 @@ from dspark_sim.engine.drafter_checkpoints import build_drafter, load_drafter, s
 from dspark_sim.engine.drafter_generate import drafter_generate  # noqa: E402
 from dspark_sim.engine.drafter_training import DRAFTER_TRAIN_PRESETS, train_drafter_models  # noqa: E402
 from dspark_sim.engine.drafters import KINDS, MODE_GREEDY, MODE_SAMPLED  # noqa: E402
-from dspark_sim.engine.generate import Sampling, generate_baseline, logits_to_probs  # noqa: E402
+from dspark_sim.engine.generate import generate_baseline  # noqa: E402
+from dspark_sim.engine.sampling import Sampling, logits_to_probs  # noqa: E402
 
 from .engine_helpers import prompts_for, random_model  # noqa: E402
 

@@ -52,9 +52,9 @@ def test_checkpoints_beside_the_pair_and_cached(cache):
 
 @pytest.mark.parametrize("extra", [
     ["--kind", "dspark"],
-    ["--kind", "parallel_block", "--policy", "fixed", "--gamma", "3", "--batch-size", "2"],
-    ["--kind", "mtp", "--policy", "confidence", "--threshold", "0.3", "--batch-size", "3"],
-    ["--kind", "draft_model", "--gamma", "4"],
+    ["--kind", "parallel_block", "--policy", "fixed:3", "--batch-size", "2"],
+    ["--kind", "mtp", "--policy", "confidence_threshold:5@0.3", "--batch-size", "3"],
+    ["--kind", "draft_model", "--policy", "dspark:4"],
     ["--kind", "dspark", "--temperature", "0.8", "--top-k", "20", "--batch-size", "2"],
 ])
 def test_generate(cache, extra):
@@ -72,7 +72,7 @@ def test_generate(cache, extra):
     (["drafters", "train", "--preset", "test", "--kind", "medusa"], "medusa"),
     (["drafters", "generate", "--preset", "test", "--seed", "2", "--kind", "medusa"], "--kind"),
     (["drafters", "generate", "--preset", "test", "--seed", "2", "--policy", "magic"], "--policy"),
-    (["drafters", "generate", "--preset", "test", "--seed", "2", "--gamma", "9"], "--gamma"),
+    (["drafters", "generate", "--preset", "test", "--seed", "2", "--policy", "dspark:9"], "--policy"),
     (["drafters", "generate", "--preset", "test", "--seed", "2", "--temperature", "-1"], "temperature"),
     (["drafters", "generate", "--preset", "test", "--seed", "77"], "no trained pair"),
 ])

@@ -18,9 +18,11 @@ torch = pytest.importorskip("torch")
 
 from dspark_sim.config.drafter_table import DrafterTableRow, load_drafter_table  # noqa: E402
 from dspark_sim.config.shorthand import parse_drafter_config  # noqa: E402
+from dspark_sim.engine.caches import cache_tokens  # noqa: E402
 from dspark_sim.engine.data import Corpus, held_out_prompts  # noqa: E402
 from dspark_sim.engine.drafter_training import DRAFTER_TRAIN_PRESETS, train_drafter_models  # noqa: E402
-from dspark_sim.engine.generate import Sampling, cache_tokens, generate_baseline  # noqa: E402
+from dspark_sim.engine.generate import generate_baseline  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 from dspark_sim.measure.drafter_loops import profile_drafter_loops  # noqa: E402
 from dspark_sim.validate import drafter_report  # noqa: E402
 from dspark_sim.validate import drafters as validate_drafters  # noqa: E402

@@ -17,7 +17,7 @@ from dspark_sim.config.shorthand import parse_policy  # noqa: E402
 from dspark_sim.core.policies import make_policy  # noqa: E402
 from dspark_sim.engine.drafter_checkpoints import build_drafter  # noqa: E402
 from dspark_sim.engine.drafter_generate import drafter_generate  # noqa: E402
-from dspark_sim.engine.generate import Sampling  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 
 from .engine_helpers import random_model  # noqa: E402
 from .test_generate import ALPHA, _exact_first_tokens, chi_square_pvalue  # noqa: E402

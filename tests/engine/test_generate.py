@@ -11,14 +11,8 @@ scipy_stats = pytest.importorskip("scipy.stats")
 
 from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma, NoSpeculation  # noqa: E402
 from dspark_sim.core.policies import FixedPolicy, make_policy  # noqa: E402
-from dspark_sim.engine.generate import (  # noqa: E402
-    Sampling,
-    generate_baseline,
-    logits_to_probs,
-    speculative_generate,
-    verify_drafts,
-    verify_greedy,
-)
+from dspark_sim.engine.generate import generate_baseline, speculative_generate  # noqa: E402
+from dspark_sim.engine.sampling import Sampling, logits_to_probs, verify_drafts, verify_greedy  # noqa: E402
 
 from .engine_helpers import prompts_for, random_model  # noqa: E402
 

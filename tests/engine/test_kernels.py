@@ -14,8 +14,9 @@ pytest.importorskip("triton", minversion="3.6")  # 3.5's interpreter breaks on n
 import torch.nn.functional as F  # noqa: E402
 
 from dspark_sim.core.policies import FixedGamma  # noqa: E402
-from dspark_sim.engine.generate import Sampling, generate_baseline, speculative_generate  # noqa: E402
+from dspark_sim.engine.generate import generate_baseline, speculative_generate  # noqa: E402
 from dspark_sim.engine.model import ModelArgs, build_model  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 
 pytestmark = pytest.mark.engine
 

@@ -14,13 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dspark_sim.config.schema import ConfidenceThreshold, DSparkScheduler, FixedGamma  # noqa: E402
+from dspark_sim.engine.caches import token_buffer_len  # noqa: E402
 from dspark_sim.engine.cudagraphs import GraphedForward, StepGraphs  # noqa: E402
-from dspark_sim.engine.generate import (  # noqa: E402
-    Sampling,
-    generate_baseline,
-    speculative_generate,
-    token_buffer_len,
-)
+from dspark_sim.engine.generate import generate_baseline, speculative_generate  # noqa: E402
+from dspark_sim.engine.sampling import Sampling  # noqa: E402
 
 from .engine_helpers import perturbed, prompts_for, random_model  # noqa: E402
 
@@ -131,7 +128,8 @@ def test_step_graphs_need_their_own_buffers(gpu_pair):
 
 @pytest.mark.skipif(not ON_GPU, reason="GraphedForward needs a GPU")
 def test_graphed_forward_and_graphed_steps_agree(gpu_pair):
-    """The eager loop on graphed forwards (validate's engine before session 9) gives the same tokens too."""
+    """The eager loop on graphed forwards (forward passes graphed, the step's other kernels launched from the
+    host) gives the same tokens too."""
     target, draft = gpu_pair
     prompts = prompts_for(4, seed=11, max_len=16)
     gen = torch.Generator(device=DEVICE).manual_seed(5)

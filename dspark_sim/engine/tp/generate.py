@@ -11,8 +11,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dspark_sim.config.schema import FixedGamma, NoSpeculation, PolicySpec
-from dspark_sim.engine.generate import Sampling, _prompt_tensor, generate_baseline, speculative_generate
+from dspark_sim.engine.caches import prompt_tensor
+from dspark_sim.engine.generate import generate_baseline, speculative_generate
 from dspark_sim.engine.model import WEIGHT_DTYPES, Transformer
+from dspark_sim.engine.sampling import Sampling
 from dspark_sim.engine.tp.group import TPGroup, broadcast_object, ranks_agree
 from dspark_sim.engine.tp.layers import weight_bytes
 from dspark_sim.engine.tp.loading import ModelSource
@@ -42,7 +44,7 @@ def _probe_logits(model: Transformer, prompts: list[list[int]]) -> Tensor:
     """Logits of a cached prefill of the (ragged, right-padded) prompts, then of one decode step."""
     width = max(map(len, prompts))
     model.setup_caches(len(prompts), width + 4)
-    buf, lens = _prompt_tensor(prompts, width, model.device)
+    buf, lens = prompt_tensor(prompts, width, model.device)
     pre = model(buf, torch.zeros_like(lens))
     nxt = pre.gather(1, (lens - 1).view(-1, 1, 1).expand(-1, 1, pre.shape[-1])).argmax(-1)
     step = model(nxt, lens)

@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 from dspark_sim.config.schema import DSparkScheduler, GoodputPolicy
 from dspark_sim.core.policies import Policy, make_policy
-from dspark_sim.engine.generate import profile_sps
 from dspark_sim.engine.model import Transformer
+from dspark_sim.engine.sps import profile_sps
 from dspark_sim.engine.tp.group import TPGroup
 
 
