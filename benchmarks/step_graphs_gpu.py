@@ -1,5 +1,5 @@
 """Speculative steps with their phases graphed (cudagraphs.StepGraphs) against the eager-phase loop
-(forward passes graphed only, validate's engine before session 9), on the trained tiny pair.
+(forward passes graphed only, each phase's launches from the host), on the trained tiny pair.
 
 Per (temperature, batch, gamma): the median step time and decode tokens/s of each loop over interleaved
 repeats (same prompts, same seed), whether both gave the same tokens, and the plain loop beside them.

@@ -68,6 +68,8 @@ def run_config(target: Transformer, drafters: dict[str, Any], batches_of_prompts
         gen = torch.Generator(device=device).manual_seed(seed + 17 + r)
         if cfg.kind is None:
             out.append(generate_baseline(target, p, new_tokens, sampling, generator=gen))
+        elif cfg.spec is None:
+            raise ValueError(f"drafter {cfg.kind!r} configured without a policy")
         else:
             out.append(drafter_generate(target, drafters[cfg.kind], p, new_tokens, make_policy(cfg.spec), sampling,
                                         generator=gen))
