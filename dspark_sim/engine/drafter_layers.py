@@ -8,14 +8,12 @@ fused kernel: a drafter's numbers then do not depend on which kernel the target'
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from dspark_sim.engine.drafters import DrafterArgs
+from dspark_sim.engine.drafter_args import DrafterArgs
 
 
 class RMSNorm(nn.Module):
